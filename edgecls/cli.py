@@ -1,0 +1,93 @@
+"""The ``edgecls`` command: a thin shell. Each room owns its command functions; heavy imports happen inside them.
+
+Errors derived from :class:`edgecls.errors.EdgeclsError` become one clear message and a documented exit code.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List, Optional
+
+import typer
+
+from edgecls import __version__
+from edgecls.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EdgeclsError
+from edgecls.eval_cli import bench_command, eval_command
+from edgecls.export.cli import build_engine_command, calib_sample_command, export_command
+from edgecls.runtime.cli import run_command
+from edgecls.train.cli import train_command
+
+app = typer.Typer(
+    name="edgecls",
+    help="Edge image classification: train → export (parity-checked ONNX/FP16/INT8/TensorRT) → run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgecls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    _root.verbose = verbose
+
+
+app.command("train")(train_command)
+app.command("export")(export_command)
+app.command("build-engine")(build_engine_command)
+app.command("calib-sample")(calib_sample_command)
+app.command("run")(run_command)
+app.command("eval")(eval_command)
+app.command("bench")(bench_command)
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("runs/demo", help="Folder for the generated data, checkpoint and exports."),
+    epochs: int = typer.Option(3, help="Training epochs on the generated data."),
+) -> None:
+    """The whole pipeline on a small dataset generated on the spot: train → export (parity) → run."""
+    from edgecls.demo import run_demo
+
+    run_demo(out=out, epochs=epochs)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except EdgeclsError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and typer.Exit are handled below
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(EXIT_INTERRUPTED)
+        logging.getLogger("edgecls").exception("unexpected error")
+        sys.exit(EXIT_FAILURE)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
