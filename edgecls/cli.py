@@ -65,7 +65,7 @@ def demo_command(
 
 def main(argv: Optional[List[str]] = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except EdgeclsError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -77,8 +77,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as e:  # click usage errors and typer.Exit are handled below
         import click
 
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
         if isinstance(e, click.ClickException):
             e.show()
             sys.exit(e.exit_code)
@@ -86,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             sys.exit(EXIT_INTERRUPTED)
         logging.getLogger("edgecls").exception("unexpected error")
         sys.exit(EXIT_FAILURE)
-    sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
