@@ -1,0 +1,179 @@
+"""``edgecls export``, ``edgecls build-engine`` and ``edgecls calib-sample``: thin typer commands.
+
+Only typer and the standard library at module top, so ``edgecls --help`` stays fast; the work is in
+:mod:`edgecls.export.pipeline`, :mod:`edgecls.export.tensorrt` and :mod:`edgecls.export.calib`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+
+def _split(text: Optional[str]) -> Tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+def _pct_fraction(value: float, option: str) -> float:
+    if not 0.0 <= value <= 100.0:
+        from edgecls.errors import InputError
+
+        raise InputError(f"{option} is a percentage in [0, 100], got {value}")
+    return value / 100.0
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f}s" if s >= 0.1 else f"{s * 1000:.0f}ms"
+
+
+def export_command(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint from `edgecls train` (runs/train/<name>/best.pt)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export folder [default: runs/export/<name>]."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also export model_fp16.onnx (FP16 inside, FP32 in/out)."),
+    int8: bool = typer.Option(False, "--int8", help="Also export calibrated INT8: model_int8_qdq.onnx (TensorRT) "
+                              "and model_int8_cpu.onnx (onnxruntime CPU)."),
+    int8_forms: str = typer.Option("int8-qdq,int8-cpu", "--int8-forms", help="Which INT8 forms (comma-separated)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images [default: calib_images/ if it "
+                                         "has images, else a stratified sample of the checkpoint's training images]."),
+    calib_count: int = typer.Option(256, "--calib-count", help="Calibration images to use (warns below 100)."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="minmax | percentile | entropy."),
+    calib_percentile: float = typer.Option(99.99, "--calib-percentile", help="Percentile of |x| for --calib-method "
+                                           "percentile."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache folder "
+                                               "[default: <out>/calib_cache]."),
+    int8_keep_fp32: str = typer.Option("auto", "--int8-keep-fp32", help="none: quantize every layer; ends: keep the "
+                                       "first and last layer FP32; auto: full INT8, and if it fails parity, retry "
+                                       "with ends (reported)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 parses on TensorRT 8.5 / JetPack 5)."),
+    no_simplify: bool = typer.Option(False, "--no-simplify", help="Keep the exporter's graph as it is."),
+    parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Held-out images for parity "
+                                               "[default: the checkpoint's val images]; class subfolders = labels."),
+    parity_count: Optional[int] = typer.Option(None, "--parity-count", help="Use at most N parity images."),
+    tol_fp32: float = typer.Option(1e-4, "--tol-fp32", help="FP32: max |Δlogit| <= this × max(1, max |logit|)."),
+    tol_fp16_agreement: float = typer.Option(99.5, "--tol-fp16-agreement", help="FP16: min top-1 agreement, %."),
+    tol_int8_agreement: float = typer.Option(99.0, "--tol-int8-agreement", help="INT8: min top-1 agreement, %."),
+    tol_int8_acc_drop: float = typer.Option(1.0, "--tol-int8-acc-drop", help="INT8: max accuracy drop, points."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Also build TensorRT engines: fp16 | int8 | fp16,int8 "
+                                         "(needs tensorrt and a GPU; else exit 4 with the trtexec command)."),
+    batch: str = typer.Option("1,1,8", "--batch", help="Engine batch profile MIN,OPT,MAX (or MAX)."),
+    workspace: int = typer.Option(1024, "--workspace", help="Engine builder workspace, MiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
+    force_engine: bool = typer.Option(False, "--force-engine", help="Rebuild engines even when up to date."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the parity runs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration / parity samples."),
+) -> None:
+    """Export a checkpoint to ONNX FP32 (+ FP16, calibrated INT8, TensorRT engines); every artifact must pass
+    parity against PyTorch (exit 3 if one fails; it is kept as <name>.failed, earlier good files stay)."""
+    from edgecls.export.parity import Tolerances
+    from edgecls.export.pipeline import ExportConfig, export_checkpoint
+    from edgecls.export.tensorrt import BatchProfile
+
+    tol = Tolerances(
+        fp32_logit_rel=tol_fp32,
+        fp16_agreement=_pct_fraction(tol_fp16_agreement, "--tol-fp16-agreement"),
+        int8_agreement=_pct_fraction(tol_int8_agreement, "--tol-int8-agreement"),
+        int8_accuracy_drop=_pct_fraction(tol_int8_acc_drop, "--tol-int8-acc-drop"),
+    )
+    cfg = ExportConfig(
+        checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, int8_forms=_split(int8_forms), calib=calib,
+        calib_count=calib_count, calib_method=calib_method, calib_percentile=calib_percentile,
+        calib_cache=calib_cache, int8_keep_fp32=int8_keep_fp32, opset=opset, simplify=not no_simplify,
+        parity_data=parity_data, parity_count=parity_count, tolerances=tol, engines=_split(engine),
+        batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
+        force_engine=force_engine, threads=threads, seed=seed, progress=sys.stderr.isatty(),
+    )
+    result = export_checkpoint(cfg)
+    typer.echo(result.table())
+    if result.calib_set is not None and result.calibration is not None:
+        c = result.calibration
+        typer.echo(
+            f"calibration: {c.method} on {c.images} images ({result.calib_set.source}; "
+            f"{', '.join(f'{k} {v}' for k, v in result.calib_set.groups.items())}); "
+            f"{'cached ranges reused' if c.cache_hit else 'ranges computed'} ({c.cache_path})"
+        )
+    for e in result.engines:
+        typer.echo(f"engine: {e.path} (TensorRT {e.trt_version}, sm{e.compute_capability}, "
+                   f"{'reused' if e.reused else f'built in {e.seconds:.1f}s'})")
+    shown = [(k, v) for k, v in result.timings.items() if not k.startswith("parity ")]
+    typer.echo("timing: " + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in shown))
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"wrote {result.out} (parity: {result.parity_json})")
+    result.raise_for_status()
+
+
+def build_engine_command(
+    onnx: Path = typer.Argument(..., help="An exported ONNX (model.onnx, model_fp16.onnx or model_int8_qdq.onnx)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 [default: from the ONNX "
+                                            "metadata: int8 for the Q/DQ model, else its precision]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the engine [default: beside the ONNX]."),
+    batch: str = typer.Option("1,1,8", "--batch", help="Batch profile MIN,OPT,MAX (or MAX)."),
+    workspace: int = typer.Option(1024, "--workspace", help="Builder workspace, MiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file "
+                                                "[default: beside the engine, per TensorRT version and GPU]."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when an up-to-date engine exists."),
+    parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Images to compare the engine with the "
+                                               "ONNX it came from (onnxruntime CPU), with the precision's tolerances."),
+    parity_count: Optional[int] = typer.Option(None, "--parity-count", help="Use at most N parity images."),
+) -> None:
+    """Build a TensorRT engine from an exported ONNX, on the device that will run it (e.g. a Jetson).
+
+    The file name carries the cache key: precision, TensorRT version, GPU compute capability, batch profile and a
+    hash of the ONNX. Without TensorRT or a GPU: exit 4 with the equivalent trtexec command line."""
+    from edgecls.export.tensorrt import BatchProfile, build_engine
+
+    res = build_engine(onnx, precision, out, BatchProfile.parse(batch), workspace, timing_cache, force)
+    typer.echo(f"{'reused' if res.reused else 'built'} {res.path} (TensorRT {res.trt_version}, "
+               f"sm{res.compute_capability}, batch {res.profile.min}..{res.profile.max}, opt {res.profile.opt}"
+               + ("" if res.reused else f", {res.seconds:.1f}s") + ")")
+    if parity_data is not None:
+        _engine_parity(res, onnx, parity_data, parity_count)
+
+
+def _engine_parity(res, onnx: Path, parity_data: Path, parity_count: Optional[int]) -> None:
+    from edgecls.export.metadata import read_sidecar
+    from edgecls.export.parity import (
+        Tolerances,
+        check_artifact,
+        parity_data_from_folder,
+        reference_from,
+        table,
+    )
+    from edgecls.runtime.backends import load_backend
+    from edgecls.runtime.model_io import load_model_spec
+
+    from edgecls.errors import ParityError
+
+    spec = load_model_spec(onnx)
+    data = parity_data_from_folder(parity_data, spec, parity_count)
+    with load_backend(onnx, device="cpu", spec=spec) as ref_be:
+        reference = reference_from(ref_be, data, spec)
+    report = check_artifact(res.path.name, res.path, res.precision, reference, data, read_sidecar(res.path),
+                            Tolerances(), device="auto")
+    typer.echo(table([report], reference, spec, data).replace("pytorch (reference)", f"{onnx.name} (onnxruntime)"))
+    if not report:
+        raise ParityError(f"engine {res.path.name} disagrees with {onnx.name}: " + "; ".join(report.failures))
+
+
+def calib_sample_command(
+    data: Path = typer.Option(..., "--data", help="Image folder (class subfolders; DIR/train is used if present)."),
+    count: int = typer.Option(300, "--count", help="How many images to copy (stratified by class folder)."),
+    out: Path = typer.Option(Path("calib_images"), "--out", help="Where to copy them."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+) -> None:
+    """Fill calib_images/ with a stratified sample of a dataset (copies; never overwrites a different file)."""
+    from edgecls.export.calib import MIN_RECOMMENDED, sample_to_folder
+
+    res = sample_to_folder(data, count, out, seed)
+    groups = ", ".join(f"{k} {v}" for k, v in res.groups.items())
+    typer.echo(f"{len(res.copied)} images copied to {res.out}, {len(res.identical)} already there ({groups}; "
+               f"{res.available} available)")
+    total = len(res.copied) + len(res.identical)
+    if total < MIN_RECOMMENDED:
+        typer.echo(f"warning: only {total} calibration images (< {MIN_RECOMMENDED}); a few hundred are recommended",
+                   err=True)
+
+
+__all__: List[str] = ["build_engine_command", "calib_sample_command", "export_command"]

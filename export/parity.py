@@ -1,0 +1,394 @@
+"""Parity: every artifact against the PyTorch model, on the same preprocessed held-out images.
+
+Per artifact: max |Δlogit|, max |Δprob| (softmax at the spec's temperature), top-1 agreement, and — when labels
+are known — accuracy and per-class recall (positive-class recall at the spec's threshold). NaN/inf always fails.
+Tolerances by precision (overridable): FP32 max |Δlogit| <= 1e-4 · max(1, max |logit|); FP16 top-1 agreement
+>= 99.5%; INT8 top-1 agreement >= 99% and accuracy drop <= 1 point.
+
+The artifact is run through the runtime's own backend (:func:`edgecls.runtime.backends.load_backend`), so parity
+tests what users deploy.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from edgecls.runtime.spec import ModelSpec
+
+from edgecls.errors import InputError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+PARITY_FORMAT = "edgecls.parity/1"
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    fp32_logit_rel: float = 1e-4
+    fp16_agreement: float = 0.995
+    int8_agreement: float = 0.99
+    int8_accuracy_drop: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("fp16_agreement", "int8_agreement"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise InputError(f"tolerance {name} must be a fraction in [0, 1], got {v}")
+        if self.fp32_logit_rel < 0 or self.int8_accuracy_drop < 0:
+            raise InputError("tolerances fp32_logit_rel and int8_accuracy_drop must be >= 0")
+
+    def to_dict(self) -> Dict[str, float]:
+        return {"fp32_logit_rel": self.fp32_logit_rel, "fp16_agreement": self.fp16_agreement,
+                "int8_agreement": self.int8_agreement, "int8_accuracy_drop": self.int8_accuracy_drop}
+
+
+def precision_family(precision: str) -> str:
+    if precision.startswith("int8"):
+        return "int8"
+    if precision in ("fp32", "fp16"):
+        return precision
+    raise InputError(f"unknown precision {precision!r}")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    limit: float
+    op: str  # "<=" or ">="
+    ok: bool
+
+    def describe(self) -> str:
+        return f"{self.name} {_fmt(self.value)} (must be {self.op} {_fmt(self.limit)})"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "value": _finite(self.value), "limit": self.limit, "op": self.op, "ok": self.ok}
+
+
+def _fmt(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return str(v)
+    return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.4f}"
+
+
+def _finite(v: Optional[float]) -> Optional[float]:
+    if v is None:
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class ParityData:
+    """Preprocessed held-out images (float32 NCHW) with labels when known."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray]
+    paths: Tuple[str, ...]
+    source: str
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The PyTorch column: logits on the parity data and, with labels, its accuracy / recall."""
+
+    logits: np.ndarray
+    accuracy: Optional[float]
+    positive_recall: Optional[float]
+    per_class_recall: Dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """One artifact's parity; truthy when it passed."""
+
+    artifact: str
+    path: str
+    precision: str
+    size_bytes: int
+    n: int
+    providers: Tuple[str, ...]
+    max_abs_logit: Optional[float]
+    logit_scale: float
+    max_abs_prob: Optional[float]
+    agreement: Optional[float]
+    accuracy: Optional[float]
+    reference_accuracy: Optional[float]
+    positive: Optional[str]
+    positive_recall: Optional[float]
+    per_class_recall: Dict[str, float]
+    nonfinite: int
+    checks: Tuple[Check, ...]
+    failures: Tuple[str, ...]
+    seconds: float
+    notes: Tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def status(self) -> str:
+        return "pass" if self.passed else "FAIL"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "artifact": self.artifact, "path": self.path, "precision": self.precision, "size_bytes": self.size_bytes,
+            "n": self.n, "providers": list(self.providers), "max_abs_logit": _finite(self.max_abs_logit),
+            "logit_scale": self.logit_scale, "max_abs_prob": _finite(self.max_abs_prob),
+            "agreement": _finite(self.agreement), "accuracy": _finite(self.accuracy),
+            "reference_accuracy": _finite(self.reference_accuracy), "positive": self.positive,
+            "positive_recall": _finite(self.positive_recall),
+            "per_class_recall": {k: _finite(v) for k, v in self.per_class_recall.items()},
+            "nonfinite_outputs": self.nonfinite, "checks": [c.to_dict() for c in self.checks],
+            "status": "passed" if self.passed else "failed", "failures": list(self.failures),
+            "seconds": round(self.seconds, 3), "notes": list(self.notes),
+        }
+
+
+# ------------------------------------------------------------------------------------------- data loading
+
+
+def _load_batch(paths: Sequence[Path], spec: ModelSpec) -> np.ndarray:
+    from edgecls.runtime.preprocess import ImageReadError, load_image, preprocess_one
+
+    x = np.empty((len(paths), 3, spec.preprocess.crop, spec.preprocess.crop), dtype=np.float32)
+    for i, p in enumerate(paths):
+        try:
+            preprocess_one(load_image(p), spec.preprocess, out=x[i])
+        except ImageReadError as e:
+            raise InputError(f"parity image cannot be read: {e}") from e
+    return x
+
+
+def _limit(items: List[Tuple[Path, Optional[int]]], limit: Optional[int], seed: int = 0):
+    if limit is None or limit >= len(items):
+        return items
+    from edgecls.export.calib import stratified_sample
+
+    return stratified_sample(items, [str(y) for _, y in items], limit, seed)
+
+
+def parity_data_from_checkpoint(ckpt, limit: Optional[int] = None) -> ParityData:
+    from edgecls.export.calib import resolve_item_path
+
+    root = ckpt.data.get("root")
+    items = [(resolve_item_path(p, root), y) for p, y in ckpt.items("val")]
+    if not items:
+        raise InputError(
+            "the checkpoint records no validation images for the parity check; pass --parity-data DIR "
+            "(held-out images, in class subfolders when labels are known)"
+        )
+    missing = [p for p, _ in items if not p.is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of the {len(items)} validation images recorded in the checkpoint are missing "
+            f"(e.g. {os.fspath(missing[0])!r}); pass --parity-data DIR"
+        )
+    n_classes = ckpt.spec.num_classes
+    bad = [y for _, y in items if not 0 <= y < n_classes]
+    if bad:
+        raise InputError(f"checkpoint val labels outside [0, {n_classes}): {sorted(set(bad))[:5]}")
+    items = _limit(items, limit)
+    x = _load_batch([p for p, _ in items], ckpt.spec)
+    y = np.asarray([lab for _, lab in items], dtype=np.int64)
+    return ParityData(x, y, tuple(os.fspath(p) for p, _ in items), f"checkpoint val split ({len(items)} images)")
+
+
+def parity_data_from_folder(folder: PathLike, spec: ModelSpec, limit: Optional[int] = None) -> ParityData:
+    """``DIR`` (or ``DIR/val``): labelled when every image sits in a subfolder named after a class, else unlabelled."""
+    from edgecls.export.calib import group_of, list_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--parity-data {os.fspath(folder)!r} is not a folder")
+    if (folder / "val").is_dir() and list_images(folder / "val"):
+        folder = folder / "val"
+    images = list_images(folder)
+    if not images:
+        raise InputError(f"--parity-data {os.fspath(folder)!r} holds no images")
+    groups = [group_of(p, folder) for p in images]
+    labelled = all(g in spec.classes for g in groups)
+    items: List[Tuple[Path, Optional[int]]] = [
+        (p, spec.classes.index(g) if labelled else None) for p, g in zip(images, groups)
+    ]
+    if not labelled:
+        unknown = sorted({g or "." for g in groups if g not in spec.classes})
+        log.info("--parity-data %s: folders %s are not classes %s: no labels, agreement only",
+                 folder, unknown[:5], list(spec.classes))
+    items = _limit(items, limit)
+    x = _load_batch([p for p, _ in items], spec)
+    y = np.asarray([lab for _, lab in items], dtype=np.int64) if labelled else None
+    kind = "labelled" if labelled else "unlabelled"
+    return ParityData(x, y, tuple(os.fspath(p) for p, _ in items), f"{os.fspath(folder)} ({len(items)} {kind} images)")
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def _probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    from edgecls.runtime.metrics import softmax
+
+    return np.asarray(softmax(logits, temperature), dtype=np.float64)
+
+
+def _label_metrics(y: Optional[np.ndarray], logits: np.ndarray, spec: ModelSpec):
+    """(accuracy, positive recall at threshold, {class: recall}) — None/{} without labels."""
+    if y is None or logits.shape[0] == 0:
+        return None, None, {}
+    from edgecls.runtime.metrics import classification_report
+
+    probs = _probs(logits, spec.temperature)
+    rep = classification_report(y, probs, spec.classes, positive=spec.positive,
+                                threshold=spec.threshold if spec.positive is not None else None)
+    per_class = {c.name: float(c.recall) for c in rep.per_class}
+    pos = None
+    if rep.positive_metrics is not None:
+        pos = float(rep.positive_metrics["recall"])
+    return float(rep.accuracy), pos, per_class
+
+
+def reference_from(backend, data: ParityData, spec: ModelSpec) -> Reference:
+    t0 = time.perf_counter()
+    logits = np.asarray(backend.infer(data.x), dtype=np.float32)
+    secs = time.perf_counter() - t0
+    if logits.shape != (data.n, spec.num_classes):
+        raise RuntimeError(f"PyTorch reference produced shape {logits.shape}, expected {(data.n, spec.num_classes)}")
+    if not np.all(np.isfinite(logits)):
+        raise RuntimeError("the PyTorch reference itself produced NaN/inf logits on the parity images")
+    acc, pos, per = _label_metrics(data.y, logits, spec)
+    return Reference(logits, acc, pos, per, secs)
+
+
+def compare(
+    artifact: str, path: PathLike, precision: str, logits: np.ndarray, reference: Reference, data: ParityData,
+    spec: ModelSpec, tolerances: Tolerances, providers: Sequence[str] = (), seconds: float = 0.0,
+    notes: Sequence[str] = (),
+) -> ParityReport:
+    """Metrics and pass/fail of one artifact's logits against the reference."""
+    fam = precision_family(precision)
+    ref = reference.logits
+    logits = np.asarray(logits)
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    failures: List[str] = []
+    checks: List[Check] = []
+    scale = max(float(np.abs(ref).max()) if ref.size else 0.0, 1.0)
+    if logits.shape != ref.shape:
+        failures.append(f"output shape {logits.shape} differs from PyTorch's {ref.shape}")
+        return ParityReport(artifact, os.fspath(path), precision, size, data.n, tuple(providers), None, scale, None,
+                            None, None, reference.accuracy, spec.positive, None, {}, 0, (), tuple(failures), seconds,
+                            tuple(notes))
+    finite = np.isfinite(logits)
+    nonfinite = int((~finite).sum())
+    if nonfinite:
+        failures.append(f"{nonfinite} NaN/inf values in the outputs (NaN always fails)")
+        agree = float(np.mean(np.argmax(np.nan_to_num(logits, nan=-np.inf), 1) == np.argmax(ref, 1)))
+        return ParityReport(artifact, os.fspath(path), precision, size, data.n, tuple(providers), float("nan"), scale,
+                            float("nan"), agree, None, reference.accuracy, spec.positive, None, {}, nonfinite, (),
+                            tuple(failures), seconds, tuple(notes))
+    logits = logits.astype(np.float32)
+    max_logit = float(np.abs(logits - ref).max()) if ref.size else 0.0
+    max_prob = float(np.abs(_probs(logits, spec.temperature) - _probs(ref, spec.temperature)).max()) if ref.size else 0.0
+    agreement = float(np.mean(np.argmax(logits, 1) == np.argmax(ref, 1))) if ref.size else 1.0
+    acc, pos, per = _label_metrics(data.y, logits, spec)
+
+    def check(name: str, value: float, op: str, limit: float) -> None:
+        ok = value <= limit if op == "<=" else value >= limit
+        checks.append(Check(name, value, limit, op, ok))
+        if not ok:
+            failures.append(checks[-1].describe())
+
+    if fam == "fp32":
+        check("max |Δlogit|", max_logit, "<=", tolerances.fp32_logit_rel * scale)
+    elif fam == "fp16":
+        check("top-1 agreement", agreement, ">=", tolerances.fp16_agreement)
+    else:
+        check("top-1 agreement", agreement, ">=", tolerances.int8_agreement)
+        if acc is not None and reference.accuracy is not None:
+            check("accuracy drop", reference.accuracy - acc, "<=", tolerances.int8_accuracy_drop)
+    return ParityReport(
+        artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
+        acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
+    )
+
+
+def check_artifact(
+    artifact: str, path: PathLike, precision: str, reference: Reference, data: ParityData, spec: ModelSpec,
+    tolerances: Tolerances, device: str = "cpu", threads: Optional[int] = None, notes: Sequence[str] = (),
+) -> ParityReport:
+    """Run ``path`` through the runtime backend users deploy with, then :func:`compare`.
+
+    A backend that cannot load or run the artifact is a failed parity (the message says why), not a crash.
+    """
+    from edgecls.runtime.backends import load_backend
+
+    from edgecls.errors import CapabilityError
+
+    t0 = time.perf_counter()
+    try:
+        with load_backend(path, device=device, threads=threads, allow_fallback=False, spec=spec) as be:
+            providers = tuple(be.providers)
+            logits = be.infer(data.x)
+    except CapabilityError:
+        raise
+    except Exception as e:  # a broken artifact: report it as a parity failure with the reason
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        msg = f"could not run: {type(e).__name__}: {e}"
+        return ParityReport(artifact, os.fspath(path), precision, size, data.n, (), None, 1.0, None, None, None,
+                            reference.accuracy, spec.positive, None, {}, 0, (), (msg,),
+                            time.perf_counter() - t0, tuple(notes))
+    return compare(artifact, path, precision, logits, reference, data, spec, tolerances, providers,
+                   time.perf_counter() - t0, notes)
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def _size(n: int) -> str:
+    if n <= 0:
+        return "-"
+    return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 1024:.1f} KB"
+
+
+def table(reports: Sequence[ParityReport], reference: Reference, spec: ModelSpec, data: ParityData) -> str:
+    """The printed parity table: one row per artifact plus the PyTorch reference row."""
+    pos = spec.positive or "positive"
+    rows = [("artifact", "precision", "size", "top-1 agree", "max|Δprob|", "max|Δlogit|", "accuracy",
+             f"{pos} recall", "status")]
+    rows.append(("pytorch (reference)", "fp32", "-", "-", "-", "-", _pct(reference.accuracy),
+                 _pct(reference.positive_recall), "-"))
+    for r in reports:
+        rows.append((r.artifact, r.precision, _size(r.size_bytes), _pct(r.agreement),
+                     "-" if r.max_abs_prob is None else _fmt(r.max_abs_prob),
+                     "-" if r.max_abs_logit is None else _fmt(r.max_abs_logit), _pct(r.accuracy),
+                     _pct(r.positive_recall), r.status))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"parity on {data.source}" + (f"; {pos} recall at threshold {spec.threshold:.2f}" if spec.positive else "")]
+    for j, row in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for r in reports:
+        for f in r.failures:
+            lines.append(f"  {r.artifact}: FAILED — {f}")
+        for n in r.notes:
+            lines.append(f"  {r.artifact}: {n}")
+    return "\n".join(lines)

@@ -1,0 +1,429 @@
+"""``edgecls export`` as a library call: checkpoint → parity-checked artifacts (+ engines) and ``parity.json``.
+
+Each artifact is written to a temp name, checked against PyTorch through the runtime backend, and only then
+renamed to its final name (with its sidecar). A failed artifact never replaces an earlier good one: it is kept as
+``<name>.failed`` (not loadable by the runtime: wrong suffix) for inspection, and marked failed in
+``parity.json``. Nothing is swapped for another precision.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from edgecls.export import ARTIFACT_NAMES, atomic
+from edgecls.export.calib import DEFAULT_CALIB_COUNT, CalibSet
+from edgecls.export.onnx_export import DEFAULT_OPSET
+from edgecls.export.parity import PARITY_FORMAT, ParityData, ParityReport, Reference, Tolerances
+from edgecls.export.quantize import CALIB_METHODS, INT8_FORMS, KEEP_FP32_CHOICES, Calibration
+from edgecls.export.tensorrt import DEFAULT_WORKSPACE_MIB, ENGINE_PRECISIONS, BatchProfile, EngineResult
+from edgecls.runtime.spec import ModelSpec
+
+from edgecls.errors import CapabilityError, InputError, ParityError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path
+    out: Optional[Path] = None
+    fp16: bool = False
+    int8: bool = False
+    int8_forms: Tuple[str, ...] = INT8_FORMS
+    calib: Optional[Path] = None
+    calib_count: int = DEFAULT_CALIB_COUNT
+    calib_method: str = "entropy"
+    calib_percentile: float = 99.99
+    calib_cache: Optional[Path] = None
+    calib_default_dir: Path = Path("calib_images")
+    int8_keep_fp32: str = "auto"
+    opset: int = DEFAULT_OPSET
+    simplify: bool = True
+    parity_data: Optional[Path] = None
+    parity_count: Optional[int] = None
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    engines: Tuple[str, ...] = ()
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    timing_cache: Optional[Path] = None
+    force_engine: bool = False
+    threads: Optional[int] = None
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", Path(self.checkpoint))
+        forms = tuple(self.int8_forms)
+        bad = [f for f in forms if f not in INT8_FORMS]
+        if bad or not forms:
+            raise InputError(f"--int8-forms {','.join(forms)!r}: valid forms are {', '.join(INT8_FORMS)}")
+        object.__setattr__(self, "int8_forms", forms)
+        if self.calib_method not in CALIB_METHODS:
+            raise InputError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIB_METHODS)}")
+        if self.int8_keep_fp32 not in KEEP_FP32_CHOICES:
+            raise InputError(f"--int8-keep-fp32 {self.int8_keep_fp32!r} is not one of {', '.join(KEEP_FP32_CHOICES)}")
+        engines = tuple(self.engines)
+        bad = [e for e in engines if e not in ENGINE_PRECISIONS]
+        if bad:
+            raise InputError(f"--engine {','.join(bad)!r}: valid {', '.join(ENGINE_PRECISIONS)}")
+        object.__setattr__(self, "engines", engines)
+        if self.parity_count is not None and self.parity_count < 1:
+            raise InputError(f"--parity-count must be >= 1, got {self.parity_count}")
+        if self.calib_count < 1:
+            raise InputError(f"--calib-count must be >= 1, got {self.calib_count}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    spec: ModelSpec
+    source_sha256: str
+    data: ParityData
+    reference: Reference
+    reports: Tuple[ParityReport, ...]
+    timings: Dict[str, float]
+    parity_json: Path
+    calib_set: Optional[CalibSet] = None
+    calibration: Optional[Calibration] = None
+    engines: Tuple[EngineResult, ...] = ()
+    warnings: Tuple[str, ...] = ()
+    engine_error: Optional[str] = None
+
+    @property
+    def passed(self) -> bool:
+        return all(self.reports)
+
+    def failed(self) -> List[ParityReport]:
+        return [r for r in self.reports if not r]
+
+    def table(self) -> str:
+        from edgecls.export.parity import table
+
+        return table(self.reports, self.reference, self.spec, self.data)
+
+    def raise_for_status(self) -> None:
+        """ParityError (exit 3) naming each failed artifact; else CapabilityError (exit 4) for a missing engine."""
+        bad = self.failed()
+        if bad:
+            parts = []
+            for r in bad:
+                parts.append(f"{r.artifact} ({r.precision}): " + "; ".join(r.failures)
+                             + f" — kept as {Path(r.path).name} for inspection")
+            prev = [r.artifact for r in bad if (self.out / r.artifact).is_file()]
+            tail = (f"; the earlier {', '.join(prev)} from a previous export {'was' if len(prev) == 1 else 'were'} "
+                    "left untouched") if prev else ""
+            raise ParityError(
+                f"parity failed for {len(bad)} artifact(s) in {self.out}: " + " | ".join(parts) + tail
+                + f". Details in {self.parity_json}"
+            )
+        if self.engine_error:
+            raise CapabilityError(self.engine_error)
+
+
+def default_out(checkpoint: Path) -> Path:
+    parent = checkpoint.resolve().parent.name
+    name = parent if parent and parent not in (".", "/") else checkpoint.stem
+    return Path("runs") / "export" / name
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="img", leave=False)
+            except ImportError:
+                self.bar = None
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _stamp(report: ParityReport, path: Path) -> ParityReport:
+    return dataclasses.replace(report, path=os.fspath(path))
+
+
+class _Exporter:
+    def __init__(self, config: ExportConfig) -> None:
+        self.cfg = config
+        self.reports: List[ParityReport] = []
+        self.timings: Dict[str, float] = {}
+        self.warnings: List[str] = []
+        self.extra: Dict[str, Dict[str, Any]] = {}
+
+    # -- artifacts -------------------------------------------------------------------------------------------
+    def publish(self, name: str, proto, precision: str, notes: Sequence[str] = (), keep_failed: bool = True,
+                ) -> ParityReport:
+        """Write ``proto`` to a temp name, check parity through the runtime backend, then rename (or mark failed)."""
+        from edgecls.export.metadata import artifact_spec, embed_spec, write_sidecar
+        from edgecls.export.parity import check_artifact
+
+        spec = artifact_spec(self.spec, precision, self.sha)
+        embed_spec(proto, spec)
+        final = self.out / name
+        tmp = atomic.temp_path(final, suffix=".onnx")
+        try:
+            tmp.write_bytes(proto.SerializeToString())
+            t0 = time.perf_counter()
+            report = check_artifact(name, tmp, precision, self.reference, self.data, spec, self.cfg.tolerances,
+                                    device="cpu", threads=self.cfg.threads, notes=notes)
+            self.timings[f"parity {name}"] = time.perf_counter() - t0
+            if not report and not keep_failed:  # an attempt that will be retried leaves nothing behind
+                atomic.remove_quietly(tmp)
+                return report
+            if report:
+                atomic.publish(tmp, final)
+                write_sidecar(final, spec)
+                atomic.remove_quietly(final.with_name(final.name + ".failed"))
+                return _stamp(report, final)
+            failed = final.with_name(final.name + ".failed")
+            atomic.publish(tmp, failed)
+            return _stamp(report, failed)
+        finally:
+            atomic.remove_quietly(tmp)
+
+    def timed(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> ExportResult:
+        from edgecls.export.calib import file_sha256
+        from edgecls.export.parity import parity_data_from_checkpoint, parity_data_from_folder, reference_from
+        from edgecls.export.torch_backend import TorchBackend
+        from edgecls.train.checkpoint import load_checkpoint
+
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        ckpt = self.timed("load checkpoint", lambda: load_checkpoint(cfg.checkpoint))
+        self.ckpt = ckpt
+        self.sha = file_sha256(cfg.checkpoint)
+        self.spec = ckpt.spec
+        self.out = Path(cfg.out) if cfg.out is not None else default_out(cfg.checkpoint)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {os.fspath(self.out)!r} exists and is not a folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        model = ckpt.build_model()
+        self.data = self.timed("load parity images", lambda: (
+            parity_data_from_folder(cfg.parity_data, ckpt.spec, cfg.parity_count) if cfg.parity_data is not None
+            else parity_data_from_checkpoint(ckpt, cfg.parity_count)))
+        with TorchBackend(model, spec=ckpt.spec, threads=cfg.threads) as torch_be:
+            self.reference = self.timed("pytorch reference", lambda: reference_from(torch_be, self.data, ckpt.spec))
+
+        want_fp16 = cfg.fp16 or "fp16" in cfg.engines
+        want_int8 = cfg.int8 or "int8" in cfg.engines
+        forms = cfg.int8_forms if cfg.int8 else ("int8-qdq",) if want_int8 else ()
+        if "int8" in cfg.engines and "int8-qdq" not in forms:
+            forms = forms + ("int8-qdq",)
+
+        from edgecls.export.onnx_export import export_onnx
+
+        fp32, info = self.timed("export fp32", lambda: export_onnx(model, ckpt.spec, cfg.opset, cfg.simplify))
+        self.extra["model.onnx"] = {"opset": info.opset, "exporter": info.exporter, "simplified": info.simplified,
+                                    "nodes": info.nodes_after, "nodes_before_simplify": info.nodes_before}
+        self.reports.append(self.publish(ARTIFACT_NAMES["fp32"], fp32, "fp32"))
+
+        if want_fp16:
+            from edgecls.export.fp16 import to_fp16
+
+            fp16 = self.timed("export fp16", lambda: to_fp16(fp32))
+            self.reports.append(self.publish(ARTIFACT_NAMES["fp16"], fp16, "fp16"))
+
+        calib_set = calibration = None
+        if forms:
+            calib_set, calibration = self.int8(fp32, forms)
+
+        engines: List[EngineResult] = []
+        engine_error = None
+        if cfg.engines:
+            engines, engine_error = self.engines()
+        self.timings["total"] = time.perf_counter() - t_start
+        parity_json = self.write_parity_json(calib_set, calibration, engines, engine_error)
+        return ExportResult(self.out, ckpt.spec, self.sha, self.data, self.reference, tuple(self.reports),
+                            dict(self.timings), parity_json, calib_set, calibration, tuple(engines),
+                            tuple(self.warnings), engine_error)
+
+    def int8(self, fp32, forms: Sequence[str]):
+        from edgecls.export.calib import resolve_calib_set
+        from edgecls.export.quantize import (
+            CalibConfig,
+            CalibrationImages,
+            calibrate,
+            preprocess_for_quantization,
+            quantize,
+            sensitive_nodes,
+        )
+
+        cfg = self.cfg
+        calib_set = resolve_calib_set(cfg.calib, cfg.calib_count, self.ckpt.data, self.spec.classes, cfg.seed,
+                                      cfg.calib_default_dir)
+        for w in calib_set.warnings():
+            log.warning("%s", w)
+            self.warnings.append(w)
+        overlap = set(os.path.realpath(p) for p in calib_set.paths) & set(os.path.realpath(p) for p in self.data.paths)
+        if overlap:
+            w = (f"{len(overlap)} calibration images are also parity images (e.g. {sorted(overlap)[0]}); "
+                 "calibrate on training or deployment images, not on the held-out set")
+            log.warning("%s", w)
+            self.warnings.append(w)
+        pre = self.timed("quant pre-process", lambda: preprocess_for_quantization(fp32))
+        images = self.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, self.spec.preprocess))
+        ccfg = CalibConfig(method=cfg.calib_method, percentile=cfg.calib_percentile)
+        cache_dir = Path(cfg.calib_cache) if cfg.calib_cache is not None else self.out / "calib_cache"
+        passes = 1 if ccfg.method == "minmax" else 2
+        bar = _Progress(cfg.progress, passes * len(images), f"calibrating ({ccfg.method})")
+        try:
+            calibration = self.timed("calibration", lambda: calibrate(pre, images, ccfg, cache_dir, bar))
+        finally:
+            bar.close()
+        ends = sensitive_nodes(pre)
+        for form in forms:
+            name = ARTIFACT_NAMES[form]
+            if cfg.int8_keep_fp32 == "ends":
+                attempts = [tuple(ends)]
+            elif cfg.int8_keep_fp32 == "none":
+                attempts = [()]
+            else:
+                attempts = [(), tuple(ends)] if ends else [()]
+            notes: List[str] = []
+            report = None
+            for i, exclude in enumerate(attempts):
+                last = i == len(attempts) - 1
+                q, qinfo = self.timed(f"quantize {form}", quantize, pre, calibration, form, exclude)
+                n = list(notes)
+                if exclude:
+                    n.append(f"kept in FP32: {', '.join(exclude)} (first/last layer)")
+                report = self.publish(name, q, form, notes=n, keep_failed=last)
+                if report or last:
+                    break
+                notes.append(f"full INT8 failed ({'; '.join(report.failures)}); retried with the first and last "
+                             "layers in FP32 (--int8-keep-fp32 auto)")
+                log.warning("%s: %s", name, notes[-1])
+            self.extra[name] = {"form": form, "calib_method": calibration.method,
+                                "kept_fp32": list(qinfo.excluded), "ops": qinfo.op_counts}
+            self.reports.append(report)
+        return calib_set, calibration
+
+    def engines(self) -> Tuple[List[EngineResult], Optional[str]]:
+        from edgecls.export.parity import check_artifact
+        from edgecls.export.tensorrt import build_engine, choose_onnx, import_tensorrt
+
+        cfg = self.cfg
+        results: List[EngineResult] = []
+        try:
+            trt_version = str(getattr(import_tensorrt(), "__version__", "0"))
+        except CapabilityError:
+            trt_version = None
+        errors = []
+        for precision in cfg.engines:
+            onnx_path = choose_onnx(self.out, precision, trt_version)
+            rep = next((r for r in self.reports if r.artifact == onnx_path.name), None)
+            if rep is not None and not rep:
+                errors.append(f"{precision} engine not built: {onnx_path.name} failed parity")
+                continue
+            try:
+                res = self.timed(f"engine {precision}", build_engine, onnx_path, precision, self.out, cfg.batch,
+                                 cfg.workspace_mib, cfg.timing_cache, cfg.force_engine)
+            except CapabilityError as e:
+                errors.append(str(e))
+                continue
+            results.append(res)
+            from edgecls.export.metadata import read_sidecar
+
+            spec = read_sidecar(res.path)
+            report = check_artifact(res.path.name, res.path, precision, self.reference, self.data, spec,
+                                    cfg.tolerances, device="auto")
+            self.reports.append(report)
+        return results, ("\n".join(errors) if errors else None)
+
+    # -- parity.json -----------------------------------------------------------------------------------------
+    def write_parity_json(self, calib_set, calibration, engines, engine_error) -> Path:
+        from edgecls.export.metadata import read_sidecar
+
+        from edgecls import __version__
+
+        path = self.out / "parity.json"
+        previous: Dict[str, Any] = {}
+        if path.is_file():
+            try:
+                previous = json.loads(path.read_text(encoding="utf-8")).get("artifacts", {}) or {}
+            except (OSError, ValueError, AttributeError) as e:
+                log.warning("previous %s is unreadable (%s); starting a new one", path, e)
+        artifacts: Dict[str, Any] = {}
+        for name, entry in previous.items():
+            if isinstance(entry, dict):
+                artifacts[name] = dict(entry, from_previous_export=True)
+        now = _now()
+        for r in self.reports:
+            entry = r.to_dict()
+            entry.update(self.extra.get(r.artifact, {}))
+            entry.update(source_sha256=self.sha, checkpoint=os.fspath(self.cfg.checkpoint), exported_at=now,
+                         from_previous_export=False)
+            final = self.out / r.artifact
+            if not r:
+                entry["file"] = Path(r.path).name
+                if final.is_file():
+                    try:
+                        prev_sha = read_sidecar(final).source_sha256
+                    except Exception:  # an unreadable sidecar only weakens the note
+                        prev_sha = None
+                    entry["previous_good_file"] = {
+                        "file": r.artifact, "source_sha256": prev_sha,
+                        "note": "left from an earlier export that passed parity; NOT from this export"
+                                + ("" if prev_sha == self.sha else " (another checkpoint)"),
+                    }
+            else:
+                entry["file"] = r.artifact
+            artifacts[r.artifact] = entry
+        doc: Dict[str, Any] = {
+            "format": PARITY_FORMAT, "edgecls_version": __version__, "created": now,
+            "checkpoint": os.fspath(self.cfg.checkpoint), "source_sha256": self.sha,
+            "data": {"source": self.data.source, "n": self.data.n, "labelled": self.data.y is not None},
+            "tolerances": self.cfg.tolerances.to_dict(),
+            "reference": {"accuracy": self.reference.accuracy, "positive_recall": self.reference.positive_recall,
+                          "per_class_recall": self.reference.per_class_recall},
+            "passed": all(self.reports),
+            "artifacts": dict(sorted(artifacts.items())),
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+        if calib_set is not None and calibration is not None:
+            doc["calibration"] = {
+                "source": calib_set.source, "images": calib_set.count, "groups": calib_set.groups,
+                "method": calibration.method, "cache": os.fspath(calibration.cache_path),
+                "cache_hit": calibration.cache_hit, "images_sha256": calibration.images_sha256,
+            }
+        if engines or engine_error:
+            doc["engines"] = {
+                "built": [{"file": e.path.name, "precision": e.precision, "trt_version": e.trt_version,
+                           "compute_capability": e.compute_capability, "reused": e.reused,
+                           "batch": [e.profile.min, e.profile.opt, e.profile.max]} for e in engines],
+                "error": engine_error,
+            }
+        atomic.write_json(path, doc)
+        return path
+
+
+def export_checkpoint(config: ExportConfig) -> ExportResult:
+    """Run the export; returns the result (check ``result.passed`` or call ``result.raise_for_status()``)."""
+    return _Exporter(config).run()

@@ -1,0 +1,292 @@
+"""Sources: file listing, video order, the newest-frame slot of live sources, bounded reconnects, clear failures."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_helpers import write_images, write_video
+
+from edgecls.errors import CapabilityError, InputError, SourceError
+from edgecls.runtime import sources as S
+from edgecls.runtime.sources import (
+    ImageSource,
+    LatestFrameSlot,
+    LiveSource,
+    RetryPolicy,
+    VideoFileSource,
+    gstreamer_enabled,
+    parse_source,
+    parse_sources,
+    read_image,
+)
+
+
+class FakeCapture:
+    """A cv2.VideoCapture stand-in producing numbered frames every ``delay`` s; fails after ``n_ok`` reads."""
+
+    def __init__(self, n_ok=None, delay=0.0005, opened=True):
+        self.n_ok, self.delay, self.opened = n_ok, delay, opened
+        self.reads = 0
+        self.released = False
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        if self.n_ok is not None and self.reads >= self.n_ok:
+            return False, None
+        time.sleep(self.delay)
+        self.reads += 1
+        return True, np.full((8, 8, 3), self.reads % 256, np.uint8)
+
+    def release(self):
+        self.released = True
+
+
+def drain(src: LiveSource, timeout: float = 2.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        f = src.get(timeout=0.2)
+        if f is not None:
+            out.append(f)
+        elif src.finished:
+            break
+    return out
+
+
+# ------------------------------------------------------------------------------------------ live sources
+
+
+def test_live_source_delivers_only_the_newest_frame():
+    """A producer much faster than the consumer: every delivered frame is the newest captured at that moment,
+    frame numbers strictly increase (never the same or an older frame twice in a row), and stale frames are dropped."""
+    src = LiveSource("fake", lambda: FakeCapture(delay=0.0005)).start()
+    try:
+        delivered = []
+        while len(delivered) < 12:
+            with src.slot._cond:  # hold the slot so the producer cannot put between the take and the check
+                f = src.get(timeout=0)
+                newest = src.slot.puts - 1
+            if f is None:
+                time.sleep(0.001)
+                continue
+            assert f.frame == newest, f"delivered frame {f.frame} but {newest} was already captured"
+            delivered.append(f.frame)
+            time.sleep(0.01)  # a slow consumer (inference)
+        assert all(b > a for a, b in zip(delivered, delivered[1:])), delivered
+        assert src.dropped > 0 and delivered[-1] - delivered[0] > len(delivered)
+    finally:
+        src.close()
+    assert src.finished
+
+
+def test_latest_frame_slot_semantics():
+    ev = threading.Event()
+    slot = LatestFrameSlot(ev)
+    assert slot.get(timeout=0) is None
+    for i in range(3):
+        slot.put(S.Frame(source="x", index=i, frame=i))
+    assert ev.is_set() and slot.overwritten == 2
+    assert slot.get(timeout=0).frame == 2
+    assert slot.get(timeout=0) is None  # never the same frame twice
+    slot.close()
+    assert slot.get(timeout=1.0) is None and slot.closed
+
+
+def test_dropped_stream_is_retried_with_bounded_backoff_then_ends_cleanly():
+    opens = []
+
+    def opener():
+        opens.append(time.monotonic())
+        return FakeCapture(n_ok=3) if len(opens) == 1 else FakeCapture(opened=False)
+
+    sleeps = []
+    src = LiveSource(
+        "rtsp://cam", opener, retry=RetryPolicy(retries=4, initial=0.5, factor=2.0, max_delay=2.0),
+        sleep=lambda s: sleeps.append(s),
+    ).start()
+    frames = drain(src)
+    assert sleeps == [0.5, 1.0, 2.0, 2.0]  # exponential, capped, bounded: no real waiting in the test
+    assert len(opens) == 1 + 4
+    assert src.finished and "gave up after 4" in src.end_reason
+    assert 1 <= len(frames) <= 3
+    src.close()
+
+
+def test_dropped_stream_recovers_when_reopen_succeeds():
+    script = [FakeCapture(n_ok=2, delay=0.005), FakeCapture(opened=False), FakeCapture(n_ok=2, delay=0.005)]
+
+    def opener():
+        return script.pop(0) if script else FakeCapture(opened=False)
+
+    sleeps = []
+    src = LiveSource("cam", opener, retry=RetryPolicy(retries=2, initial=0.1), sleep=lambda s: sleeps.append(s)).start()
+    frames = drain(src)
+    assert src.reconnects == 1 and src.captured == 4
+    assert sleeps == [0.1, 0.2, 0.1, 0.2]  # two tries to recover, then two more after the final drop
+    assert [f.frame for f in frames] == sorted({f.frame for f in frames})
+    src.close()
+
+
+def test_retry_wait_ends_at_once_on_close():
+    caps = [FakeCapture(n_ok=1)]
+    src = LiveSource(
+        "cam", lambda: caps.pop(0) if caps else FakeCapture(opened=False), retry=RetryPolicy(retries=3, initial=30.0)
+    ).start()
+    time.sleep(0.05)  # one frame, then the drop: the reader now waits 30 s before reopening
+    t0 = time.monotonic()
+    src.close()  # the backoff wait is interrupted
+    assert time.monotonic() - t0 < 2.5 and not src._thread.is_alive()
+
+
+def test_camera_that_cannot_open_raises_source_error():
+    src = LiveSource("camera:7", lambda: FakeCapture(opened=False), hint=": no camera at index 7")
+    with pytest.raises(SourceError, match="cannot open camera:7: no camera at index 7") as e:
+        src.start()
+    assert e.value.exit_code == 5
+
+    def boom():
+        raise RuntimeError("device busy")
+
+    with pytest.raises(SourceError, match="device busy"):
+        LiveSource("camera:8", boom).start()
+
+
+def test_real_camera_index_that_does_not_exist():
+    pytest.importorskip("cv2")
+    src = S.camera_source(97)
+    with pytest.raises(SourceError, match="camera:97"):
+        src.start()
+
+
+# ------------------------------------------------------------------------------------------ OpenCV capability
+
+
+def test_gstreamer_detection_and_csi_without_gstreamer(monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    assert gstreamer_enabled(type("C", (), {"getBuildInformation": staticmethod(lambda: "  GStreamer:   YES (1.20.3)\n")}))
+    assert not gstreamer_enabled(type("C", (), {"getBuildInformation": staticmethod(lambda: "  GStreamer:   NO\n")}))
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "Video I/O:\n    FFMPEG: YES\n    GStreamer:  NO\n")
+    with pytest.raises(CapabilityError) as e:
+        parse_source("csi://0")
+    msg = str(e.value)
+    assert "GStreamer: NO" in msg and "pip uninstall opencv-python" in msg and "JetPack" in msg
+    assert e.value.exit_code == 4
+    with pytest.raises(InputError):
+        parse_source("csi://x")
+
+
+def test_csi_pipeline_with_options(monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "GStreamer: YES (1.16)")
+    opened = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *a: opened.append(a) or FakeCapture(opened=False))
+    src = parse_source("csi://1?width=1920&height=1080&fps=60")
+    assert isinstance(src, LiveSource) and src.name.startswith("csi://1")
+    with pytest.raises(SourceError, match="nvarguscamerasrc sensor-id=1"):
+        src.start()
+    pipeline, api = opened[0]
+    assert "width=(int)1920" in pipeline and "framerate=(fraction)60/1" in pipeline and "appsink drop=true" in pipeline
+    assert api == cv2.CAP_GSTREAMER
+
+
+def test_without_opencv_video_fails_clearly_but_images_work(tmp_path, monkeypatch):
+    paths = write_images(tmp_path / "imgs", n=2)
+    (tmp_path / "clip.mp4").write_bytes(b"\x00")
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 → ImportError
+    with pytest.raises(CapabilityError, match=r"edgecls\[opencv\]") as e:
+        list(VideoFileSource(tmp_path / "clip.mp4").frames())
+    assert "JetPack" in str(e.value)
+    for live in ("csi://0", "rtsp://host/stream", "v4l2:///dev/video0"):
+        with pytest.raises(CapabilityError):
+            parse_source(live)
+    src = parse_source(str(tmp_path / "imgs"))
+    frames = [read_image(*t) for t in src.tasks()]
+    assert [f.path for f in frames] == [str(p) for p in paths] and all(f.image is not None for f in frames)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def test_folder_is_recursive_sorted_and_filters(tmp_path):
+    root = tmp_path / "data"
+    write_images(root / "b", n=2)
+    write_images(root / "a" / "deep", n=2)
+    (root / "notes.txt").write_text("x")
+    (root / ".hidden").mkdir()
+    write_images(root / ".hidden", n=1)
+    (root / "UPPER.JPG").write_bytes((root / "b" / "img_000.jpg").read_bytes())
+    src = parse_source(str(root))
+    assert isinstance(src, ImageSource)
+    rel = [p.relative_to(root).as_posix() for p, _ in src.items]
+    assert rel == ["UPPER.JPG", "a/deep/img_000.jpg", "a/deep/img_001.jpg", "b/img_000.jpg", "b/img_001.jpg"]
+    assert [name for _, name in src.items][1] == "data/a/deep/img_000.jpg"
+
+
+def test_globs_files_and_bad_sources(tmp_path):
+    write_images(tmp_path / "g", n=3)
+    src = parse_source(str(tmp_path / "g" / "*.jpg"))
+    assert [p.name for p, _ in src.items] == ["img_000.jpg", "img_001.jpg", "img_002.jpg"]
+    one = parse_source(str(tmp_path / "g" / "img_001.jpg"))
+    assert isinstance(one, ImageSource) and len(one) == 1
+    with pytest.raises(InputError, match="does not exist"):
+        parse_source(str(tmp_path / "nope.jpg"))
+    with pytest.raises(InputError, match="matches no image"):
+        parse_source(str(tmp_path / "g" / "*.png"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        parse_source(str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="unknown scheme"):
+        parse_source("ftp://host/x.jpg")
+    with pytest.raises(InputError, match="no source"):
+        parse_sources([], [])
+
+
+def test_stream_and_device_sources_parse(monkeypatch):
+    pytest.importorskip("cv2")
+    s = parse_source("rtsp://user:secret@10.0.0.2/stream1")
+    assert isinstance(s, LiveSource) and "secret" not in s.name
+    assert isinstance(parse_source("/dev/video3"), LiveSource)
+    assert isinstance(parse_source("v4l2:///dev/video0?width=640&height=480"), LiveSource)
+    with pytest.raises(InputError, match="not an integer"):
+        parse_source("v4l2:///dev/video0?width=big")
+    cams = parse_sources([], [0, 2])
+    assert [c.name for c in cams] == ["camera:0", "camera:2"]
+
+
+def test_corrupt_image_gives_error_frame(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    f = read_image("src", 3, bad, "bad.jpg")
+    assert f.image is None and "cannot read image" in f.error and f.index == 3
+
+
+def test_video_file_frames_in_order_nothing_dropped(tmp_path):
+    pytest.importorskip("cv2")
+    path = write_video(tmp_path / "v.avi", n=15)
+    src = VideoFileSource(path, queue_size=2)
+    got = []
+    for f in src.frames():
+        got.append(f.frame)
+        time.sleep(0.003)  # slower than the reader: it must wait, not drop
+        assert f.bgr and f.image.shape == (48, 64, 3)
+    assert got == list(range(15)) and src.fps == pytest.approx(10.0)
+    # a video that cannot be opened gives one error frame (the run goes on)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    frames = list(VideoFileSource(bad).frames())
+    assert len(frames) == 1 and "cannot open video" in frames[0].error
+
+
+def test_parse_sources_mixes_in_given_order(tmp_path):
+    pytest.importorskip("cv2")
+    write_images(tmp_path / "imgs", n=2)
+    write_video(tmp_path / "v.avi", n=3)
+    srcs = parse_sources([str(tmp_path / "v.avi"), str(tmp_path / "imgs")], [1])
+    assert [type(s).__name__ for s in srcs] == ["VideoFileSource", "ImageSource", "LiveSource"]
+    assert Path(srcs[0].path).name == "v.avi"

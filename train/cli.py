@@ -1,0 +1,100 @@
+"""``edgecls train``: typer options → a frozen :class:`~edgecls.train.config.TrainConfig` → the engine → a summary.
+
+Only typer/stdlib at module top: ``edgecls --help`` must not import torch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+
+def train_command(
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d",
+        help="Image folder: DATA/train/<class>/ + DATA/val/<class>/, or DATA/<class>/ (split by --val-fraction).",
+    ),
+    arch: Optional[str] = typer.Option(
+        None, "--arch", help="resnet18 (default), resnet50, mobilenet_v2, mobilenet_v3_small/large, efficientnet_b0."
+    ),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="imagenet (default; torchvision cache / $TORCH_HOME), none, or PATH to a state dict."
+    ),
+    recipe: str = typer.Option(
+        "fast", "--recipe",
+        help="fast: head on cached frozen features, then short fine-tuning with early stopping. "
+        "seed: the seed's SGD/StepLR recipe.",
+    ),
+    positive: Optional[str] = typer.Option(
+        None, "--positive", help="Class to detect one-vs-rest: a threshold is chosen for --target-precision on val."
+    ),
+    target_precision: Optional[float] = typer.Option(
+        None, "--target-precision", help="Precision the positive threshold must reach on val [default: 0.95]."
+    ),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 3, seed 25]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 32, seed 4]."),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help="Eval/deployment crop; resize = size*256/224 [default 224]."
+    ),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate [recipe: fast 3e-4, seed 1e-3]."),
+    balance: Optional[str] = typer.Option(
+        None, "--balance", help="Class imbalance: sampler, weights or none [recipe: fast sampler, seed none]."
+    ),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping patience in epochs."),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="Val share per class for a DATA/<class>/ folder [default: 0.2]."
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, init and data order [default: 0]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [auto: 0 on small CPUs]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/train/<name>]."),
+    name: str = typer.Option("exp", "--name", help="Run name under runs/train/ (exp, exp2, ... when taken)."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Write into an existing run folder."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue an interrupted run: its folder or its last.pt (may extend --epochs)."
+    ),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", help="Stop after the epoch that exceeds this wall-clock budget."
+    ),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Fine-tune a torchvision classifier on an image folder; write best.pt/last.pt, metrics, plots, summary."""
+    from edgecls.errors import InputError
+    from edgecls.train.config import TrainConfig, get_recipe
+    from edgecls.train.engine import resume_config, train
+
+    if resume is not None:
+        given = {"data": data, "arch": arch, "weights": weights, "positive": positive,
+                 "target_precision": target_precision, "batch_size": batch_size, "image_size": image_size,
+                 "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out}
+        fixed = sorted(k for k, v in given.items() if v is not None)
+        if fixed:
+            raise InputError(
+                f"--resume continues a run with its own settings; drop {', '.join('--' + k.replace('_', '-') for k in fixed)}"
+                f" (may change: --epochs, --patience, --workers, --device, --max-minutes)"
+            )
+        cfg, last = resume_config(
+            resume, epochs=epochs, patience=patience, workers=workers, device=device, max_minutes=max_minutes,
+            progress=progress,
+        )
+        result = train(cfg, resume_from=last)
+    else:
+        if data is None:
+            raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
+                             "or with <class>/ folders only")
+        rec = get_recipe(recipe).override(
+            epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience
+        )
+        kwargs = dict(
+            data=data, recipe=rec, arch=arch or "resnet18", weights=weights or "imagenet", out=out, name=name,
+            exist_ok=exist_ok, device=device or "auto", positive=positive, workers=workers,
+            max_minutes=max_minutes, amp=amp, progress=progress,
+        )
+        for k, v in (("target_precision", target_precision), ("val_fraction", val_fraction), ("seed", seed)):
+            if v is not None:
+                kwargs[k] = v
+        result = train(TrainConfig(**kwargs))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(result.table())

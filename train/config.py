@@ -1,0 +1,231 @@
+"""Training configuration: frozen recipes (typed presets) and the run config built from CLI options.
+
+Two recipes ship:
+
+``fast`` (the default)
+    1. *head phase*: the pretrained backbone is frozen, its features are extracted **once** with the eval
+       preprocessing (the runtime's ``preprocess_one``), and a linear head is fitted on the cached features
+       (full-batch L-BFGS, class-weighted cross-entropy, L2) — a fraction of a second once the features exist.
+    2. *fine-tune phase*: the whole network is trained for a few epochs with RandomResizedCrop + flip, a
+       class-balanced sampler, AdamW and a cosine learning rate, at a smaller training crop than the eval size
+       (train low / test high, "FixRes"), with early stopping on validation balanced accuracy.
+    The head phase is skipped when the backbone is not pretrained (``--weights none``).
+
+``seed``
+    The seed project's recipe, kept for comparison: SGD lr 0.001 momentum 0.9, StepLR(7, 0.1), 25 epochs,
+    batch 4, RandomResizedCrop(224) + flip, Resize(256)/CenterCrop(224), no imbalance handling.
+
+Every CLI override (``--epochs``, ``--lr`` ...) replaces one field of the chosen recipe (``Recipe.override``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from edgecls.errors import InputError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "constant")
+BALANCE = ("weights", "sampler", "none")
+SELECT_METRICS = ("balanced_accuracy", "macro_f1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyperparameters of one training recipe. ``epochs`` counts fine-tuning epochs (the head phase is epoch 0)."""
+
+    name: str
+    description: str
+    # head-only phase on cached frozen features (0 = no head phase)
+    head_max_iter: int = 0
+    head_l2: float = 1e-3
+    # fine-tuning phase
+    epochs: int = 25
+    optimizer: str = "sgd"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    step_size: int = 7
+    gamma: float = 0.1
+    batch_size: int = 4
+    image_size: int = 224  # eval / deployment crop; Resize is image_size * 256/224
+    train_size: Optional[int] = None  # RandomResizedCrop output; None = image_size
+    scale: Tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    hflip: bool = True
+    balance: str = "none"  # weights: class-weighted loss; sampler: class-balanced sampling; none
+    epoch_samples: Optional[int] = None  # samples drawn per epoch with the balanced sampler; None = dataset size
+    label_smoothing: float = 0.0
+    patience: Optional[int] = None  # early stopping: epochs without improvement; None = off
+    select: str = "balanced_accuracy"  # the validation metric that picks the best epoch
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        _need(self.head_max_iter >= 0, f"head_max_iter must be >= 0, got {self.head_max_iter}")
+        _need(self.head_l2 >= 0, f"head_l2 must be >= 0, got {self.head_l2}")
+        _need(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
+        _need(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        _need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _need(self.schedule in SCHEDULES, f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+        _need(self.step_size >= 1, f"step_size must be >= 1, got {self.step_size}")
+        _need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        _need(self.image_size >= 16, f"--image-size must be >= 16, got {self.image_size}")
+        _need(self.train_size is None or self.train_size >= 16, f"train_size must be >= 16, got {self.train_size}")
+        _need(
+            len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
+            f"scale must be (low, high) with 0 < low <= high <= 1, got {self.scale}",
+        )
+        _need(self.balance in BALANCE, f"--balance {self.balance!r} is not one of {', '.join(BALANCE)}")
+        _need(self.epoch_samples is None or self.epoch_samples >= 1, "epoch_samples must be >= 1")
+        _need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _need(self.patience is None or self.patience >= 1, f"--patience must be >= 1, got {self.patience}")
+        _need(self.select in SELECT_METRICS, f"select {self.select!r} is not one of {SELECT_METRICS}")
+
+    @property
+    def crop_size(self) -> int:
+        """The training crop (RandomResizedCrop output)."""
+        return self.train_size or self.image_size
+
+    def override(self, **changes: Any) -> Recipe:
+        """A copy with the non-None ``changes`` applied (CLI options left unset keep the recipe's values).
+
+        Changing ``image_size`` without ``train_size`` keeps the recipe's train/eval size ratio.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "image_size" in changes and "train_size" not in changes and self.train_size is not None:
+            ratio = self.train_size / self.image_size
+            changes["train_size"] = max(16, int(round(changes["image_size"] * ratio / 8.0)) * 8)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scale"] = list(self.scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> Recipe:
+        d = dict(d)
+        if "scale" in d:
+            d["scale"] = tuple(d["scale"])
+        return cls(**d)
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InputError(msg)
+
+
+RECIPES: Dict[str, Recipe] = {
+    "fast": Recipe(
+        name="fast",
+        description="head on cached frozen features, then short full fine-tuning (balanced sampler, AdamW, "
+        "cosine, train crop 160 / eval 224) with early stopping",
+        head_max_iter=200,
+        head_l2=1e-3,
+        epochs=3,
+        optimizer="adamw",
+        lr=3e-4,
+        weight_decay=1e-4,
+        schedule="cosine",
+        batch_size=32,
+        image_size=224,
+        train_size=160,
+        scale=(0.25, 1.0),
+        balance="sampler",
+        epoch_samples=None,
+        label_smoothing=0.0,
+        patience=2,
+    ),
+    "seed": Recipe(
+        name="seed",
+        description="the seed's recipe: SGD lr 0.001 momentum 0.9, StepLR(7, 0.1), 25 epochs, batch 4, "
+        "RandomResizedCrop(224)+flip, Resize(256)/CenterCrop(224), no imbalance handling",
+        head_max_iter=0,
+        epochs=25,
+        optimizer="sgd",
+        lr=0.001,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="step",
+        step_size=7,
+        gamma=0.1,
+        batch_size=4,
+        image_size=224,
+        train_size=None,
+        scale=(0.08, 1.0),
+        balance="none",
+        patience=None,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise InputError(f"unknown --recipe {name!r}; valid: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``recipe`` already carries the CLI overrides."""
+
+    data: str
+    recipe: Recipe = field(default_factory=lambda: RECIPES["fast"])
+    arch: str = "resnet18"
+    weights: str = "imagenet"
+    out: Optional[str] = None  # explicit run folder; None = ``project/name`` with a free name (name, name2, ...)
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    positive: Optional[str] = None
+    target_precision: float = 0.95
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: Optional[int] = None  # None = auto (0 on small CPU machines)
+    max_minutes: Optional[float] = None  # stop after the epoch that exceeds this wall-clock budget
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    progress: bool = True  # tqdm bars on stderr (rank 0 only)
+
+    def __post_init__(self) -> None:
+        _need(bool(self.data), "--data is required: a folder with train/<class>/ and val/<class>/, or <class>/")
+        _need(0.0 < self.target_precision <= 1.0, f"--target-precision must be in (0, 1], got {self.target_precision}")
+        _need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        _need(self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
+        _need(self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got {self.max_minutes}")
+        _need(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"--device {self.device!r} is not valid; valid: auto, cpu, cuda, cuda:N",
+        )
+        if isinstance(self.recipe, dict):
+            object.__setattr__(self, "recipe", Recipe.from_dict(self.recipe))
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data).expanduser()
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights not in ("none", "", None)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["recipe"] = self.recipe.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["recipe"] = Recipe.from_dict(d["recipe"])
+        valid = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in valid})
+
+
+# Fields that may differ when a run is resumed (everything else must match the run's stored config).
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "progress", "max_minutes", "patience")
