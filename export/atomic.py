@@ -25,6 +25,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """What ``open(..., "w")`` would give (0o666 minus the umask); mkstemp's 0o600 would hide artifacts."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def temp_path(path: PathLike, suffix: str = "") -> Path:
     """A fresh, unused name next to ``path`` (hidden, ends with ``suffix``), for writing before a rename.
 
@@ -33,6 +40,10 @@ def temp_path(path: PathLike, suffix: str = "") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        pass
     os.close(fd)
     return Path(tmp)
 

@@ -98,8 +98,6 @@ def export_command(
                    f"{'reused' if e.reused else f'built in {e.seconds:.1f}s'})")
     shown = [(k, v) for k, v in result.timings.items() if not k.startswith("parity ")]
     typer.echo("timing: " + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in shown))
-    for w in result.warnings:
-        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"wrote {result.out} (parity: {result.parity_json})")
     result.raise_for_status()
 

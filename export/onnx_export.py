@@ -103,11 +103,18 @@ def simplify(model: onnx.ModelProto, spec: ModelSpec) -> Optional[onnx.ModelProt
         return None
     import onnx
 
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:  # their INFO lines describe each pass; ours says what matters
+        lg.setLevel(max(logging.WARNING, lg.level))
     try:
         simplified = optimizer.optimize(onnx.ModelProto.FromString(model.SerializeToString()))
     except Exception as e:  # the optimizer is best effort: a failure is reported and the plain graph kept
         log.warning("ONNX simplification failed (%s: %s); keeping the unsimplified graph", type(e).__name__, e)
         return None
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
     if _default_opset(simplified) != _default_opset(model) or _io_signature(simplified) != _io_signature(model):
         log.warning("ONNX simplification changed the opset or the inputs/outputs; keeping the unsimplified graph")
         return None
@@ -166,7 +173,7 @@ def export_onnx(
     )
     log.info(
         "exported ONNX opset %d with the %s exporter: %d nodes%s", info.opset, exporter, info.nodes_after,
-        f" (simplified from {nodes_before})" if info.simplified else "",
+        f" (simplified from {nodes_before})" if info.simplified and nodes_before != info.nodes_after else "",
     )
     return proto, info
 

@@ -133,6 +133,7 @@ class ParityReport:
     failures: Tuple[str, ...]
     seconds: float
     notes: Tuple[str, ...] = ()
+    decision_agreement: Optional[float] = None  # positive-class decisions at the spec threshold that match
 
     @property
     def passed(self) -> bool:
@@ -157,6 +158,7 @@ class ParityReport:
             "nonfinite_outputs": self.nonfinite, "checks": [c.to_dict() for c in self.checks],
             "status": "passed" if self.passed else "failed", "failures": list(self.failures),
             "seconds": round(self.seconds, 3), "notes": list(self.notes),
+            "decision_agreement": _finite(self.decision_agreement),
         }
 
 
@@ -304,6 +306,12 @@ def compare(
     max_logit = float(np.abs(logits - ref).max()) if ref.size else 0.0
     max_prob = float(np.abs(_probs(logits, spec.temperature) - _probs(ref, spec.temperature)).max()) if ref.size else 0.0
     agreement = float(np.mean(np.argmax(logits, 1) == np.argmax(ref, 1))) if ref.size else 1.0
+    decisions = None
+    if spec.positive_index is not None and ref.size:
+        k = spec.positive_index
+        mine = _probs(logits, spec.temperature)[:, k] >= spec.threshold
+        theirs = _probs(ref, spec.temperature)[:, k] >= spec.threshold
+        decisions = float(np.mean(mine == theirs))
     acc, pos, per = _label_metrics(data.y, logits, spec)
 
     def check(name: str, value: float, op: str, limit: float) -> None:
@@ -323,6 +331,7 @@ def compare(
     return ParityReport(
         artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
         acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
+        decisions,
     )
 
 

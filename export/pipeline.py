@@ -371,8 +371,8 @@ class _Exporter:
             except (OSError, ValueError, AttributeError) as e:
                 log.warning("previous %s is unreadable (%s); starting a new one", path, e)
         artifacts: Dict[str, Any] = {}
-        for name, entry in previous.items():
-            if isinstance(entry, dict):
+        for name, entry in previous.items():  # artifacts not redone now: carried over while their file exists
+            if isinstance(entry, dict) and (self.out / str(entry.get("file", name))).is_file():
                 artifacts[name] = dict(entry, from_previous_export=True)
         now = _now()
         for r in self.reports:
@@ -424,6 +424,24 @@ class _Exporter:
         return path
 
 
+def require_export_dependencies() -> None:
+    """CapabilityError (exit 4) naming the install command when the export extra is missing."""
+    from edgecls.runtime.model_io import import_onnxruntime
+
+    missing = []
+    for mod, pkg in (("torch", "torch"), ("torchvision", "torchvision"), ("onnx", "onnx")):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(pkg)
+    if missing:
+        raise CapabilityError(
+            f"edgecls export needs {', '.join(missing)}: pip install 'edgecls[export,cpu]' (or [export,gpu])"
+        )
+    import_onnxruntime()
+
+
 def export_checkpoint(config: ExportConfig) -> ExportResult:
     """Run the export; returns the result (check ``result.passed`` or call ``result.raise_for_status()``)."""
+    require_export_dependencies()
     return _Exporter(config).run()

@@ -254,6 +254,9 @@ def build_serialized(trt: Any, plan: BuildPlan, onnx_bytes: bytes, input_name: s
     builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:
+        if name == "STRONGLY_TYPED" and not hasattr(trt.NetworkDefinitionCreationFlag, name) \
+                and parse_version(plan.trt_version)[0] >= 11:
+            continue  # always on in 11.x; the flag is accepted and ignored where it still exists
         flags |= 1 << int(_flag(trt.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -325,6 +328,8 @@ def build_engine(
             f"{profile.min},{profile.opt},{profile.max}\nor with trtexec:\n{hint}"
         )
 
+    if not any(_plan_ok(v, precision, onnx_prec) for v in ("8.5", "10.0", "11.0")):
+        build_plan("10.0", precision, onnx_prec)  # raises the InputError that explains the mismatch
     try:
         trt = trt_module if trt_module is not None else import_tensorrt()
     except CapabilityError as e:

@@ -164,6 +164,7 @@ class OrtBackend(Backend):
         allow_fallback: bool = False,
         spec: Optional[ModelSpec] = None,
         trt_cache_dir: Optional[str] = None,
+        session_config: Optional[Dict[str, str]] = None,
     ) -> None:
         self.path = check_model_file(path)
         if model_kind(self.path) != "onnx":
@@ -193,6 +194,8 @@ class OrtBackend(Backend):
         if threads is not None:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
+        for key, value in (session_config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+            so.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(os.fspath(self.path), sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime's own exception classes
@@ -613,12 +616,16 @@ def load_backend(
     threads: Optional[int] = None,
     allow_fallback: bool = False,
     spec: Optional[ModelSpec] = None,
+    **ort_options: Any,
 ) -> Backend:
-    """The backend for a model file: ``.onnx`` → :class:`OrtBackend`, ``.engine``/``.plan`` → :class:`TrtBackend`."""
+    """The backend for a model file: ``.onnx`` → :class:`OrtBackend`, ``.engine``/``.plan`` → :class:`TrtBackend`.
+
+    ``ort_options`` go to :class:`OrtBackend` (``trt_cache_dir``, ``session_config``).
+    """
     p = check_model_file(path)
     dev, _ = parse_device(device)
     if model_kind(p) == "onnx":
-        return OrtBackend(p, device=device, threads=threads, allow_fallback=allow_fallback, spec=spec)
+        return OrtBackend(p, device=device, threads=threads, allow_fallback=allow_fallback, spec=spec, **ort_options)
     if dev == "cpu":
         raise InputError(
             f"{p.name} is a TensorRT engine, which runs only on an NVIDIA GPU; --device cpu needs the ONNX model"

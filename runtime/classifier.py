@@ -41,15 +41,19 @@ class Classifier:
         allow_fallback: bool = False,
         threshold: Optional[float] = None,
         topk: int = 3,
+        **backend_options: Any,
     ) -> Classifier:
         """Load an exported ``.onnx`` (with its metadata) or a TensorRT ``.engine``/``.plan`` (with its sidecar).
 
         Raises InputError/SpecError (exit 2) for a model without metadata or whose input disagrees with it, and
         CapabilityError (exit 4) when the requested device/provider is not there (unless ``allow_fallback``).
+        ``backend_options`` go to the onnxruntime backend (``session_config``, ``trt_cache_dir``).
         """
         p = check_model_file(path)
         spec = load_model_spec(p)  # refuse a model without metadata before any (slow) session or engine load
-        backend = load_backend(p, device=device, threads=threads, allow_fallback=allow_fallback, spec=spec)
+        backend = load_backend(
+            p, device=device, threads=threads, allow_fallback=allow_fallback, spec=spec, **backend_options
+        )
         try:
             return cls(backend, spec, threshold=threshold, topk=topk)
         except Exception:

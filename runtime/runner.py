@@ -469,6 +469,7 @@ class _Loop:
         self.keep_images = saver is not None or viewer is not None
         self.workers = cfg.workers or max(1, min(4, os.cpu_count() or 1))
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
+        self.infer_exec = ThreadPoolExecutor(1, thread_name_prefix="edgecls-infer")
         self.stopped = False
         self._fps: Dict[str, Tuple[float, float]] = {}  # source → (last time, ema fps)
         self.sources: Dict[str, Any] = {}  # source name → source object (for its fps when saving video)
@@ -554,39 +555,57 @@ class _Loop:
                 preds.append(d.from_probs(row))
         return preds
 
-    def _flush(self, items: List[Tuple[Frame, Optional[np.ndarray], float]], sequence: bool, live: bool = False) -> None:
-        good = [(f, chw, ms) for f, chw, ms in items if chw is not None]
+    def _timed_infer(self, batch: np.ndarray) -> Tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        logits = self.clf.infer(batch)
+        return logits, (time.perf_counter() - t0) * 1e3
+
+    def _submit(self, items: List[Tuple[Frame, Optional[np.ndarray], float]], sync: bool = False) -> _Batch:
+        """Start inference of the prepared items (on the inference thread unless ``sync``)."""
+        good = [it for it in items if it[1] is not None]
+        if not good:
+            return _Batch(items, good, None)
+        batch = np.stack([chw for _, chw, _ in good])
+        if sync:
+            return _Batch(items, good, self._timed_infer(batch))
+        return _Batch(items, good, self.infer_exec.submit(self._timed_infer, batch))
+
+    def _finish(self, b: _Batch, sequence: bool, live: bool = False) -> None:
+        """Wait for a batch's logits, decide, and emit its records in order."""
         preds: Dict[int, Prediction] = {}
         infer_ms = 0.0
-        if good:
-            batch = np.stack([chw for _, chw, _ in good])
-            t0 = time.perf_counter()
-            logits = self.clf.infer(batch)
-            infer_ms = (time.perf_counter() - t0) * 1e3
+        if b.good:
+            logits, infer_ms = b.result.result() if hasattr(b.result, "result") else b.result
             self.stats.infer_batch.append(infer_ms)
-            self.stats.infer_image.extend([infer_ms / len(good)] * len(good))
+            self.stats.infer_image.extend([infer_ms / len(b.good)] * len(b.good))
             try:
-                out = self._decide([f for f, _, _ in good], logits, sequence)
+                out = self._decide([f for f, _, _ in b.good], logits, sequence)
             except ValueError as e:  # non-finite logits: say so per frame, keep going
-                for f, _, _ in good:
+                for f, _, _ in b.good:
                     f.error = f"model output unusable: {e}"
                 out = []
-            for (f, _, _), p in zip(good, out):
+            for (f, _, _), p in zip(b.good, out):
                 preds[id(f)] = p
-        for f, _, ms in items:
+        for f, _, ms in b.items:
             p = preds.get(id(f))
             if p is None:
                 if f.error is None:
                     f.error = "no prediction"
                 self._emit_error(f)
             else:
-                self._emit(f, p, ms, infer_ms, len(good), live)
+                self._emit(f, p, ms, infer_ms, len(b.good), live)
 
-    def run_sequence(self, name: str, items: Iterator[Any], fn: Callable, sequence: bool, fps: Optional[Callable] = None) -> None:
-        """Files or a video: ``fn`` decodes/preprocesses on the pool, ``batch`` frames per inference, in order."""
+    def _flush(self, items: List[Tuple[Frame, Optional[np.ndarray], float]], sequence: bool, live: bool = False) -> None:
+        """Infer and emit now (live frames: no queue, lowest latency)."""
+        self._finish(self._submit(items, sync=True), sequence, live)
+
+    def run_sequence(self, name: str, items: Iterator[Any], fn: Callable, sequence: bool) -> None:
+        """Files or a video, in order: ``fn`` decodes/preprocesses on the pool, ``batch`` frames per inference on
+        the inference thread, while this thread emits the previous batch's records (so the model never waits)."""
         batch = self.cfg.batch
         lookahead = max(2 * batch, 2 * self.workers)
         pending: List[Tuple[Frame, Optional[np.ndarray], float]] = []
+        in_flight: Optional[_Batch] = None
         n_good = 0
         done = 0
         gen = ordered_prefetch(self.pool, fn, items, lookahead)
@@ -597,12 +616,17 @@ class _Loop:
                     n_good += 1
                 done += 1
                 if n_good >= batch:
-                    self._flush(pending, sequence)
-                    pending, n_good = [], 0
+                    nxt = self._submit(pending)
+                    if in_flight is not None:
+                        self._finish(in_flight, sequence)
+                    in_flight, pending, n_good = nxt, [], 0
                 if self.stopped or (self.cfg.max_frames is not None and done >= self.cfg.max_frames):
                     break
-            if pending:
-                self._flush(pending, sequence)
+            nxt = self._submit(pending) if pending else None
+            for b in (in_flight, nxt):
+                if b is not None:
+                    in_flight = None
+                    self._finish(b, sequence)
         finally:
             gen.close()
             close = getattr(items, "close", None)
@@ -634,10 +658,18 @@ class _Loop:
                     break
 
     def close(self) -> None:
-        try:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        except TypeError:  # Python 3.8
-            self.pool.shutdown(wait=False)
+        for ex in (self.pool, self.infer_exec):
+            try:
+                ex.shutdown(wait=False, cancel_futures=True)
+            except TypeError:  # Python 3.8
+                ex.shutdown(wait=False)
+
+
+@dataclass
+class _Batch:
+    items: List[Tuple[Frame, Optional[np.ndarray], float]]
+    good: List[Tuple[Frame, Optional[np.ndarray], float]]
+    result: Any  # a Future of (logits, infer_ms), or (logits, infer_ms), or None
 
 
 def _groups(sources: Sequence[Any]) -> List[Any]:

@@ -368,12 +368,11 @@ class LiveSource:
         seq = 0
         try:
             while not self._stop.is_set():
-                t0 = time.perf_counter()
                 try:
-                    ok, img = cap.read()
+                    ok, img, t0, decode_ms = _read(cap)
                 except Exception as e:
                     log.warning("%s: read failed: %s", self.name, e)
-                    ok, img = False, None
+                    ok, img, t0, decode_ms = False, None, 0.0, 0.0
                 if self._stop.is_set():
                     break
                 if not ok or img is None:
@@ -390,7 +389,7 @@ class LiveSource:
                 self.slot.put(
                     Frame(
                         source=self.name, index=seq, image=img, bgr=self.bgr, frame=seq, t_capture=t0,
-                        decode_ms=(time.perf_counter() - t0) * 1e3, save_name=_safe_name(self.name),
+                        decode_ms=decode_ms, save_name=_safe_name(self.name),
                     )
                 )
                 seq += 1
@@ -420,6 +419,21 @@ class LiveSource:
         self.slot.close(discard=True)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
+
+
+def _read(cap: Any) -> Tuple[bool, Any, float, float]:
+    """(ok, image, capture time, decode ms). With OpenCV, ``grab()`` waits for the frame and ``retrieve()``
+    decodes it, so the capture time is when the frame arrived and the decode time excludes the wait."""
+    if hasattr(cap, "grab") and hasattr(cap, "retrieve"):
+        if not cap.grab():
+            return False, None, time.perf_counter(), 0.0
+        t0 = time.perf_counter()
+        ok, img = cap.retrieve()
+        return ok, img, t0, (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    ok, img = cap.read()
+    t1 = time.perf_counter()
+    return ok, img, t1, (t1 - t0) * 1e3
 
 
 def _cap_fps(cap: Any) -> Optional[float]:

@@ -24,6 +24,7 @@ SPECS = [
     PreprocessSpec(resize=36, crop=32),
     PreprocessSpec(resize=73, crop=64, interpolation="bicubic"),
     PreprocessSpec(resize=224, crop=224),  # resize == crop
+    PreprocessSpec(resize=40, crop=32, interpolation="nearest"),
 ]
 _TV_INTERP = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
               "nearest": T.InterpolationMode.NEAREST}

@@ -187,6 +187,9 @@ def test_ort_backend_matches_torch_any_batch_and_threads(model_dir):
             b.infer(np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(InputError, match="threads"):
         OrtBackend(d / "model.onnx", device="cpu", threads=0)
+    cfg = {"session.intra_op.allow_spinning": "0"}
+    with Classifier.load(d / "model.onnx", device="cpu", threads=2, session_config=cfg) as clf:
+        np.testing.assert_allclose(clf.infer(x), torch_logits(torch_model, x), atol=1e-4)
 
 
 def test_fixed_batch_model_is_chunked_and_padded(tmp_path):

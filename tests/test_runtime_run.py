@@ -157,15 +157,15 @@ def test_exit_codes(env, capsys, tmp_path):
 
 def test_ctrl_c_prints_summary_and_exits_130(env, capsys, monkeypatch):
     calls = {"n": 0}
-    orig = R._Loop._flush
+    orig = R._Loop._finish
 
-    def flush_then_interrupt(self, *a, **k):
+    def finish_then_interrupt(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # what SIGINT does in the main thread
         return orig(self, *a, **k)
 
-    monkeypatch.setattr(R._Loop, "_flush", flush_then_interrupt)
+    monkeypatch.setattr(R._Loop, "_finish", finish_then_interrupt)
     code, out, err = cli(["run", env["model"], env["folder"], "--batch", "2"], capsys)
     assert code == 130
     assert "INTERRUPTED" in err and "frames/s" in err
@@ -235,3 +235,43 @@ def test_config_validation():
         kw.update(bad)
         with pytest.raises(InputError):
             R.RunConfig(**kw)
+
+
+def test_several_live_sources_at_once_round_robin(env):
+    out, err = io.StringIO(), io.StringIO()
+    srcs = [LiveSource("camera:a", FastCapture), LiveSource("camera:b", FastCapture)]
+    stats = R.run(R.RunConfig(model=env["model"], sources=("a", "b"), max_frames=5, device="cpu"), out=out, err=err,
+                  sources=srcs)
+    recs = read_jsonl(out.getvalue())
+    for name in ("camera:a", "camera:b"):
+        fr = [r["frame"] for r in recs if r["source"] == name]
+        assert len(fr) == 5 and all(b > a for a, b in zip(fr, fr[1:]))
+    assert stats.sources == 2 and stats.frames == 10
+
+
+def test_live_stream_that_ends_is_noted_and_run_finishes(env):
+    class Dies(FastCapture):
+        def read(self):
+            return (False, None) if self.i >= 3 else super().read()
+
+    src = LiveSource("rtsp://cam", Dies, retry=R.RetryPolicy(retries=2, initial=0.0))
+    out, err = io.StringIO(), io.StringIO()
+    stats = R.run(R.RunConfig(model=env["model"], sources=("x",), device="cpu"), out=out, err=err, sources=[src])
+    assert 1 <= stats.frames <= 3 and "gave up after 2 reopen attempts" in err.getvalue()
+
+
+def test_show_without_a_gui_or_display_is_a_capability_error(env, monkeypatch):
+    from edgecls.errors import CapabilityError
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(CapabilityError, match="--save"):
+        R.run(R.RunConfig(model=env["model"], sources=(env["folder"],), show=True, device="cpu"),
+              out=io.StringIO(), err=io.StringIO())
+
+
+def test_package_exports_the_api_lazily(env):
+    import edgecls.runtime as rt
+
+    assert rt.Classifier is Classifier
+    assert rt.load_model_spec(env["model"]).arch == "tinynet"

@@ -290,3 +290,25 @@ def test_parse_sources_mixes_in_given_order(tmp_path):
     srcs = parse_sources([str(tmp_path / "v.avi"), str(tmp_path / "imgs")], [1])
     assert [type(s).__name__ for s in srcs] == ["VideoFileSource", "ImageSource", "LiveSource"]
     assert Path(srcs[0].path).name == "v.avi"
+
+
+def test_opencv_style_capture_times_decode_without_the_wait():
+    class GrabCapture(FakeCapture):
+        def grab(self):
+            time.sleep(0.06)  # waiting for the camera
+            self.reads += 1
+            return True
+
+        def retrieve(self):
+            time.sleep(0.002)  # decoding
+            return True, np.full((8, 8, 3), self.reads % 256, np.uint8)
+
+    src = LiveSource("cam", GrabCapture).start()
+    try:
+        f = None
+        while f is None:
+            f = src.get(timeout=1.0)
+        assert 1.5 <= f.decode_ms < 40.0  # retrieve only, not the 60 ms wait in grab
+        assert f.bgr and f.image.shape == (8, 8, 3)
+    finally:
+        src.close()

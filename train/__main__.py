@@ -22,15 +22,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # usage errors (typer vendors click: no `import click`) and typer.Exit
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            raise
+        if hasattr(e, "show"):
             e.show()
-            sys.exit(e.exit_code)
-        raise
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def versions() -> Dict[str, str]:
 
     return {
         "edgecls": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses to unpickle
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
 
@@ -87,6 +88,7 @@ def atomic_save(obj: Any, path: PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -98,6 +100,12 @@ def atomic_save(obj: Any, path: PathLike) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(ckpt: Checkpoint, path: PathLike) -> None:

@@ -40,8 +40,10 @@ class Recipe:
     name: str
     description: str
     # head-only phase on cached frozen features (0 = no head phase)
-    head_max_iter: int = 0
-    head_l2: float = 1e-3
+    head_max_iter: int = 0  # L-BFGS iterations of the head fit
+    head_l2: Optional[float] = None  # L2 of the head; None = chosen from head_l2_grid by stratified k-fold CV on train
+    head_l2_grid: Tuple[float, ...] = (1e-3, 1e-2, 3e-2, 1e-1)
+    head_cv_folds: int = 5
     # fine-tuning phase
     epochs: int = 25
     optimizer: str = "sgd"
@@ -64,8 +66,11 @@ class Recipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        object.__setattr__(self, "head_l2_grid", tuple(float(v) for v in self.head_l2_grid))
         _need(self.head_max_iter >= 0, f"head_max_iter must be >= 0, got {self.head_max_iter}")
-        _need(self.head_l2 >= 0, f"head_l2 must be >= 0, got {self.head_l2}")
+        _need(self.head_l2 is None or self.head_l2 >= 0, f"head_l2 must be >= 0, got {self.head_l2}")
+        _need(len(self.head_l2_grid) >= 1 and all(v >= 0 for v in self.head_l2_grid), "head_l2_grid needs values >= 0")
+        _need(self.head_cv_folds >= 2, f"head_cv_folds must be >= 2, got {self.head_cv_folds}")
         _need(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
         _need(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         _need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}")
@@ -103,13 +108,15 @@ class Recipe:
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scale"] = list(self.scale)
+        d["head_l2_grid"] = list(self.head_l2_grid)
         return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> Recipe:
         d = dict(d)
-        if "scale" in d:
-            d["scale"] = tuple(d["scale"])
+        for k in ("scale", "head_l2_grid"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -123,11 +130,11 @@ RECIPES: Dict[str, Recipe] = {
         name="fast",
         description="head on cached frozen features, then short full fine-tuning (balanced sampler, AdamW, "
         "cosine, train crop 160 / eval 224) with early stopping",
-        head_max_iter=200,
-        head_l2=1e-3,
-        epochs=3,
+        head_max_iter=100,
+        head_l2=None,
+        epochs=2,
         optimizer="adamw",
-        lr=3e-4,
+        lr=1e-4,
         weight_decay=1e-4,
         schedule="cosine",
         batch_size=32,
@@ -137,7 +144,7 @@ RECIPES: Dict[str, Recipe] = {
         balance="sampler",
         epoch_samples=None,
         label_smoothing=0.0,
-        patience=2,
+        patience=1,
     ),
     "seed": Recipe(
         name="seed",

@@ -80,6 +80,8 @@ def setup(device: str = "auto") -> DistContext:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local_world, 1)))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+    if rank != 0:  # rank 0 reports; the others only speak up about errors
+        logging.getLogger("edgecls").setLevel(logging.ERROR)
     log.info("distributed: rank %d/%d (local %d) on %s via %s", rank, world, local_rank, dev, backend)
     return DistContext(rank, world, local_rank, dev, backend)
 

@@ -183,6 +183,7 @@ class Trainer:
         self.bad_epochs = 0
         self.elapsed_before = 0.0
         self.stop_reason = "completed"
+        self.head_info: Dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------------------- setup
 
@@ -279,8 +280,7 @@ class Trainer:
         dim = outs[0].shape[1] if outs else (0 if hook_features else self.num_classes)
         out = torch.cat(outs).numpy() if outs else np.zeros((0, dim), np.float32)
         idx = torch.cat(idxs).numpy() if idxs else np.zeros(0, np.int64)
-        if self.ctx.distributed:  # Subset positions → dataset positions, then gather
-            idx = np.arange(self.ctx.rank, len(items), self.ctx.world_size)[idx]
+        if self.ctx.distributed:  # every rank saw its own shard (indices are positions in ``items``): gather
             parts = D.all_gather(self.ctx, (out, idx))
             out = np.concatenate([p[0] for p in parts])
             idx = np.concatenate([p[1] for p in parts])
@@ -356,6 +356,7 @@ class Trainer:
             "elapsed_s": float(self._elapsed()),
             "stop_reason": self.stop_reason,
             "world_size": self.ctx.world_size,
+            "head_info": _jsonable(self.head_info),
         }
 
     def _elapsed(self) -> float:
@@ -433,18 +434,26 @@ class Trainer:
         n_imgs = len(idx_tr) + len(idx_va)
         log.info("features: %d images in %.1fs (%.1f img/s)", n_imgs, extract_s, n_imgs / max(extract_s, 1e-9))
         y_tr = self.train_y[idx_tr]
+        r = self.recipe
         t_fit = time.monotonic()
-        weight, bias = fit_linear_head(
-            feats_tr, y_tr, self.num_classes, self.loss_weights, self.recipe.head_l2, self.recipe.head_max_iter
-        )
+        l2 = r.head_l2
+        if l2 is None:
+            l2, cv_table = _rank0(
+                self.ctx, select_head_l2, feats_tr, y_tr, self.num_classes, r.head_l2_grid, r.head_cv_folds,
+                self.config.seed, r.balance != "none", r.head_max_iter,
+            )
+            self.head_info["cv"] = cv_table
+        weight, bias = fit_linear_head(feats_tr, y_tr, self.num_classes, self.loss_weights, l2, r.head_max_iter)
         fit_s = time.monotonic() - t_fit
+        self.head_info.update(l2=l2, fit_seconds=round(fit_s, 3), feature_seconds=round(extract_s, 3),
+                              feature_images=int(n_imgs), feature_dim=int(feats_tr.shape[1]))
         head = head_of(model, self.config.arch)
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight).to(head.weight))
             head.bias.copy_(torch.from_numpy(bias).to(head.bias))
         tr_logits = feats_tr @ weight.T + bias
         va_logits = (feats_va @ weight.T + bias).astype(np.float32)
-        log.info("head fitted on %d cached features in %.3fs", len(y_tr), fit_s)
+        log.info("head (L2 %g) fitted on %d cached features in %.3fs", l2, len(y_tr), fit_s)
         self.head_done = True
         self.feature_seconds = extract_s
         row = {
@@ -561,6 +570,15 @@ class Trainer:
         if ctx.cuda:
             torch.backends.cudnn.benchmark = True
 
+        # model (before any output exists: bad --weights must not leave a run folder)
+        torch.manual_seed(cfg.seed)
+        if ckpt is not None:
+            model = build_model(cfg.arch, self.num_classes, weights="none")
+            model.load_state_dict(ckpt.state_dict, strict=True)
+        else:
+            model = build_model(cfg.arch, self.num_classes, weights=cfg.weights)
+        model = model.to(self.device).to(memory_format=torch.channels_last)
+
         if ckpt is not None:
             self.run_dir = Path(self.resume_from).parent
         else:
@@ -569,15 +587,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         log.info("run folder %s", self.run_dir)
-
-        # model
-        torch.manual_seed(cfg.seed)
-        if ckpt is not None:
-            model = build_model(cfg.arch, self.num_classes, weights="none")
-            model.load_state_dict(ckpt.state_dict, strict=True)
-        else:
-            model = build_model(cfg.arch, self.num_classes, weights=cfg.weights)
-        model = model.to(self.device).to(memory_format=torch.channels_last)
 
         self.optimizer = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -592,6 +601,7 @@ class Trainer:
                 self.best_logits = ts["best_val_logits"].numpy().astype(np.float32)
                 self.best_index = ts["best_val_index"].numpy().astype(np.int64)
             self.bad_epochs = int(ts.get("bad_epochs", 0))
+            self.head_info = dict(ts.get("head_info") or {})
             self.elapsed_before = float(ts.get("elapsed_s", 0.0))
             start_epoch = int(ts.get("epoch", 0)) + 1
             self.bad_paths = {p: "decode failed" for p, reason in ckpt.data.get("skipped", [])
@@ -676,6 +686,7 @@ class Trainer:
             "device": self.ctx.device,
             "world_size": self.ctx.world_size,
             "best_epoch": self.best_epoch,
+            "head": self.head_info,
             "epochs_run": max((int(h["epoch"]) for h in self.history), default=0),
             "stop_reason": self.stop_reason,
             "val": report.to_dict(),
@@ -763,6 +774,51 @@ def fit_linear_head(
     return w.detach().numpy().astype(np.float32), b.detach().numpy().astype(np.float32)
 
 
+def select_head_l2(
+    feats: np.ndarray, y: np.ndarray, num_classes: int, grid: Sequence[float], folds: int, seed: int,
+    balanced: bool, max_iter: int,
+) -> Tuple[float, List[Dict[str, Any]]]:
+    """The head's L2 from ``grid`` by stratified k-fold cross-validation on the *train* features.
+
+    Picks the best out-of-fold balanced accuracy, ties broken by the lower (class-weighted) out-of-fold loss.
+    Val is not used, so it stays an honest estimate. With fewer than 2 samples in some class, or a one-value
+    grid, returns the grid's middle value without CV.
+    """
+    from edgecls.train.data import class_weights
+
+    grid = list(grid)
+    counts = np.bincount(y, minlength=num_classes)
+    k = int(min(folds, counts.min()))
+    if len(grid) == 1 or k < 2:
+        choice = grid[len(grid) // 2]
+        log.info("head L2 %g (no cross-validation: %s)", choice,
+                 "one value" if len(grid) == 1 else "a class has fewer than 2 train images")
+        return choice, []
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in range(num_classes):
+        idx = np.nonzero(y == c)[0]
+        rng.shuffle(idx)
+        fold[idx] = np.arange(len(idx)) % k
+    weights = class_weights(counts) if balanced else None
+    table = []
+    for l2 in grid:
+        oof = np.zeros((len(y), num_classes), dtype=np.float64)
+        for f in range(k):
+            tr = fold != f
+            w_tr = class_weights(np.bincount(y[tr], minlength=num_classes)) if balanced else None
+            W, b = fit_linear_head(feats[tr], y[tr], num_classes, w_tr, l2, max_iter)
+            oof[~tr] = feats[~tr] @ W.T + b
+        rep = M.classification_report(y, M.softmax(oof), [str(i) for i in range(num_classes)])
+        table.append({"l2": l2, "cv_balanced_acc": rep.balanced_accuracy, "cv_macro_f1": rep.macro_f1,
+                      "cv_loss": _weighted_ce(oof, y, weights)})
+    best = max(table, key=lambda row: (row["cv_balanced_acc"], -row["cv_loss"]))
+    log.info("head L2 by %d-fold CV on train: %s -> %g", k,
+             ", ".join(f"{r['l2']:g}: bal {r['cv_balanced_acc']:.4f} loss {r['cv_loss']:.4f}" for r in table),
+             best["l2"])
+    return float(best["l2"]), table
+
+
 def _unwrap(model):
     return getattr(model, "module", model)
 
@@ -819,7 +875,8 @@ def resume_config(path_or_run: os.PathLike, **changes: Any) -> Tuple[TrainConfig
     p = Path(path_or_run).expanduser()
     last = p / "last.pt" if p.is_dir() else p
     if not last.is_file():
-        raise CheckpointError(f"--resume {p}: no {last.name} there (expected a run folder holding last.pt, or a last.pt)")
+        what = "does not exist" if not p.exists() else "has no last.pt"
+        raise CheckpointError(f"--resume {p} {what} (expected a run folder holding last.pt, or a last.pt)")
     ckpt = load_checkpoint(last)
     ts = ckpt.train_state
     if not ts or "config" not in ts:

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""End-to-end ``edgecls run`` throughput on a folder vs model-only inference on the same images, in one run.
+
+- **model only**: every image decoded and preprocessed beforehand (not timed); ``backend.infer`` on batches.
+- **edgecls run (loop)**: the run loop over the folder (decode + preprocess on the worker pool overlapping
+  inference, decision, JSONL to /dev/null), model load excluded: what the pipeline costs on top of the model.
+- **edgecls run (process)**: the real command in a subprocess, wall clock including interpreter start and model
+  load (what a user waits for).
+
+Rounds are interleaved (model-only, loop, model-only, loop, ...) and the best of each is reported, with the ratio
+loop / model-only (the aim is >= 0.9).
+
+    .venv/bin/python bench/bench_run.py                         # ../shared val images, an export if found
+    .venv/bin/python bench/bench_run.py --model runs/export/model_int8_cpu.onnx --batch 8 --threads 2
+    .venv/bin/python bench/bench_run.py --images some/folder --workers 2 --rounds 5
+
+With ``--agree CHECKPOINT MODEL...`` it instead checks that ``edgecls run`` (the real command, one subprocess per
+model) gives every image the same top-1 class as the PyTorch checkpoint (and the same thresholded label):
+
+    .venv/bin/python bench/bench_run.py --agree runs/train/exp/best.pt runs/export/model.onnx \
+        runs/export/model_int8_cpu.onnx --images ../shared/data/mobile/val
+
+Without ``--model`` it uses the first of runs/export/model.onnx, runs/bench/export/model.onnx, else exports a
+ResNet18 with random weights (torch needed, the bench only). Without ../shared it generates 200 JPEGs.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VAL = REPO.parent / "shared" / "data" / "mobile" / "val"
+CANDIDATES = ("runs/export/model.onnx", "runs/bench/export/model.onnx", "runs/demo/export/model.onnx")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="exported .onnx (default: an export found under runs/, else ResNet18)")
+    ap.add_argument("--images", default=None, help="image folder (default: ../shared/data/mobile/val, else generated)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    ap.add_argument("--workers", type=int, default=None, help="decode/preprocess threads of the run loop")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threshold", type=float, default=None, help="--agree: threshold (default: the model's)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="onnxruntime session config entry (e.g. session.intra_op.allow_spinning=0), repeatable")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    ap.add_argument("--passes", type=int, default=1, help="go over the images N times per timing (fast machines)")
+    ap.add_argument("--no-process", action="store_true", help="skip the subprocess `edgecls run` timing")
+    ap.add_argument("--agree", nargs="+", metavar=("CHECKPOINT", "MODEL"), default=None,
+                    help="label agreement of `edgecls run` with a PyTorch checkpoint instead of throughput")
+    return ap.parse_args(argv)
+
+
+def default_model(tmp: Path) -> Path:
+    for c in CANDIDATES:
+        if (REPO / c).is_file():
+            return REPO / c
+    import torch
+    import torchvision
+
+    from edgecls.runtime.spec import METADATA_KEY, ModelSpec, PreprocessSpec, sidecar_path
+
+    print("no export found under runs/: exporting a ResNet18 with random weights (2 classes)", file=sys.stderr)
+    model = torchvision.models.resnet18(weights=None, num_classes=2).eval()
+    path = tmp / "resnet18.onnx"
+    torch.onnx.export(
+        model, (torch.zeros(1, 3, 224, 224),), str(path), input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    spec = ModelSpec(arch="resnet18", classes=("mobile", "other"), preprocess=PreprocessSpec(), positive="mobile")
+    import onnx
+
+    m = onnx.load(str(path))
+    e = m.metadata_props.add()
+    e.key, e.value = METADATA_KEY, spec.to_json()
+    onnx.save(m, str(path))
+    sidecar_path(path).write_text(spec.to_json())
+    return path
+
+
+def default_images(tmp: Path) -> Path:
+    if SHARED_VAL.is_dir():
+        return SHARED_VAL
+    from edgecls.synthetic import make_image_folder
+
+    print("../shared absent: generating 200 JPEGs", file=sys.stderr)
+    return make_image_folder(tmp / "gen", counts={"mobile": 70, "other": 130}, splits=(), size=320)
+
+
+def model_only(clf, files: List[Path], batch: int, passes: int) -> float:
+    """images/s of backend.infer on batches preprocessed beforehand."""
+    from edgecls.runtime.preprocess import load_image, preprocess
+
+    spec = clf.spec.preprocess
+    batches = [preprocess([load_image(p) for p in files[i : i + batch]], spec) for i in range(0, len(files), batch)]
+    clf.infer(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        for b in batches:
+            clf.infer(b)
+    return passes * len(files) / (time.perf_counter() - t0)
+
+
+def run_loop(clf, folder: Path, args, limit: Optional[int]) -> float:
+    """images/s of the run loop (model loaded once, outside the timing)."""
+    from edgecls.runtime.runner import RunConfig, run
+
+    cfg = RunConfig(model="(loaded)", sources=(str(folder),) * args.passes, batch=args.batch, workers=args.workers,
+                    summary=False, max_frames=limit)
+    with open(os.devnull, "w") as devnull:
+        stats = run(cfg, out=devnull, err=io.StringIO(), classifier=clf)
+    return (stats.frames + stats.errors) / stats.elapsed
+
+
+def agreement(args: argparse.Namespace) -> None:
+    """Per image: the top-1 class and the thresholded label of `edgecls run` vs the PyTorch checkpoint."""
+    import json
+
+    from edgecls.export.torch_backend import TorchBackend
+    from edgecls.runtime.decision import Decider
+    from edgecls.runtime.preprocess import load_image, preprocess
+    from edgecls.runtime.sources import list_images
+
+    ckpt, models = args.agree[0], args.agree[1:]
+    if not models:
+        raise SystemExit("--agree needs a checkpoint and at least one exported model")
+    folder = Path(args.images) if args.images else SHARED_VAL
+    files = list_images(folder)
+    ref = TorchBackend(ckpt, device="cpu")
+    spec = ref.spec if hasattr(ref, "spec") and ref.spec is not None else None
+    logits = []
+    for i in range(0, len(files), 32):
+        batch = preprocess([load_image(p) for p in files[i : i + 32]], (spec or _spec_of(models[0])).preprocess)
+        logits.append(ref.infer(batch))
+    logits = np.concatenate(logits)
+    print(f"reference: {ckpt} (PyTorch) on {len(files)} images of {folder}")
+    print(f"| {'model':<34} | {'precision':<9} | {'images':>6} | {'top-1 = torch':>13} | {'label = torch':>13} | "
+          f"{'accuracy':>8} | {'torch acc':>9} |")
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 8}|{'-' * 15}|{'-' * 15}|{'-' * 10}|{'-' * 11}|")
+    for model in models:
+        mspec = _spec_of(model)
+        tpreds = Decider(mspec, threshold=args.threshold).decide(logits)
+        cmd = [sys.executable, "-m", "edgecls", "run", model, str(folder), "--batch", str(args.batch),
+               "--device", args.device, "--no-summary", "--topk", "1"]
+        if args.threshold is not None:
+            cmd += ["--threshold", str(args.threshold)]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if res.returncode != 0:
+            print(res.stderr, file=sys.stderr)
+            raise SystemExit(f"edgecls run {model} failed with exit code {res.returncode}")
+        recs = {r["path"]: r for r in (json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{"))}
+        same_top = same_label = correct = tcorrect = n = 0
+        for p, tp in zip(files, tpreds):
+            r = recs.get(str(p))
+            if r is None or "error" in r:
+                continue
+            n += 1
+            same_top += r["topk"][0]["label"] == tp.class_name
+            same_label += r["label"] == tp.label
+            truth = p.parent.name
+            correct += r["topk"][0]["label"] == truth
+            tcorrect += tp.class_name == truth
+        print(f"| {Path(model).name:<34} | {mspec.precision:<9} | {n:>6} | {100 * same_top / n:>12.2f}% | "
+              f"{100 * same_label / n:>12.2f}% | {100 * correct / n:>7.2f}% | {100 * tcorrect / n:>8.2f}% |")
+
+
+def _spec_of(model: str):
+    from edgecls.runtime.model_io import load_model_spec
+
+    return load_model_spec(model)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.agree:
+        agreement(args)
+        return
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.sources import list_images
+
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        model = Path(args.model) if args.model else default_model(tmp)
+        folder = Path(args.images) if args.images else default_images(tmp)
+        files = list_images(folder)[: args.limit] if args.limit else list_images(folder)
+        cfg = dict(kv.split("=", 1) for kv in args.ort_config)
+        clf = Classifier.load(model, device=args.device, threads=args.threads, session_config=cfg or None)
+        if cfg:
+            print(f"onnxruntime session config: {cfg}")
+        print(f"model {model} ({clf.spec.arch}, {clf.spec.precision}, {clf.backend.describe()})")
+        print(f"images {folder}: {len(files)} x {args.passes} passes; batch {args.batch}; threads {args.threads or 'ort default'}; "
+              f"workers {args.workers or 'default'}; CPUs {os.cpu_count()}")
+        mo, lo = [], []
+        for r in range(args.rounds):
+            mo.append(model_only(clf, files, args.batch, args.passes))
+            lo.append(run_loop(clf, folder, args, args.limit))
+            print(f"  round {r + 1}: model-only {mo[-1]:7.1f} img/s   run loop {lo[-1]:7.1f} img/s", file=sys.stderr)
+        clf.close()
+        proc = None
+        if not args.no_process:
+            cmd = [sys.executable, "-m", "edgecls", "run", str(model), str(folder), "--batch", str(args.batch),
+                   "--device", args.device, "--no-summary"]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if args.workers:
+                cmd += ["--workers", str(args.workers)]
+            if args.limit:
+                cmd += ["--max-frames", str(args.limit)]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            wall = time.perf_counter() - t0
+            if res.returncode != 0:
+                print(res.stderr, file=sys.stderr)
+                raise SystemExit(f"edgecls run failed with exit code {res.returncode}")
+            n = sum(1 for ln in res.stdout.splitlines() if ln.startswith("{"))
+            proc = (n, wall)
+        best_m, best_l = max(mo), max(lo)
+        print()
+        print(f"| {'what':<42} | {'images':>6} | {'images/s':>9} | {'vs model-only':>13} |")
+        print(f"|{'-' * 44}|{'-' * 8}|{'-' * 11}|{'-' * 15}|")
+        print(f"| {'model only (backend.infer, preprocessed)':<42} | {len(files):>6} | {best_m:>9.1f} | {1.0:>12.2f}x |")
+        print(f"| {'edgecls run loop (decode+prep+infer+out)':<42} | {len(files):>6} | {best_l:>9.1f} | {best_l / best_m:>12.2f}x |")
+        if proc:
+            n, wall = proc
+            print(f"| {'edgecls run process (incl. start, load)':<42} | {n:>6} | {n / wall:>9.1f} | "
+                  f"{n / wall / best_m:>12.2f}x |")
+        print(f"\nratio run loop / model only = {best_l / best_m:.3f} (aim >= 0.9; best of {args.rounds} interleaved rounds)")
+        print(f"medians: model-only {np.median(mo):.1f} img/s, run loop {np.median(lo):.1f} img/s, ratio of medians "
+              f"{np.median(lo) / np.median(mo):.3f}")
+
+
+if __name__ == "__main__":
+    main()
