@@ -62,7 +62,7 @@ class StepFailed(RuntimeError):
     pass
 
 
-def edgecls(args: List[str], log: List[Tuple[str, Optional[float]]], reuse: bool = False) -> None:
+def edgecls(args: List[str], log: List[Tuple[str, Optional[float]]], reuse: bool = False, ok_codes=(0,)) -> int:
     """Run ``python -m edgecls ARGS`` from the repo root, streaming its output; record the command and time.
 
     ``reuse``: the step's outputs exist and --reuse was given: record the command, run nothing.
@@ -72,14 +72,43 @@ def edgecls(args: List[str], log: List[Tuple[str, Optional[float]]], reuse: bool
     if reuse:
         log.append((shown, None))
         print(f"\n(reused) {shown}", file=sys.stderr, flush=True)
-        return
+        return 0
     print(f"\n$ {shown}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     rc = subprocess.run(cmd, cwd=REPO).returncode
     seconds = time.perf_counter() - t0
     log.append((shown, seconds))
-    if rc != 0:
+    if rc not in ok_codes:
         raise StepFailed(f"`{shown}` failed with exit code {rc}")
+    return rc
+
+
+def parity_failures(export: Path) -> Dict[str, str]:
+    """``{artifact: reason}`` of the artifacts whose parity check failed, from the export's parity.json."""
+    try:
+        report = json.loads((export / "parity.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name, r in (report.get("artifacts") or {}).items():
+        if isinstance(r, dict) and r.get("status") not in (None, "passed"):
+            out[name] = "; ".join(str(f) for f in r.get("failures") or []) or str(r.get("status"))
+    return out
+
+
+def parity_accuracy(export: Path, ckpt: str) -> Dict[str, float]:
+    """Accuracy each artifact (and the checkpoint, as reference) had in the export's parity check."""
+    try:
+        report = json.loads((export / "parity.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    out: Dict[str, float] = {}
+    for name, r in (report.get("artifacts") or {}).items():
+        if isinstance(r, dict) and r.get("accuracy") is not None:
+            out[str(export / name)] = float(r["accuracy"])
+            if r.get("reference_accuracy") is not None:
+                out[ckpt] = float(r["reference_accuracy"])
+    return out
 
 
 def have_commands() -> Dict[str, bool]:
@@ -105,7 +134,9 @@ def fmt(x: Optional[float], spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def summary_table(evals: Dict[str, dict], bench: dict, labels: Dict[str, str], reference: str) -> str:
+def summary_table(
+    evals: Dict[str, dict], bench: dict, labels: Dict[str, str], reference: str, parity_acc: Dict[str, float]
+) -> str:
     """One row per artifact: size, accuracy, positive P/R, ECE, latency b1 and throughput at max batch."""
     threads = max(int(t) for t in bench["config"]["threads"])
     batches = sorted(int(b) for b in bench["config"]["batches"])
@@ -114,9 +145,10 @@ def summary_table(evals: Dict[str, dict], bench: dict, labels: Dict[str, str], r
     sizes = {a["path"]: a["size_bytes"] for a in bench["artifacts"]}
     ref_acc = evals.get(reference, {}).get("metrics", {}).get("accuracy")
     head = (f"| artifact | size MB | accuracy | Δ vs PyTorch (pt) | balanced acc. | P / R ({{pos}}) at threshold | ECE | "
-            f"p50 ms b{b_lo} ({threads} thr) | ×PyTorch | img/s b{b_hi} ({threads} thr) | ×PyTorch |")
+            f"p50 ms b{b_lo} ({threads} thr) | ×PyTorch | img/s b{b_hi} ({threads} thr) | ×PyTorch | "
+            f"export parity acc. |")
     pos = next((e["spec"]["positive"] for e in evals.values() if e["spec"].get("positive")), "positive")
-    lines = [head.replace("{pos}", pos), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head.replace("{pos}", pos), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path, label in labels.items():
         e = evals.get(path, {})
         m = e.get("metrics", {})
@@ -128,7 +160,8 @@ def summary_table(evals: Dict[str, dict], bench: dict, labels: Dict[str, str], r
             f"| {label} | {fmt(sizes.get(path, 0) / 1e6, '.1f')} | {fmt(acc, '.4f')} | {fmt(delta, '+.2f')} | "
             f"{fmt(m.get('balanced_accuracy'), '.4f')} | {fmt(pm.get('precision'))} / {fmt(pm.get('recall'))} | "
             f"{fmt(m.get('ece'), '.4f')} | {fmt(lo.get('p50_ms'), '.2f')} | {fmt(lo.get('ratio_p50'), '.2f')} | "
-            f"{fmt(hi.get('images_per_s'), '.1f')} | {fmt(hi.get('ratio_throughput'), '.2f')} |"
+            f"{fmt(hi.get('images_per_s'), '.1f')} | {fmt(hi.get('ratio_throughput'), '.2f')} | "
+            f"{fmt(parity_acc.get(path), '.4f')} |"
         )
     return "\n".join(lines)
 
@@ -162,9 +195,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             edgecls(args + shlex.split(a.train_args), log, reuse=a.reuse and ckpt.is_file())
         # 2. export FP32 + FP16 + both INT8 forms, calibrated on train images, parity on val
         export = work / "export"
+        # exit 3 = an artifact failed its parity check: it is kept as *.failed and left out of the table, and the
+        # report says so (the other artifacts are still measured)
         edgecls(["export", str(ckpt), "--out", str(export), "--fp16", "--int8", "--calib", str(data / "train"),
                  "--parity-data", str(data / "val")] + shlex.split(a.export_args), log,
-                reuse=a.reuse and all((export / f).is_file() for f, _ in EXPORTS))
+                reuse=a.reuse and (export / "parity.json").is_file(), ok_codes=(0, 3))
+        failed = parity_failures(export)
         artifacts = [str(ckpt)] + [str(export / f) for f, _ in EXPORTS if (export / f).is_file()]
         labels = {str(ckpt): "PyTorch eager (checkpoint)"}
         labels.update({str(export / f): lab for f, lab in EXPORTS if (export / f).is_file()})
@@ -201,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"- accuracy on `{data.name}/val` ({next(iter(evals.values()))['metrics']['n']} images) through the runtime "
         "preprocessing; speed from `edgecls bench` (interleaved rounds, medians)",
         "",
-        summary_table(evals, bench, labels, str(ckpt)),
+        summary_table(evals, bench, labels, str(ckpt), parity_accuracy(work / "export", str(ckpt))),
         "",
         "<details><summary>all bench numbers</summary>",
         "",
@@ -209,6 +245,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "",
         "</details>",
         "",
+    ]
+    if failed:
+        text += ["Left out (failed the export's parity check, kept as `*.failed` by `edgecls export`):", ""]
+        text += [f"- `{name}`: {reason}" for name, reason in sorted(failed.items())] + [""]
+    text += [
         "Commands (wall time):",
         "",
         "```",

@@ -52,6 +52,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threshold", type=float, default=None, help="--agree: threshold (default: the model's)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loop-threads", type=int, default=None, help="onnxruntime threads for the run loop [--threads]")
     ap.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
                     help="onnxruntime session config entry (e.g. session.intra_op.allow_spinning=0), repeatable")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
@@ -187,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         agreement(args)
         return
     from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.runner import usable_cpus
     from edgecls.runtime.sources import list_images
 
     with tempfile.TemporaryDirectory() as td:
@@ -198,15 +200,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         clf = Classifier.load(model, device=args.device, threads=args.threads, session_config=cfg or None)
         if cfg:
             print(f"onnxruntime session config: {cfg}")
+        loop_clf = clf
+        if args.loop_threads and args.loop_threads != args.threads:
+            loop_clf = Classifier.load(model, device=args.device, threads=args.loop_threads, session_config=cfg or None)
+            print(f"run loop with {args.loop_threads} onnxruntime threads (model-only: {args.threads})")
         print(f"model {model} ({clf.spec.arch}, {clf.spec.precision}, {clf.backend.describe()})")
         print(f"images {folder}: {len(files)} x {args.passes} passes; batch {args.batch}; threads {args.threads or 'ort default'}; "
-              f"workers {args.workers or 'default'}; CPUs {os.cpu_count()}")
+              f"workers {args.workers or 'default'}; CPUs {usable_cpus()}")
         mo, lo = [], []
         for r in range(args.rounds):
             mo.append(model_only(clf, files, args.batch, args.passes))
-            lo.append(run_loop(clf, folder, args, args.limit))
+            lo.append(run_loop(loop_clf, folder, args, args.limit))
             print(f"  round {r + 1}: model-only {mo[-1]:7.1f} img/s   run loop {lo[-1]:7.1f} img/s", file=sys.stderr)
         clf.close()
+        loop_clf.close()
         proc = None
         if not args.no_process:
             cmd = [sys.executable, "-m", "edgecls", "run", str(model), str(folder), "--batch", str(args.batch),

@@ -550,7 +550,7 @@ def bench_preprocess(spec: PreprocessSpec, iters: int, rounds: int) -> List[Prep
     """ms per frame of the runtime preprocessing (one thread), beside torchvision's PIL transform if present."""
     from PIL import Image
 
-    from edgecls.runtime.preprocess import load_image, preprocess_one
+    from edgecls.runtime.preprocess import load_image, open_rgb, preprocess_one
 
     try:
         import torch
@@ -583,7 +583,12 @@ def bench_preprocess(spec: PreprocessSpec, iters: int, rounds: int) -> List[Prep
                 return ref_tf(im.convert("RGB"))
 
         cases.append((
-            "1000×1000 JPEG decode + preprocess",
+            "1000×1000 JPEG decode (open_rgb) + preprocess",
+            lambda p=jpeg: preprocess_one(open_rgb(p), spec),
+            _ref_jpeg if ref_tf else None,
+        ))
+        cases.append((
+            "1000×1000 JPEG decode (load_image → array) + preprocess",
             lambda p=jpeg: preprocess_one(load_image(p), spec),
             _ref_jpeg if ref_tf else None,
         ))
@@ -607,14 +612,14 @@ def bench_preprocess(spec: PreprocessSpec, iters: int, rounds: int) -> List[Prep
 
 def _e2e_fn(opened: OpenedModel, files: List[str]) -> Callable[[], Any]:
     from edgecls.runtime.metrics import softmax
-    from edgecls.runtime.preprocess import load_image, preprocess
+    from edgecls.runtime.preprocess import open_rgb, preprocess
 
     state = {"i": 0}
 
     def step():
         path = files[state["i"] % len(files)]
         state["i"] += 1
-        x = preprocess([load_image(path)], opened.spec.preprocess)
+        x = preprocess([open_rgb(path)], opened.spec.preprocess)
         return softmax(opened.infer(x), opened.spec.temperature)
 
     return step

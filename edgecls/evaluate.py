@@ -186,12 +186,13 @@ def labeled_images(root: PathLike, classes: Sequence[str]) -> List[Tuple[str, in
 
 
 def _load_batch(items: Sequence[Tuple[str, int]], spec: ModelSpec) -> np.ndarray:
-    from edgecls.runtime.preprocess import ImageReadError, load_image, preprocess
+    # open_rgb: the same decoded RGB pixels as load_image, handed to preprocess without a copy into numpy
+    from edgecls.runtime.preprocess import ImageReadError, open_rgb, preprocess
 
     images = []
     for p, _ in items:
         try:
-            images.append(load_image(p))
+            images.append(open_rgb(p))
         except ImageReadError as e:
             raise InputError(str(e)) from e
     return preprocess(images, spec.preprocess)
@@ -254,6 +255,8 @@ class EvalResult:
     ece_t1: float  # ECE of the raw softmax (temperature 1), beside the calibrated one in the report
     temperature_fit: float  # the temperature this data set would prefer (information only)
     pr: Optional[Dict[str, List[float]]]  # positive class PR curve: precision, recall, thresholds
+    # positive class: the runtime's yes/no/uncertain decision (edgecls.runtime.decision) counted per true class
+    decisions: Optional[Dict[str, Dict[str, int]]]
     seconds: float
     images_per_second: float
     files: Tuple[str, ...] = field(default_factory=tuple)
@@ -285,6 +288,7 @@ class EvalResult:
             "ece_t1": self.ece_t1,
             "temperature_fit": self.temperature_fit,
             "pr_curve": self.pr,
+            "decisions": self.decisions,
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
             "files": list(self.files),
@@ -299,7 +303,13 @@ class EvalResult:
             f"ECE at T=1: {self.ece_t1:.4f})\n"
         )
         tail = "".join(f"\nwrote {f}" for f in self.files)
-        return head + "\n" + self.report.table() + ("\n" + tail if tail else "")
+        dec = ""
+        if self.decisions:
+            dec = f"\n\nruntime decisions at threshold {self.spec.threshold:.4f} (rows = true class):\n" + "\n".join(
+                f"  {c:<12} " + "  ".join(f"{k} {v:>5d}" for k, v in counts.items())
+                for c, counts in self.decisions.items()
+            )
+        return head + "\n" + self.report.table() + dec + ("\n" + tail if tail else "")
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -422,8 +432,14 @@ def evaluate(config: EvalConfig) -> EvalResult:
     )
     reliability = M.reliability_bins(probs, y, config.n_bins)
     pr = None
+    decisions = None
     if positive is not None:
+        from edgecls.runtime.decision import NO, UNCERTAIN, YES, positive_decision
+
         k = spec.classes.index(positive)
+        decisions = {c: {YES: 0, NO: 0, UNCERTAIN: 0} for c in spec.classes}
+        for label, p_pos in zip(y, probs[:, k]):
+            decisions[spec.classes[label]][positive_decision(float(p_pos), spec.threshold)] += 1
         if np.any(y == k):
             precision, recall, thresholds = M.pr_curve(probs[:, k], y == k)
             pr = {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": thresholds.tolist()}
@@ -442,6 +458,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         ece_t1=M.expected_calibration_error(M.softmax(logits), y, config.n_bins),
         temperature_fit=M.fit_temperature(logits, y),
         pr=pr,
+        decisions=decisions,
         seconds=seconds,
         images_per_second=len(items) / seconds if seconds > 0 else float("inf"),
         paths=tuple(p for p, _ in items),

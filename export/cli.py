@@ -44,8 +44,9 @@ def export_command(
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache folder "
                                                "[default: <out>/calib_cache]."),
     int8_keep_fp32: str = typer.Option("auto", "--int8-keep-fp32", help="none: quantize every layer; ends: keep the "
-                                       "first and last layer FP32; auto: full INT8, and if it fails parity, retry "
-                                       "with ends (reported)."),
+                                       "first and last layer FP32; depthwise: keep depthwise convs FP32; "
+                                       "depthwise+ends; auto: full INT8 first, then each of those in turn until "
+                                       "parity passes (reported in the table and parity.json)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 parses on TensorRT 8.5 / JetPack 5)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Keep the exporter's graph as it is."),
     parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Held-out images for parity "

@@ -270,9 +270,9 @@ class _Exporter:
             CalibConfig,
             CalibrationImages,
             calibrate,
+            keep_fp32_ladder,
             preprocess_for_quantization,
             quantize,
-            sensitive_nodes,
         )
 
         cfg = self.cfg
@@ -297,28 +297,22 @@ class _Exporter:
             calibration = self.timed("calibration", lambda: calibrate(pre, images, ccfg, cache_dir, bar))
         finally:
             bar.close()
-        ends = sensitive_nodes(pre)
+        ladder = keep_fp32_ladder(pre, cfg.int8_keep_fp32)
         for form in forms:
             name = ARTIFACT_NAMES[form]
-            if cfg.int8_keep_fp32 == "ends":
-                attempts = [tuple(ends)]
-            elif cfg.int8_keep_fp32 == "none":
-                attempts = [()]
-            else:
-                attempts = [(), tuple(ends)] if ends else [()]
             notes: List[str] = []
-            report = None
-            for i, exclude in enumerate(attempts):
-                last = i == len(attempts) - 1
+            report = qinfo = None
+            for i, (label, exclude) in enumerate(ladder):
+                last = i == len(ladder) - 1
                 q, qinfo = self.timed(f"quantize {form}", quantize, pre, calibration, form, exclude)
                 n = list(notes)
                 if exclude:
-                    n.append(f"kept in FP32: {', '.join(exclude)} (first/last layer)")
+                    n.append(f"{label}" + (f": {', '.join(exclude)}" if len(exclude) <= 4 else ""))
                 report = self.publish(name, q, form, notes=n, keep_failed=last)
                 if report or last:
                     break
-                notes.append(f"full INT8 failed ({'; '.join(report.failures)}); retried with the first and last "
-                             "layers in FP32 (--int8-keep-fp32 auto)")
+                notes.append(f"{label} failed parity ({'; '.join(report.failures)}); retrying with "
+                             f"{ladder[i + 1][0]} (--int8-keep-fp32 auto)")
                 log.warning("%s: %s", name, notes[-1])
             self.extra[name] = {"form": form, "calib_method": calibration.method,
                                 "kept_fp32": list(qinfo.excluded), "ops": qinfo.op_counts}

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 INT8_FORMS = ("int8-qdq", "int8-cpu")
-KEEP_FP32_CHOICES = ("auto", "none", "ends")
+KEEP_FP32_CHOICES = ("auto", "none", "ends", "depthwise", "depthwise+ends")
 CACHE_FORMAT = "edgecls.calib/1"
 
 
@@ -401,6 +401,44 @@ def sensitive_nodes(model: onnx.ModelProto) -> List[str]:
             break
         name = n.input[0] if n.input else ""
     return [n.name for n in (first, last) if n is not None and n.name]
+
+
+def depthwise_convs(model: onnx.ModelProto) -> List[str]:
+    """Conv nodes with group > 1 (depthwise): little compute, but per-tensor INT8 hurts them most (MobileNets)."""
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1 and n.name:
+            out.append(n.name)
+    return out
+
+
+def keep_fp32_ladder(model: onnx.ModelProto, choice: str) -> List[Tuple[str, Tuple[str, ...]]]:
+    """The exclusion sets to try, in order: ``[(label, node names kept FP32), ...]``.
+
+    ``auto`` tries full INT8 first, then the first/last layer, then depthwise convolutions, then both; the first
+    that passes parity is kept (and reported). The other choices give exactly one attempt.
+    """
+    ends = tuple(sensitive_nodes(model))
+    dw = tuple(depthwise_convs(model))
+    options = {
+        "none": ("full INT8", ()),
+        "ends": ("first/last layer in FP32", ends),
+        "depthwise": (f"{len(dw)} depthwise convs in FP32", dw),
+        "depthwise+ends": (f"{len(dw)} depthwise convs and the first/last layer in FP32",
+                           tuple(dict.fromkeys(dw + ends))),
+    }
+    if choice != "auto":
+        if choice not in options:
+            raise InputError(f"--int8-keep-fp32 {choice!r} is not one of {', '.join(KEEP_FP32_CHOICES)}")
+        return [options[choice]]
+    ladder, seen = [], set()
+    for key in ("none", "ends", "depthwise", "depthwise+ends"):
+        label, nodes = options[key]
+        if nodes in seen or (key != "none" and not nodes):
+            continue
+        seen.add(nodes)
+        ladder.append((label, nodes))
+    return ladder
 
 
 def _form_options(form: str):

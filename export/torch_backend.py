@@ -66,7 +66,12 @@ class TorchBackend:
         self.spec = spec
         self.batch_size = int(batch_size)
         self.input_name = spec.input_name if spec is not None else "input"
+        self.output_name = spec.output_name if spec is not None else "logits"
         self.input_shape: Tuple[Optional[int], ...] = spec.input_shape if spec is not None else (None, 3, None, None)
+        self.output_shape: Tuple[Optional[int], ...] = (None, spec.num_classes if spec is not None else None)
+        self.input_dtype = np.dtype(np.float32)
+        self.min_batch, self.max_batch = 1, None
+        self.fallback = None
         self.providers: List[str] = [f"torch-{device}"]
         self._closed = False
 
@@ -86,6 +91,9 @@ class TorchBackend:
             n = self.spec.num_classes if self.spec is not None else 0
             return np.zeros((0, n), dtype=np.float32)
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
+
+    def describe(self) -> str:
+        return f"{self.name} [{', '.join(self.providers)}]"
 
     def close(self) -> None:
         self._closed = True

@@ -263,6 +263,11 @@ class OrtBackend(Backend):
             if precision == "fp16":
                 opts["trt_fp16_enable"] = True
             elif precision in ("int8", "int8-qdq", "int8-cpu"):
+                if precision == "int8-cpu":
+                    log.warning(
+                        "%s is the onnxruntime-CPU INT8 form (uint8 activations), which TensorRT does not run as INT8; "
+                        "for --device tensorrt use the TensorRT form model_int8_qdq.onnx", model_path.name
+                    )
                 opts["trt_int8_enable"] = True  # explicit Q/DQ models need the INT8 builder flag
                 opts["trt_fp16_enable"] = True
             opts["trt_engine_cache_path"] = str(trt_cache_dir or default_trt_cache_dir(model_path))

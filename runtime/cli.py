@@ -29,7 +29,7 @@ def run_command(
         False, "--allow-fallback", help="Run on the CPU (with a loud warning) if the requested provider is missing."
     ),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop each source after N frames."),
-    workers: Optional[int] = typer.Option(None, help="Decode/preprocess threads (default: min(4, CPUs))."),
+    workers: Optional[int] = typer.Option(None, help="Decode/preprocess threads (default: half the CPUs, 1 to 4)."),
     retries: int = typer.Option(5, help="Reopen attempts (exponential backoff) when a stream drops."),
     probs: bool = typer.Option(False, "--probs", help="Add every class probability to each record."),
     summary: bool = typer.Option(True, "--summary/--no-summary", help="Print the run summary to stderr."),

@@ -61,7 +61,7 @@ class RunConfig:
     save: Optional[str] = None
     allow_fallback: bool = False
     max_frames: Optional[int] = None  # per source
-    workers: Optional[int] = None  # decode/preprocess threads (None: min(4, CPUs))
+    workers: Optional[int] = None  # decode/preprocess threads (None: half the CPUs, 1 to 4)
     retries: int = 5  # reopen attempts for a dropped stream
     probs: bool = False  # add every class probability to the records
     summary: bool = True
@@ -446,6 +446,14 @@ class RunStats:
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def ordered_prefetch(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], lookahead: int) -> Iterator[Any]:
     """``map(fn, items)`` on ``pool``, in order, with at most ``lookahead`` items in flight."""
     pending: deque = deque()
@@ -467,7 +475,7 @@ class _Loop:
         self.stats = stats
         self.smoother = Smoother(cfg.smooth) if cfg.smooth > 1 else None
         self.keep_images = saver is not None or viewer is not None
-        self.workers = cfg.workers or max(1, min(4, os.cpu_count() or 1))
+        self.workers = cfg.workers or max(1, min(4, usable_cpus() // 2))
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
         self.infer_exec = ThreadPoolExecutor(1, thread_name_prefix="edgecls-infer")
         self.stopped = False

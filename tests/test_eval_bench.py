@@ -26,6 +26,7 @@ def tiny_models(tmp_path_factory, tiny_data):
     """(checkpoint path, onnx path, spec) of an untrained ResNet18 at 32 px whose predictions are mixed."""
     import onnx
     import torch
+
     from edgecls.runtime.preprocess import load_image, preprocess
     from edgecls.runtime.spec import METADATA_KEY, ModelSpec, PreprocessSpec
     from edgecls.train.checkpoint import Checkpoint, save_checkpoint
@@ -79,10 +80,10 @@ def _cli():
 
 def test_eval_onnx_matches_direct_inference_and_writes_files(tiny_models, tiny_data, tmp_path):
     import onnxruntime as ort
-    from edgecls.runtime.metrics import softmax
-    from edgecls.runtime.preprocess import load_image, preprocess
 
     from edgecls.evaluate import EvalConfig, evaluate
+    from edgecls.runtime.metrics import softmax
+    from edgecls.runtime.preprocess import load_image, preprocess
 
     _, onnx_path, spec = tiny_models
     out = tmp_path / "ev"
@@ -104,6 +105,10 @@ def test_eval_onnx_matches_direct_inference_and_writes_files(tiny_models, tiny_d
     p_mobile = softmax(logits, spec.temperature)[:, 0]
     tp = int(np.sum((p_mobile >= 0.5) & (y == 0)))
     assert res.report.positive_metrics["tp"] == tp
+    # the runtime's yes/no/uncertain decision, per true class: "yes" is exactly p >= threshold
+    assert res.decisions["mobile"]["yes"] == tp
+    assert res.decisions["other"]["yes"] == int(np.sum((p_mobile >= 0.5) & (y == 1)))
+    assert sum(sum(c.values()) for c in res.decisions.values()) == len(y)
     assert res.pr is not None and len(res.pr["precision"]) == len(res.pr["thresholds"])
     for name in ("eval.json", "predictions.csv", "reliability.png", "pr_curve.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -211,7 +216,7 @@ def test_bench_end_to_end_small(tiny_models, tiny_data, tmp_path):
     g = {a.kind: a.gmacs_per_image for a in res.artifacts}
     assert g["onnx"] == pytest.approx(g["checkpoint"], rel=1e-6) and g["onnx"] > 0
     assert [p.input for p in res.preprocess][-1].startswith("1000×1000 JPEG")
-    assert len(res.preprocess) == 4 and all(p.ms_per_frame > 0 for p in res.preprocess)
+    assert len(res.preprocess) == 5 and all(p.ms_per_frame > 0 for p in res.preprocess)
     assert {e.model for e in res.end_to_end} == {str(ckpt), str(onnx_path)}
     md = (tmp_path / "b.md").read_text()
     assert "| model | precision |" in md and "(reference)" in md and "machine:" in md
@@ -238,9 +243,8 @@ def test_measure_fp32_peak_small():
 
 
 def test_count_macs_resnet18_224():
-    from edgecls.train.models import build_model
-
     from edgecls.benchmark import count_macs_torch
+    from edgecls.train.models import build_model
 
     assert count_macs_torch(build_model("resnet18", 1000), 224) == pytest.approx(1.814, abs=0.005)
 

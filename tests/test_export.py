@@ -418,3 +418,19 @@ def test_engine_without_tensorrt_exits_4_with_trtexec_line(tiny_ckpt, tmp_path, 
     assert code == 4 and "trtexec --onnx=" in stderr and "--int8" in stderr
     code, _, stderr = run_cli(["build-engine", out / "model.onnx", "--precision", "int8"], capsys)
     assert code == 2 and "model_int8_qdq.onnx" in stderr
+
+
+def test_parity_data_from_folder_labelled_or_not(tiny_data, tmp_path):
+    from edgecls.export.parity import parity_data_from_folder
+
+    spec = ModelSpec(arch="resnet18", classes=("mobile", "other"), preprocess=PreprocessSpec.for_image_size(CROP))
+    d = parity_data_from_folder(tiny_data, spec)  # DIR/val is used when present
+    assert d.n == 10 and d.y is not None and sorted(set(d.y.tolist())) == [0, 1] and "labelled" in d.source
+    assert d.x.shape == (10, 3, CROP, CROP) and d.x.dtype == np.float32
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list((tiny_data / "val" / "other").glob("*.jpg"))[:3]:
+        shutil.copy(p, flat / p.name)
+    u = parity_data_from_folder(flat, spec)
+    assert u.n == 3 and u.y is None and "unlabelled" in u.source
+    assert parity_data_from_folder(tiny_data, spec, limit=4).n == 4

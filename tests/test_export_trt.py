@@ -294,3 +294,27 @@ def test_messages_without_tensorrt_or_gpu(tmp_path, monkeypatch):
         with pytest.raises(CapabilityError, match="no NVIDIA GPU") as e:
             build_engine(onnx_path, "fp16", trt_module=FakeTrt("10.3.0"))
         assert "trtexec --onnx=" in str(e.value)
+
+
+def test_keep_fp32_ladder(tmp_path):
+    from edgecls.export.quantize import depthwise_convs, keep_fp32_ladder, sensitive_nodes
+    from onnx import TensorProto, helper, numpy_helper
+
+    ws = [numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in
+          (("w1", (4, 3, 3, 3)), ("w2", (4, 1, 3, 3)), ("w3", (2, 4)))]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w1"], ["a"], name="first"),
+         helper.make_node("Conv", ["a", "w2"], ["b"], name="dw", group=4),
+         helper.make_node("GlobalAveragePool", ["b"], ["c"], name="gap"),
+         helper.make_node("Flatten", ["c"], ["d"], name="flat"),
+         helper.make_node("Gemm", ["d", "w3"], ["logits"], name="last", transB=1)],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], ws)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert sensitive_nodes(m) == ["first", "last"] and depthwise_convs(m) == ["dw"]
+    ladder = keep_fp32_ladder(m, "auto")
+    assert [nodes for _, nodes in ladder] == [(), ("first", "last"), ("dw",), ("dw", "first", "last")]
+    assert keep_fp32_ladder(m, "none") == [("full INT8", ())]
+    assert keep_fp32_ladder(m, "depthwise")[0][1] == ("dw",)
+    with pytest.raises(InputError, match="--int8-keep-fp32"):
+        keep_fp32_ladder(m, "everything")

@@ -254,7 +254,12 @@ def test_live_stream_that_ends_is_noted_and_run_finishes(env):
         def read(self):
             return (False, None) if self.i >= 3 else super().read()
 
-    src = LiveSource("rtsp://cam", Dies, retry=R.RetryPolicy(retries=2, initial=0.0))
+    class Closed(FastCapture):
+        def isOpened(self):
+            return False
+
+    caps = [Dies()]
+    src = LiveSource("rtsp://cam", lambda: caps.pop() if caps else Closed(), retry=R.RetryPolicy(retries=2, initial=0.0))
     out, err = io.StringIO(), io.StringIO()
     stats = R.run(R.RunConfig(model=env["model"], sources=("x",), device="cpu"), out=out, err=err, sources=[src])
     assert 1 <= stats.frames <= 3 and "gave up after 2 reopen attempts" in err.getvalue()

@@ -182,7 +182,7 @@ class Trainer:
         self.best_index: Optional[np.ndarray] = None
         self.bad_epochs = 0
         self.elapsed_before = 0.0
-        self.stop_reason = "completed"
+        self.stop_reason: Optional[str] = None  # set when the run ends (None while it runs)
         self.head_info: Dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -354,7 +354,7 @@ class Trainer:
             "best_val_index": torch.from_numpy(np.ascontiguousarray(self.best_index, dtype=np.int64)),
             "bad_epochs": int(self.bad_epochs),
             "elapsed_s": float(self._elapsed()),
-            "stop_reason": self.stop_reason,
+            "stop_reason": self.stop_reason or "running",
             "world_size": self.ctx.world_size,
             "head_info": _jsonable(self.head_info),
         }
@@ -396,6 +396,8 @@ class Trainer:
         if self.config.max_minutes is not None and self._elapsed() > 60 * self.config.max_minutes:
             self.stop_reason = f"time budget ({self.config.max_minutes:g} min)"
             stop = True
+        if not stop and epoch >= self.recipe.epochs:
+            self.stop_reason = "completed"
         log.info(
             "epoch %d (%s): train loss %s acc %s | val loss %.4f acc %.4f balanced %.4f macro-F1 %.4f%s | %.1fs%s",
             epoch, phase, _fmt(row.get("train_loss")), _fmt(row.get("train_acc")), val_loss, report.accuracy,
@@ -422,7 +424,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- head phase
 
-    def _head_phase(self, model) -> None:
+    def _head_phase(self, model) -> bool:
         import torch
 
         from edgecls.train.models import head_of
@@ -463,7 +465,7 @@ class Trainer:
             "train_samples": int(len(y_tr)),
             "seconds": round(time.monotonic() - t, 3),
         }
-        self._end_epoch(0, "head", row, va_logits, idx_va, lambda: _cpu_state(_unwrap(model)))
+        return self._end_epoch(0, "head", row, va_logits, idx_va, lambda: _cpu_state(_unwrap(model)))
 
     # ----------------------------------------------------------------------------------------- fine-tune
 
@@ -610,19 +612,21 @@ class Trainer:
 
         try:
             # phase 1: head on cached frozen features
+            stop = False
             if r.head_max_iter > 0 and not self.head_done:
                 if cfg.pretrained:
-                    self._head_phase(model)
+                    stop = self._head_phase(model)
                 else:
                     log.info("--weights none: no pretrained features to cache, skipping the head phase")
             if r.epochs == 0 and self.best_epoch < 0:
                 raise InputError("nothing to train: --epochs 0 and no head phase (it needs pretrained --weights)")
 
             # phase 2: fine-tune everything
-            if start_epoch <= r.epochs:
+            if start_epoch <= r.epochs and not stop:
                 self._finetune(model, start_epoch, ts.get("optimizer"), ts.get("scaler"),
                                EpochSampler, TrainDataset, train_transform)
             elif ckpt is not None:
+                self.stop_reason = ts.get("stop_reason") if ts.get("stop_reason") != "running" else None
                 log.info("the run is already at epoch %d of %d: nothing to train, outputs refreshed",
                          start_epoch - 1, r.epochs)
         except KeyboardInterrupt:
@@ -672,6 +676,7 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         """Plots, summary.json, and the result (every rank returns it; rank 0 wrote the files)."""
+        self.stop_reason = self.stop_reason or "completed"
         logits, index = self.best_logits, self.best_index
         cal = self._calibrate(logits, index)
         y = self.val_y[index]
