@@ -144,7 +144,7 @@ def summary_table(
     rows = {(r["model"], r["batch"], r["threads"]): r for r in bench["latency"]}
     sizes = {a["path"]: a["size_bytes"] for a in bench["artifacts"]}
     ref_acc = evals.get(reference, {}).get("metrics", {}).get("accuracy")
-    head = (f"| artifact | size MB | accuracy | Δ vs PyTorch (pt) | balanced acc. | P / R ({{pos}}) at threshold | ECE | "
+    head = (f"| artifact | size MB | accuracy | Δ acc. vs PyTorch (points) | balanced acc. | P / R ({{pos}}) at threshold | ECE | "
             f"p50 ms b{b_lo} ({threads} thr) | ×PyTorch | img/s b{b_hi} ({threads} thr) | ×PyTorch | "
             f"export parity acc. |")
     pos = next((e["spec"]["positive"] for e in evals.values() if e["spec"].get("positive")), "positive")

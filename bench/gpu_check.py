@@ -20,7 +20,7 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
-def train_throughput(arch: str, batch: int, size: int, amp: bool, channels_last: bool, steps: int = 30) -> float:
+def train_throughput(arch: str, batch: int, size: int, amp: bool, channels_last: bool, steps: int = 15) -> float:
     from edgecls.train.models import build_model
 
     model = build_model(arch, 2, weights="none").cuda().train()
@@ -53,7 +53,7 @@ def train_throughput(arch: str, batch: int, size: int, amp: bool, channels_last:
 
 
 @torch.no_grad()
-def infer_throughput(arch: str, batch: int, size: int, amp: bool, steps: int = 50) -> float:
+def infer_throughput(arch: str, batch: int, size: int, amp: bool, steps: int = 25) -> float:
     from edgecls.train.models import build_model
 
     model = build_model(arch, 2, weights="none").cuda().eval().to(memory_format=torch.channels_last)
@@ -111,11 +111,11 @@ def main() -> None:
     rows = []
     for arch in ("resnet18", "mobilenet_v2"):
         for amp in (False, True):
-            tr = train_throughput(arch, 256, 224, amp=amp, channels_last=amp)
-            inf = infer_throughput(arch, 256, 224, amp=amp)
+            tr = train_throughput(arch, 128, 224, amp=amp, channels_last=amp)
+            inf = infer_throughput(arch, 128, 224, amp=amp)
             rows.append((arch, "AMP fp16 + channels_last" if amp else "fp32", tr, inf))
     res["throughput"] = [dict(arch=a, mode=m, train_img_s=t, infer_img_s=i) for a, m, t, i in rows]
-    print(f"GPU {res['gpu']}  torch {res['torch']}  CUDA {res['cuda']}  (batch 256, 224 px, synthetic tensors)")
+    print(f"GPU {res['gpu']}  torch {res['torch']}  CUDA {res['cuda']}  (batch 128, 224 px, synthetic tensors)")
     print(f"{'arch':14} {'mode':26} {'train img/s':>12} {'infer img/s':>12}")
     base = {}
     for a, m, t, i in rows:

@@ -24,6 +24,15 @@ from edgecls.runtime.spec import ModelSpec
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # path, HxWx3 uint8 array, or PIL image
 
 
+def _read_rgb(path: os.PathLike[str] | str) -> Any:
+    """An image file as RGB: a PIL image where preprocess takes one directly (fewer copies), else an array."""
+    import importlib
+
+    P = importlib.import_module("edgecls.runtime.preprocess")  # the module (the package exports a function too)
+
+    return getattr(P, "open_rgb", load_image)(path)
+
+
 class Classifier:
     """A loaded model with its spec and decision rule. Use :meth:`load`; close it (or use ``with``) when done."""
 
@@ -77,7 +86,7 @@ class Classifier:
     def prepare(self, image: ImageInput, bgr: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
         """One image → float32 CHW with the model's preprocessing. Paths are read with Pillow (RGB)."""
         if isinstance(image, (str, os.PathLike)):
-            image, bgr = load_image(image), False
+            image, bgr = _read_rgb(image), False
         return preprocess_one(image, self.spec.preprocess, bgr=bgr, out=out)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -526,6 +526,8 @@ class _Loop:
         self.stats.preprocess.append(pre_ms)
         self.writer.write(prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency))
         if self.keep_images and frame.image is not None:
+            if not isinstance(frame.image, np.ndarray):  # a decoded PIL image (RGB) from an image file
+                frame.image = np.asarray(frame.image)
             sequence = frame.frame is not None
             fps = self._fps_of(frame.source) if sequence else None
             color = _COLORS.get(pred.decision, (255, 255, 255))

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-
 from edgecls.errors import CapabilityError, InputError, SourceError
 
 log = logging.getLogger(__name__)
@@ -43,7 +41,7 @@ class Frame:
 
     source: str  # the source as given on the command line ("val/", "clip.mp4", "camera:0")
     index: int  # running index within that source
-    image: Optional[np.ndarray] = None  # HxWx3 uint8; BGR when ``bgr`` (OpenCV), else RGB
+    image: Optional[Any] = None  # HxWx3 uint8 array (BGR when ``bgr``, as OpenCV decodes) or an RGB PIL image
     bgr: bool = False
     path: Optional[str] = None  # image file path
     save_name: Optional[str] = None  # relative name under --save DIR
@@ -126,13 +124,17 @@ class ImageSource:
 
 def read_image(source: str, index: int, path: Path, save_name: str) -> Frame:
     """Decode one image file (Pillow, RGB) into a Frame; an unreadable file gives a Frame with ``error``."""
-    from edgecls.runtime.preprocess import ImageReadError, load_image
+    import importlib
 
+    P = importlib.import_module("edgecls.runtime.preprocess")  # the module (the package exports a function too)
+
+    # a decoded PIL image goes to preprocessing without a round trip through numpy (same pixels)
+    read = getattr(P, "open_rgb", P.load_image)
     t0 = time.perf_counter()
     try:
-        image = load_image(path)
+        image = read(path)
         error = None
-    except ImageReadError as e:
+    except P.ImageReadError as e:
         image, error = None, str(e)
     t1 = time.perf_counter()
     return Frame(

@@ -289,3 +289,30 @@ def test_cpu_info_parses_x86_and_arm():
     assert a["isa"] == ["asimd", "asimddp"] and a["physical_cores"] is None
     line = machine_summary({"cpu": c, "gpus": [], "versions": {"python": "3.8"}})
     assert "Gold 6338" in line and "avx512_vnni" in line and "GPU none" in line
+
+
+def test_edgecls_cli_exit_codes(tiny_models, tiny_data, tmp_path, capsys):
+    """Through the real `edgecls` entry point: success is 0, bad input is 2 with a message naming the problem."""
+    from edgecls.cli import main
+
+    _, onnx_path, _ = tiny_models
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(onnx_path), "--data", str(tiny_data / "val"), "--no-files"])
+    assert e.value.code == 0
+    assert "confusion matrix" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(onnx_path), "--data", str(tiny_data)])
+    assert e.value.code == 2
+    assert "split root" in capsys.readouterr().err
+
+
+def test_bench_without_reference(tiny_models):
+    from edgecls.benchmark import BenchConfig, latency_table, run_bench
+
+    _, onnx_path, _ = tiny_models
+    res = run_bench(BenchConfig(models=(str(onnx_path),), batches=(2,), threads=(1,), warmup=0, iters=2, rounds=1,
+                                peak=False, preprocess=False, end_to_end=False))
+    assert res.reference is None and any("no PyTorch checkpoint" in n for n in res.notes)
+    (row,) = res.latency
+    assert row.ratio_p50 is None and row.peak_fraction is None and row.images_per_s > 0
+    assert "–" in res.markdown() and "model.onnx" in latency_table(res)
