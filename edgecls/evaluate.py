@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,14 +23,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from edgecls.errors import CapabilityError, InputError
+from edgecls.fileio import write_bytes as atomic_write_bytes
+from edgecls.fileio import write_text as atomic_write_text
+from edgecls.runtime.model_io import model_kind as runtime_model_kind
+from edgecls.runtime.preprocess import IMAGE_EXTENSIONS as IMG_EXTENSIONS
 from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 DEVICES = ("auto", "cpu", "cuda")
 PathLike = Union[str, os.PathLike]
 
@@ -39,41 +39,14 @@ PathLike = Union[str, os.PathLike]
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write to a temp file in the same folder, fsync, rename over ``path``: old or new, never torn."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def model_kind(path: PathLike) -> str:
     """``checkpoint`` | ``onnx`` | ``engine`` from the suffix; InputError naming the valid ones otherwise."""
-    suffix = Path(path).suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES:
+    if Path(path).suffix.lower() in CHECKPOINT_SUFFIXES:
         return "checkpoint"
-    if suffix in ONNX_SUFFIXES:
-        return "onnx"
-    if suffix in ENGINE_SUFFIXES:
-        return "engine"
-    valid = ", ".join(CHECKPOINT_SUFFIXES + ONNX_SUFFIXES + ENGINE_SUFFIXES)
-    raise InputError(f"model {os.fspath(path)!r}: unknown file type {suffix or '(no suffix)'!r}; valid: {valid}")
+    try:
+        return runtime_model_kind(path)
+    except InputError as e:
+        raise InputError(f"{e}; or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) from `edgecls train`") from None
 
 
 @dataclass

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from edgecls.errors import InputError
+from edgecls.fileio import file_sha256
+from edgecls.runtime.preprocess import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 T = TypeVar("T")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEFAULT_CALIB_DIR = Path("calib_images")
 DEFAULT_CALIB_COUNT = 256
 MIN_RECOMMENDED = 100
@@ -80,14 +81,6 @@ def stratified_sample(items: Sequence[T], groups: Sequence[str], count: int, see
         idx = sorted(rng.sample(range(len(v)), min(alloc[g], len(v))))
         out.extend(v[i] for i in idx)
     return out
-
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def image_set_sha256(paths: Sequence[PathLike]) -> str:
@@ -216,7 +209,7 @@ def sample_to_folder(data: PathLike, count: int, out: PathLike = DEFAULT_CALIB_D
     Files already there with the same content are left as they are; a file there with DIFFERENT content makes the
     whole call refuse (InputError listing them) before anything is copied. Nothing in ``out`` is ever deleted.
     """
-    from edgecls.export import atomic
+    from edgecls import fileio as atomic
 
     root = sample_source_root(data)
     images = list_images(root)

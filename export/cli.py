@@ -132,6 +132,7 @@ def build_engine_command(
 
 
 def _engine_parity(res, onnx: Path, parity_data: Path, parity_count: Optional[int]) -> None:
+    from edgecls.errors import ParityError
     from edgecls.export.metadata import read_sidecar
     from edgecls.export.parity import (
         Tolerances,
@@ -142,8 +143,6 @@ def _engine_parity(res, onnx: Path, parity_data: Path, parity_count: Optional[in
     )
     from edgecls.runtime.backends import load_backend
     from edgecls.runtime.model_io import load_model_spec
-
-    from edgecls.errors import ParityError
 
     spec = load_model_spec(onnx)
     data = parity_data_from_folder(parity_data, spec, parity_count)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Union
 
-from edgecls.export import atomic
+from edgecls import fileio as atomic
 from edgecls.runtime.spec import METADATA_KEY, ModelSpec, SpecError, sidecar_path
 
 if TYPE_CHECKING:  # pragma: no cover

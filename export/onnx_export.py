@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
-from edgecls.runtime.spec import ModelSpec
 
 from edgecls.errors import InputError
+from edgecls.runtime.spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

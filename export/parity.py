@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from edgecls.runtime.spec import ModelSpec
 
 from edgecls.errors import InputError
+from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +343,8 @@ def check_artifact(
 
     A backend that cannot load or run the artifact is a failed parity (the message says why), not a crash.
     """
-    from edgecls.runtime.backends import load_backend
-
     from edgecls.errors import CapabilityError
+    from edgecls.runtime.backends import load_backend
 
     t0 = time.perf_counter()
     try:

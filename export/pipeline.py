@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from edgecls.export import ARTIFACT_NAMES, atomic
+from edgecls import fileio as atomic
+from edgecls.errors import CapabilityError, InputError, ParityError
+from edgecls.export import ARTIFACT_NAMES
 from edgecls.export.calib import DEFAULT_CALIB_COUNT, CalibSet
 from edgecls.export.onnx_export import DEFAULT_OPSET
 from edgecls.export.parity import PARITY_FORMAT, ParityData, ParityReport, Reference, Tolerances
 from edgecls.export.quantize import CALIB_METHODS, INT8_FORMS, KEEP_FP32_CHOICES, Calibration
 from edgecls.export.tensorrt import DEFAULT_WORKSPACE_MIB, ENGINE_PRECISIONS, BatchProfile, EngineResult
 from edgecls.runtime.spec import ModelSpec
-
-from edgecls.errors import CapabilityError, InputError, ParityError
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,9 @@ class _Exporter:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> ExportResult:
-        from edgecls.export.calib import file_sha256
         from edgecls.export.parity import parity_data_from_checkpoint, parity_data_from_folder, reference_from
         from edgecls.export.torch_backend import TorchBackend
+        from edgecls.fileio import file_sha256
         from edgecls.train.checkpoint import load_checkpoint
 
         cfg = self.cfg
@@ -353,9 +353,8 @@ class _Exporter:
 
     # -- parity.json -----------------------------------------------------------------------------------------
     def write_parity_json(self, calib_set, calibration, engines, engine_error) -> Path:
-        from edgecls.export.metadata import read_sidecar
-
         from edgecls import __version__
+        from edgecls.export.metadata import read_sidecar
 
         path = self.out / "parity.json"
         previous: Dict[str, Any] = {}

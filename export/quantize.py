@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from edgecls.runtime.spec import PreprocessSpec
 
 from edgecls.errors import CapabilityError, InputError
+from edgecls.runtime.spec import PreprocessSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -323,7 +323,7 @@ def load_cache(path: Path, key: str, names: Sequence[str]) -> Optional[Dict[str,
 
 
 def save_cache(path: Path, key: str, ranges: Dict[str, Tuple[float, float]], meta: Dict[str, object]) -> None:
-    from edgecls.export import atomic
+    from edgecls import fileio as atomic
 
     atomic.write_json(path, {"format": CACHE_FORMAT, "key": key, **meta,
                              "ranges": {k: [float(a), float(b)] for k, (a, b) in sorted(ranges.items())}})

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from edgecls.runtime.spec import ModelSpec
-
 from edgecls.errors import CapabilityError, InputError
+from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -302,9 +301,9 @@ def build_engine(
     Writes ``<name>.engine`` and its ``<name>.json`` ModelSpec sidecar atomically, plus ``<name>.build.json``.
     CapabilityError (exit 4) without TensorRT or a GPU, with the trtexec equivalent in the message.
     """
-    from edgecls.export import atomic
-    from edgecls.export.calib import file_sha256
+    from edgecls import fileio as atomic
     from edgecls.export.metadata import write_sidecar
+    from edgecls.fileio import file_sha256
 
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
-from edgecls.runtime.spec import ModelSpec
 
 from edgecls.errors import CapabilityError, InputError
+from edgecls.runtime.spec import ModelSpec
 
 
 class TorchBackend:
@@ -36,6 +36,7 @@ class TorchBackend:
         threads: Optional[int] = None,
     ) -> None:
         import torch
+
         from edgecls.train.checkpoint import Checkpoint, load_checkpoint
 
         if isinstance(checkpoint_or_model, (str, os.PathLike)):

@@ -25,10 +25,11 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from edgecls.errors import CapabilityError, InputError, SourceError
+from edgecls.runtime.preprocess import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"})
+IMAGE_EXTS = frozenset(IMAGE_EXTENSIONS)
 VIDEO_EXTS = frozenset(
     {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".3gp"}
 )

@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8-qdq", "int8-cpu")
 METADATA_KEY = "edgecls.spec"  # ONNX metadata_props key holding ModelSpec.to_json()
 
 
-def sidecar_path(model_path: "os.PathLike | str") -> Path:
+def sidecar_path(model_path: os.PathLike | str) -> Path:
     """The JSON sidecar of an artifact: same folder, same stem, ``.json`` (model.onnx → model.json)."""
     return Path(model_path).with_suffix(".json")
 

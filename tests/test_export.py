@@ -116,7 +116,7 @@ def monkeypatch_module():
 
 
 def test_every_artifact_exists_and_passed_parity(full_export, tiny_ckpt):
-    from edgecls.export.calib import file_sha256
+    from edgecls.fileio import file_sha256
 
     parity = json.loads((full_export / "parity.json").read_text())
     assert parity["passed"] is True

@@ -61,6 +61,7 @@ class Recipe:
     balance: str = "none"  # weights: class-weighted loss; sampler: class-balanced sampling; none
     epoch_samples: Optional[int] = None  # samples drawn per epoch with the balanced sampler; None = dataset size
     label_smoothing: float = 0.0
+    bn_eval: bool = False  # fine-tune with BatchNorm layers in eval mode (pretrained statistics kept)
     patience: Optional[int] = None  # early stopping: epochs without improvement; None = off
     select: str = "balanced_accuracy"  # the validation metric that picks the best epoch
 

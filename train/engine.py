@@ -495,6 +495,10 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch),
         )
         ddp_model.train()
+        if r.bn_eval:  # keep the pretrained BatchNorm statistics (small data, train/eval resolution gap)
+            for m in ddp_model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         steps = len(loader)
         loss_sum, correct, seen = 0.0, 0, 0
         last_good = None

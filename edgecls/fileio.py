@@ -1,4 +1,7 @@
-"""Atomic file writes: a temp file in the same folder, fsync, rename. A crash leaves the old file or the new one."""
+"""File helpers shared by every stage (torch-free).
+
+Atomic writes: a temp file in the same folder, fsync, rename; a crash leaves the old file or the new one.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -93,6 +96,17 @@ def copy_file(src: PathLike, dst: PathLike) -> Path:
     with atomic_output(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _json_default(o: Any) -> Any:
