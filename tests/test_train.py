@@ -87,7 +87,7 @@ def test_train_end_to_end_resnet18(tiny_data, tmp_path):
 
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["phase"] == "finetune" for r in rows)
-    assert all(float(r["train_loss"]) > 0 for r in rows)
+    assert all(float(r["train_loss"]) > 0 for r in rows) and all(0 <= float(r["val_pos_ap"]) <= 1 for r in rows)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == ck.epoch and summary["spec"]["temperature"] == pytest.approx(ck.spec.temperature)
     assert summary["calibration"]["nll_after"] <= summary["calibration"]["nll_before"] + 1e-9
@@ -125,7 +125,8 @@ def test_fast_recipe_head_phase_then_finetune(tiny_data, tmp_path, monkeypatch):
     assert res.history[0]["epoch"] == 0 and res.history[0]["train_samples"] == 32
     assert res.summary["head"]["l2"] in RECIPES["fast"].head_l2_grid and len(res.summary["head"]["cv"]) == 4
     assert len(calls) >= 32 + 10 and all(s.crop == 48 for s in calls)  # features: runtime preprocessing
-    assert RECIPES["fast"].override(image_size=48).train_size == 32  # train-low/test-high ratio kept
+    low = RECIPES["fast"].override(train_size=160)
+    assert low.override(image_size=112).train_size == 80  # a train-low/test-high ratio is kept
     ck = load_checkpoint(res.best_path)
     assert ck.epoch == res.best_epoch and ck.spec.arch == "mobilenet_v3_small"
     ck.build_model()  # strict load
@@ -374,3 +375,30 @@ def test_shared_mobile_trains_a_few_steps(shared_mobile, shared_mbv2, tmp_path):
     assert res.summary["data"]["train_counts"] == {"mobile": 35, "other": 141}
     assert res.history[0]["val_balanced_acc"] > 0.75  # ImageNet features separate phones even at 64 px
     assert np.isfinite(res.calibration.temperature) and res.calibration.threshold is not None
+
+
+# ------------------------------------------------------------------------------------------- confidence
+
+
+def test_calibration_temperature_and_threshold_margin():
+    from edgecls.runtime.metrics import binary_metrics_at, softmax
+    from edgecls.train.calibrate import calibrate
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 30 + [1] * 270)
+    signal = np.where(y[:, None] == np.arange(2)[None, :], 1.0, 0.0) + rng.normal(0, 0.6, (300, 2))
+    over = 8.0 * signal  # an overconfident model: T > 1 fixes it
+    c = calibrate(over, y, ["mobile", "other"], positive="mobile", target_precision=0.9)
+    assert c.temperature > 1.5 and c.nll_after < c.nll_before and c.ece_after < c.ece_before
+    m = binary_metrics_at(softmax(over, c.temperature)[:, 0], y == 0, c.threshold.threshold)
+    assert m["precision"] == pytest.approx(c.threshold.precision) and m["recall"] == pytest.approx(c.threshold.recall)
+    assert c.threshold.achieved and c.threshold.precision >= 0.9
+
+    sep = np.zeros((300, 2))
+    sep[y == 0, 0] = rng.uniform(2, 6, 30)
+    sep[y == 1, 1] = rng.uniform(2, 6, 270)
+    c = calibrate(sep, y, ["mobile", "other"], positive="mobile", target_precision=1.0)
+    assert c.temperature == 1.0  # perfectly separated val: T -> 0 would only saturate probabilities
+    s = softmax(sep)[:, 0]
+    assert s[y == 1].max() < c.threshold.threshold < s[y == 0].min()  # margin on both sides
+    assert c.threshold.threshold == pytest.approx((s[y == 1].max() + s[y == 0].min()) / 2)

@@ -5,6 +5,7 @@ being saved. The results go into the :class:`~edgecls.runtime.spec.ModelSpec` st
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
@@ -43,6 +44,20 @@ class Calibration:
         }
 
 
+T_BOUNDS = (0.05, 20.0)
+
+
+def _with_margin(choice: M.ThresholdChoice, scores: np.ndarray) -> M.ThresholdChoice:
+    """Move the threshold from the lowest accepted val score to midway between it and the highest rejected one.
+
+    Every val decision (so the precision and recall reported) stays the same; new images get a margin instead of
+    a threshold sitting exactly on one val image's score.
+    """
+    below = scores[scores < choice.threshold]
+    low = float(below.max()) if below.size else 0.0
+    return dataclasses.replace(choice, threshold=(low + float(choice.threshold)) / 2.0)
+
+
 def calibrate(
     logits: np.ndarray,
     y: np.ndarray,
@@ -50,11 +65,21 @@ def calibrate(
     positive: Optional[str] = None,
     target_precision: float = 0.95,
 ) -> Calibration:
-    """Fit the temperature on ``(logits, y)``; for ``positive``, the threshold reaching ``target_precision``."""
+    """Fit the temperature on ``(logits, y)``; for ``positive``, the threshold reaching ``target_precision``.
+
+    The threshold is on the calibrated positive probability (``softmax(logits / T)[:, positive]``), the same
+    score the runtime thresholds; among the thresholds with the same val decisions the midpoint is taken.
+    """
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     p1 = M.softmax(logits)
-    t = float(M.fit_temperature(logits, y))
+    t = float(M.fit_temperature(logits, y, bounds=T_BOUNDS))
+    if t <= T_BOUNDS[0] * 1.001 and t < 1.0:
+        # the NLL keeps falling as T -> 0: val is perfectly separated. Such a temperature only saturates every
+        # probability to 0/1 (and the positive threshold with it), it says nothing about new images: keep T = 1.
+        log.warning("val is perfectly separated: the temperature is not identifiable (fit ran to %.3g); keeping "
+                    "T = 1", t)
+        t = 1.0
     pt = M.softmax(logits, t)
     choice = None
     if positive is not None:
@@ -62,7 +87,7 @@ def calibrate(
         if not np.any(y == k):
             log.warning("no %r images in val: threshold left at 0.5", positive)
         else:
-            choice = M.threshold_for_precision(pt[:, k], y == k, target_precision)
+            choice = _with_margin(M.threshold_for_precision(pt[:, k], y == k, target_precision), pt[:, k])
             if not choice.achieved:
                 log.warning(
                     "no threshold reaches precision %.3f for %r on val; using the most precise one %.4f "

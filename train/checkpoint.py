@@ -10,10 +10,8 @@ Format (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -22,6 +20,7 @@ import torch
 
 from edgecls import __version__
 from edgecls.errors import InputError
+from edgecls.fileio import file_sha256  # noqa: F401  (re-exported: checkpoint.file_sha256)
 from edgecls.runtime.spec import ModelSpec, SpecError
 
 CHECKPOINT_FORMAT = "edgecls.checkpoint/1"
@@ -82,30 +81,16 @@ class Checkpoint:
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a torn one.
+    A crash at any point leaves either the old file or the new one, never a torn one
+    (:func:`edgecls.fileio.atomic_output`: the temp file gets the usual permissions and is removed on error).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
+    from edgecls.fileio import atomic_output
+
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(ckpt: Checkpoint, path: PathLike) -> None:
@@ -136,11 +121,3 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Checkpoint:
         versions=d.get("versions") or {},
         train_state=d.get("train_state"),
     )
-
-
-def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()

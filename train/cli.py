@@ -32,16 +32,18 @@ def train_command(
     target_precision: Optional[float] = typer.Option(
         None, "--target-precision", help="Precision the positive threshold must reach on val [default: 0.95]."
     ),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 3, seed 25]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 32, seed 4]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 2, seed 25]; 0 = head only (fast)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 8, seed 4]."),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help="Eval/deployment crop; resize = size*256/224 [default 224]."
     ),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate [recipe: fast 3e-4, seed 1e-3]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate [recipe: fast 1e-3 (1e-2 from scratch), seed 1e-3]."),
     balance: Optional[str] = typer.Option(
-        None, "--balance", help="Class imbalance: sampler, weights or none [recipe: fast sampler, seed none]."
+        None, "--balance", help="Class imbalance: sampler, weights or none [recipe: fast none (head class-weighted; sampler from scratch), seed none]."
     ),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping patience in epochs."),
+    patience: Optional[int] = typer.Option(
+        None, "--patience", help="Early stopping: epochs without improvement [recipe: fast 2, seed off]."
+    ),
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Val share per class for a DATA/<class>/ folder [default: 0.2]."
     ),
@@ -84,7 +86,7 @@ def train_command(
         if data is None:
             raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
                              "or with <class>/ folders only")
-        rec = get_recipe(recipe).override(
+        rec = get_recipe(recipe).for_weights((weights or "imagenet") != "none").override(
             epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience
         )
         kwargs = dict(

@@ -24,12 +24,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.errors import InputError
-from edgecls.runtime.preprocess import ImageReadError, load_image, preprocess_one
+from edgecls.runtime.preprocess import IMAGE_EXTENSIONS, ImageReadError, load_image, preprocess_one
 from edgecls.runtime.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMG_EXTENSIONS = IMAGE_EXTENSIONS  # the one list, shared with the runtime
 Item = Tuple[str, int]
 
 

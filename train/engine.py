@@ -4,8 +4,8 @@
 interrupted one from its ``last.pt``. Single process or under ``torchrun`` (DDP; rank 0 writes the outputs).
 
 Per epoch (epoch 0 = the head phase when the recipe has one) the model is evaluated on val through the runtime
-preprocessing, the best epoch is chosen by the recipe's ``select`` metric (balanced accuracy by default, ties
-broken by the lower val loss), and ``best.pt`` (on improvement) and ``last.pt`` (always, with the train state for
+preprocessing, the best epoch is chosen by the recipe's ``select`` metric (balanced accuracy by default; ties
+broken by the positive class's average precision when there is one, then by the lower val loss), and ``best.pt`` (on improvement) and ``last.pt`` (always, with the train state for
 ``--resume``) are written atomically, each already calibrated: temperature fitted on val and, with a positive
 class, the threshold for the target precision.
 """
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
     "epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1",
-    "val_pos_precision", "val_pos_recall", "train_samples", "skipped", "seconds", "elapsed_s", "best",
+    "val_pos_precision", "val_pos_recall", "val_pos_ap", "train_samples", "skipped", "seconds", "elapsed_s", "best",
 )
 
 
@@ -83,13 +83,9 @@ class TrainResult:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from edgecls.fileio import write_text
+
+    write_text(path, text)
 
 
 def _free_run_dir(project: Path, name: str) -> Path:
@@ -156,9 +152,12 @@ def _weighted_ce(logits: np.ndarray, y: np.ndarray, weights: Optional[np.ndarray
     return float(np.sum(w * nll) / np.sum(w))
 
 
-def _score(report: M.ClassificationReport, select: str, val_loss: float) -> Tuple[float, float]:
+def _score(report: M.ClassificationReport, select: str, val_loss: float, pos_ap: Optional[float]) -> Tuple[float, ...]:
+    """What "better" means: the recipe's metric, then (with a positive class) its average precision — the
+    ranking the deployed threshold acts on — then the lower val loss."""
     main = report.balanced_accuracy if select == "balanced_accuracy" else report.macro_f1
-    return (float(main), -float(val_loss) if math.isfinite(val_loss) else -1e30)
+    return (float(main), float(pos_ap) if pos_ap is not None else 0.0,
+            -float(val_loss) if math.isfinite(val_loss) else -1e30)
 
 
 def _cpu_state(model) -> Dict[str, Any]:
@@ -177,7 +176,7 @@ class Trainer:
         self.bad_paths: Dict[str, str] = {}
         self.history: List[Dict[str, Any]] = []
         self.best_epoch = -1
-        self.best_score: Tuple[float, float] = (-math.inf, -math.inf)
+        self.best_score: Tuple[float, ...] = (-math.inf, -math.inf, -math.inf)
         self.best_logits: Optional[np.ndarray] = None
         self.best_index: Optional[np.ndarray] = None
         self.bad_epochs = 0
@@ -291,7 +290,7 @@ class Trainer:
     def _val_report(self, logits: np.ndarray, index: np.ndarray) -> Tuple[M.ClassificationReport, float]:
         y = self.val_y[index]
         report = M.classification_report(y, M.softmax(logits), self.classes)
-        return report, _weighted_ce(logits, y, self.loss_weights)
+        return report, _weighted_ce(logits, y, self.class_weights)  # balanced: imbalance cannot fool it
 
     # ------------------------------------------------------------------------------------------ checkpoint
 
@@ -368,7 +367,10 @@ class Trainer:
         report, val_loss = self._val_report(logits, index)
         pos = self.config.positive
         pk = self.classes.index(pos) if pos is not None else None
-        score = _score(report, self.recipe.select, val_loss)
+        pos_ap = None
+        if pk is not None and np.any(self.val_y[index] == pk):
+            pos_ap = M.average_precision(M.softmax(logits)[:, pk], self.val_y[index] == pk)
+        score = _score(report, self.recipe.select, val_loss, pos_ap)
         improved = score > self.best_score
         if improved:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
@@ -384,6 +386,7 @@ class Trainer:
             val_macro_f1=report.macro_f1,
             val_pos_precision=report.per_class[pk].precision if pk is not None else None,
             val_pos_recall=report.per_class[pk].recall if pk is not None else None,
+            val_pos_ap=pos_ap,
             skipped=len(self.data.skipped) + len(self.bad_paths),
             elapsed_s=round(self._elapsed(), 3),
             best=improved,
@@ -391,7 +394,7 @@ class Trainer:
         self.history.append(row)
         stop = False
         if self.recipe.patience is not None and self.bad_epochs >= self.recipe.patience and phase != "head":
-            self.stop_reason = f"early stopping (no {self.recipe.select} gain for {self.bad_epochs} epochs)"
+            self.stop_reason = f"early stopping (no better {self.recipe.select} for {self.bad_epochs} epochs)"
             stop = True
         if self.config.max_minutes is not None and self._elapsed() > 60 * self.config.max_minutes:
             self.stop_reason = f"time budget ({self.config.max_minutes:g} min)"
@@ -442,10 +445,10 @@ class Trainer:
         if l2 is None:
             l2, cv_table = _rank0(
                 self.ctx, select_head_l2, feats_tr, y_tr, self.num_classes, r.head_l2_grid, r.head_cv_folds,
-                self.config.seed, r.balance != "none", r.head_max_iter,
+                self.config.seed, r.head_balance, r.head_max_iter,
             )
             self.head_info["cv"] = cv_table
-        weight, bias = fit_linear_head(feats_tr, y_tr, self.num_classes, self.loss_weights, l2, r.head_max_iter)
+        weight, bias = fit_linear_head(feats_tr, y_tr, self.num_classes, self.head_weights, l2, r.head_max_iter)
         fit_s = time.monotonic() - t_fit
         self.head_info.update(l2=l2, fit_seconds=round(fit_s, 3), feature_seconds=round(extract_s, 3),
                               feature_images=int(n_imgs), feature_dim=int(feats_tr.shape[1]))
@@ -460,7 +463,7 @@ class Trainer:
         self.feature_seconds = extract_s
         row = {
             "lr": None,
-            "train_loss": _weighted_ce(tr_logits, y_tr, self.loss_weights),
+            "train_loss": _weighted_ce(tr_logits, y_tr, self.head_weights),
             "train_acc": float(np.mean(tr_logits.argmax(1) == y_tr)) if len(y_tr) else float("nan"),
             "train_samples": int(len(y_tr)),
             "seconds": round(time.monotonic() - t, 3),
@@ -495,7 +498,7 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch),
         )
         ddp_model.train()
-        if r.bn_eval:  # keep the pretrained BatchNorm statistics (small data, train/eval resolution gap)
+        if r.bn_eval and self.config.pretrained:  # keep pretrained BN statistics (small data, FixRes gap)
             for m in ddp_model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
@@ -569,7 +572,8 @@ class Trainer:
                              f"{', '.join(self.classes)}")
         self.train_y, self.val_y = self.data.labels("train"), self.data.labels("val")
         counts = self.data.counts("train")
-        self.loss_weights = class_weights(counts) if r.balance != "none" else None
+        self.class_weights = class_weights(counts)  # N / (C * n_c): for the val loss, the head, --balance weights
+        self.head_weights = self.class_weights if r.head_balance else None
         self.pspec = PreprocessSpec.for_image_size(r.image_size)
         self.device = torch.device(ctx.device)
         self.use_amp = bool(cfg.amp and ctx.cuda)
@@ -602,7 +606,7 @@ class Trainer:
         if ckpt is not None:
             self.history = list(ts.get("history", []))
             self.best_epoch = int(ts.get("best_epoch", -1))
-            self.best_score = tuple(ts.get("best_score", (-math.inf, -math.inf)))
+            self.best_score = tuple(ts.get("best_score", (-math.inf, -math.inf, -math.inf)))
             if ts.get("best_val_logits") is not None:
                 self.best_logits = ts["best_val_logits"].numpy().astype(np.float32)
                 self.best_index = ts["best_val_index"].numpy().astype(np.int64)
@@ -667,7 +671,7 @@ class Trainer:
         )
         weight = None
         if r.balance == "weights":
-            weight = torch.as_tensor(self.loss_weights, dtype=torch.float32, device=self.device)
+            weight = torch.as_tensor(self.class_weights, dtype=torch.float32, device=self.device)
         criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=r.label_smoothing)
         for epoch in range(start_epoch, r.epochs + 1):
             row = self._finetune_epoch(ddp_model, epoch, sampler, criterion)
