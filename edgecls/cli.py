@@ -74,16 +74,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors and typer.Exit are handled below
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(EXIT_INTERRUPTED)
-        logging.getLogger("edgecls").exception("unexpected error")
-        sys.exit(EXIT_FAILURE)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # usage errors (click's, or the copy newer typer vendors): they carry exit_code/show()
+        code = getattr(e, "exit_code", None)
+        if code is None or not hasattr(e, "show"):
+            logging.getLogger("edgecls").exception("unexpected error")
+            sys.exit(EXIT_FAILURE)
+        e.show()
+        sys.exit(code)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
