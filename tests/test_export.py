@@ -299,10 +299,11 @@ def test_impossible_tolerance_fails_loudly_and_keeps_the_earlier_export(full_exp
 
 
 def test_tampered_onnx_fails_parity(full_export, tiny_ckpt, tmp_path):
+    from onnx import numpy_helper
+
     from edgecls.export.parity import check_artifact, parity_data_from_checkpoint, reference_from
     from edgecls.export.torch_backend import TorchBackend
     from edgecls.train.checkpoint import load_checkpoint
-    from onnx import numpy_helper
 
     m = onnx.load(str(full_export / "model.onnx"))
     conv_w = next(t for t in m.graph.initializer if t.dims and len(t.dims) == 4)
@@ -380,10 +381,9 @@ def test_calib_sample_stratifies_and_never_overwrites(tiny_data, tmp_path, capsy
 
 
 def test_calib_source_order(tiny_ckpt, tiny_data, tmp_path):
+    from edgecls.errors import InputError
     from edgecls.export.calib import resolve_calib_set
     from edgecls.train.checkpoint import load_checkpoint
-
-    from edgecls.errors import InputError
 
     ck = load_checkpoint(tiny_ckpt)
     empty = tmp_path / "calib_images"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from edgecls.errors import CapabilityError, InputError
 from edgecls.export.tensorrt import (
     BatchProfile,
     build_engine,
@@ -21,8 +23,6 @@ from edgecls.export.tensorrt import (
     trtexec_command,
 )
 from edgecls.runtime.spec import ModelSpec, PreprocessSpec
-
-from edgecls.errors import CapabilityError, InputError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -238,8 +238,9 @@ def test_fake_build_failures_are_reported():
 
 def _tiny_onnx(path: Path, precision: str = "fp32") -> Path:
     """Conv → GlobalAveragePool → Flatten, input [N,3,8,8], with an edgecls spec in its metadata."""
-    from edgecls.export.metadata import embed_spec, write_sidecar
     from onnx import TensorProto, helper, numpy_helper
+
+    from edgecls.export.metadata import embed_spec, write_sidecar
 
     w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32) * 0.1, "w")
     g = helper.make_graph(
@@ -297,8 +298,9 @@ def test_messages_without_tensorrt_or_gpu(tmp_path, monkeypatch):
 
 
 def test_keep_fp32_ladder(tmp_path):
-    from edgecls.export.quantize import depthwise_convs, keep_fp32_ladder, sensitive_nodes
     from onnx import TensorProto, helper, numpy_helper
+
+    from edgecls.export.quantize import depthwise_convs, keep_fp32_ladder, sensitive_nodes
 
     ws = [numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in
           (("w1", (4, 3, 3, 3)), ("w2", (4, 1, 3, 3)), ("w3", (2, 4)))]
