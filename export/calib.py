@@ -146,19 +146,29 @@ def calib_from_folder(folder: PathLike, count: int, seed: int = 0) -> CalibSet:
                     _group_counts([g for _, g in chosen]), count)
 
 
-def calib_from_checkpoint(data: Dict, classes: Sequence[str], count: int, seed: int = 0) -> CalibSet:
-    items = [(resolve_item_path(p, data.get("root")), int(y)) for p, y in data.get("train", [])]
+def recorded_items(data: Dict, split: str, remedy: str) -> List[Tuple[Path, int]]:
+    """``[(path, label)]`` the checkpoint recorded for ``split`` ("train"/"val"), every file present.
+
+    InputError when there are none or some are missing; ``remedy`` says what to pass instead.
+    """
+    what = {"train": "training", "val": "validation"}[split]
+    items = [(resolve_item_path(p, data.get("root")), int(y)) for p, y in data.get(split, [])]
     if not items:
-        raise InputError(
-            "no calibration images: calib_images/ is empty and the checkpoint records no training items; "
-            "pass --calib DIR (a few hundred images like the deployment camera sees)"
-        )
+        raise InputError(f"the checkpoint records no {what} images; {remedy}")
     missing = [p for p, _ in items if not p.is_file()]
     if missing:
         raise InputError(
-            f"{len(missing)} of the {len(items)} training images recorded in the checkpoint are missing "
-            f"(e.g. {os.fspath(missing[0])!r}); pass --calib DIR with calibration images"
+            f"{len(missing)} of the {len(items)} {what} images recorded in the checkpoint are missing "
+            f"(e.g. {os.fspath(missing[0])!r}); {remedy}"
         )
+    return items
+
+
+def calib_from_checkpoint(data: Dict, classes: Sequence[str], count: int, seed: int = 0) -> CalibSet:
+    items = recorded_items(
+        data, "train", "calib_images/ is empty, so pass --calib DIR (a few hundred images like the deployment "
+        "camera sees)",
+    )
     names = [classes[y] if 0 <= y < len(classes) else str(y) for _, y in items]
     chosen = stratified_sample(items, names, count, seed)
     root = data.get("root") or "?"

@@ -186,21 +186,12 @@ def _limit(items: List[Tuple[Path, Optional[int]]], limit: Optional[int], seed: 
 
 
 def parity_data_from_checkpoint(ckpt, limit: Optional[int] = None) -> ParityData:
-    from edgecls.export.calib import resolve_item_path
+    from edgecls.export.calib import recorded_items
 
-    root = ckpt.data.get("root")
-    items = [(resolve_item_path(p, root), y) for p, y in ckpt.items("val")]
-    if not items:
-        raise InputError(
-            "the checkpoint records no validation images for the parity check; pass --parity-data DIR "
-            "(held-out images, in class subfolders when labels are known)"
-        )
-    missing = [p for p, _ in items if not p.is_file()]
-    if missing:
-        raise InputError(
-            f"{len(missing)} of the {len(items)} validation images recorded in the checkpoint are missing "
-            f"(e.g. {os.fspath(missing[0])!r}); pass --parity-data DIR"
-        )
+    items = recorded_items(
+        ckpt.data, "val", "for the parity check pass --parity-data DIR (held-out images, in class subfolders "
+        "when labels are known)",
+    )
     n_classes = ckpt.spec.num_classes
     bad = [y for _, y in items if not 0 <= y < n_classes]
     if bad:
