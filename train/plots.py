@@ -58,6 +58,8 @@ def plot_curves(history: Sequence[Dict[str, Any]], out_dir: Path, best_epoch: Op
         ("accuracy.png", "accuracy", (("train_acc", "train accuracy"), ("val_acc", "val accuracy"),
                                       ("val_balanced_acc", "val balanced accuracy"))),
     ):
+        from matplotlib.ticker import MaxNLocator
+
         fig, ax = plt.subplots(figsize=(6, 4))
         for key, label in keys:
             xs, ys = _series(history, key)
@@ -67,6 +69,7 @@ def plot_curves(history: Sequence[Dict[str, Any]], out_dir: Path, best_epoch: Op
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
         ax.set_xlabel("epoch (0 = head on frozen features)" if any(r.get("phase") == "head" for r in history)
                       else "epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(title)
         ax.set_title(f"{title} per epoch")
         ax.grid(alpha=0.3)
