@@ -9,7 +9,7 @@ Class names are the sorted folder names (ImageFolder's order); train and val mus
 Unreadable images are skipped with a warning and counted, never a crash: a cheap header check at discovery,
 and a decode failure while loading drops the sample from its batch (``collate_skip``).
 
-Evaluation uses the runtime's own preprocessing (``load_image`` → ``preprocess_one``), so what is validated is
+Evaluation uses the runtime's own preprocessing (``open_rgb`` → ``preprocess_one``), so what is validated is
 what ships; training augmentation (RandomResizedCrop + flip) is the only other transform.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.errors import InputError
-from edgecls.runtime.preprocess import IMAGE_EXTENSIONS, ImageReadError, load_image, preprocess_one
+from edgecls.runtime.preprocess import IMAGE_EXTENSIONS, ImageReadError, open_rgb, preprocess_one
 from edgecls.runtime.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class EvalDataset:
 
         path, y = self.items[i]
         try:
-            x = preprocess_one(load_image(path), self.spec)
+            x = preprocess_one(open_rgb(path), self.spec)
         except (ImageReadError, ValueError) as e:
             return _Bad(path, str(e))
         return torch.from_numpy(x), int(y), int(i)
@@ -280,11 +280,9 @@ class TrainDataset:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         path, y = self.items[i]
         try:
-            im = Image.fromarray(load_image(path), "RGB")
+            im = open_rgb(path)
         except (ImageReadError, ValueError) as e:
             return _Bad(path, str(e))
         return self.transform(im), int(y), int(i)
