@@ -225,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    from edgecls.machine import machine_summary
+    from edgecls.evaluation.machine import machine_summary
 
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = [

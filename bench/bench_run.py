@@ -121,7 +121,8 @@ def model_only(clf, files: List[Path], batch: int, passes: int) -> float:
 
 def run_loop(clf, folder: Path, args, limit: Optional[int]) -> float:
     """images/s of the run loop (model loaded once, outside the timing)."""
-    from edgecls.runtime.runner import RunConfig, run
+    from edgecls.runtime.run.config import RunConfig
+    from edgecls.runtime.run.loop import run
 
     cfg = RunConfig(model="(loaded)", sources=(str(folder),) * args.passes, batch=args.batch, workers=args.workers,
                     summary=False, max_frames=limit)
@@ -134,10 +135,10 @@ def agreement(args: argparse.Namespace) -> None:
     """Per image: the top-1 class and the thresholded label of `edgecls run` vs the PyTorch checkpoint."""
     import json
 
-    from edgecls.export.torch_backend import TorchBackend
+    from edgecls.core.images import list_images
+    from edgecls.reference.torch_backend import TorchBackend
     from edgecls.runtime.decision import Decider
     from edgecls.runtime.preprocess import load_image, preprocess
-    from edgecls.runtime.sources import list_images
 
     ckpt, models = args.agree[0], args.agree[1:]
     if not models:
@@ -193,9 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.agree:
         agreement(args)
         return
+    from edgecls.core.images import list_images
     from edgecls.runtime.classifier import Classifier
-    from edgecls.runtime.runner import usable_cpus
-    from edgecls.runtime.sources import list_images
+    from edgecls.runtime.run.loop import usable_cpus
 
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)

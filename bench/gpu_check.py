@@ -21,7 +21,7 @@ def _sync() -> None:
 
 
 def train_throughput(arch: str, batch: int, size: int, amp: bool, channels_last: bool, steps: int = 15) -> float:
-    from edgecls.train.models import build_model
+    from edgecls.reference.models import build_model
 
     model = build_model(arch, 2, weights="none").cuda().train()
     if channels_last:
@@ -54,7 +54,7 @@ def train_throughput(arch: str, batch: int, size: int, amp: bool, channels_last:
 
 @torch.no_grad()
 def infer_throughput(arch: str, batch: int, size: int, amp: bool, steps: int = 25) -> float:
-    from edgecls.train.models import build_model
+    from edgecls.reference.models import build_model
 
     model = build_model(arch, 2, weights="none").cuda().eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
@@ -72,9 +72,9 @@ def infer_throughput(arch: str, batch: int, size: int, amp: bool, steps: int = 2
 
 def cuda_vs_onnx(ckpt_path: Path, onnx_path: Path, data: Path, limit: int = 270) -> dict:
     """The checkpoint on CUDA (FP32, TF32 off and on) vs the exported ONNX on onnxruntime CPU."""
+    from edgecls.reference.checkpoint import load_checkpoint
     from edgecls.runtime.backends import load_backend
     from edgecls.runtime.preprocess import load_image, preprocess
-    from edgecls.train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ckpt_path)
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]

@@ -58,7 +58,7 @@ def first_time_at(history: Sequence[Dict[str, Any]], target: float) -> Optional[
 
 def run_recipe(name: str, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     from edgecls.train.config import TrainConfig, get_recipe
-    from edgecls.train.engine import train
+    from edgecls.train.trainer import train
 
     recipe = get_recipe(name)
     cap = None

@@ -1,6 +1,6 @@
 """The ``edgecls`` command: a thin shell. Each room owns its command functions; heavy imports happen inside them.
 
-Errors derived from :class:`edgecls.errors.EdgeclsError` become one clear message and a documented exit code.
+Errors derived from :class:`edgecls.core.errors.EdgeclsError` become one clear message and a documented exit code.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import List, Optional
 import typer
 
 from edgecls import __version__
-from edgecls.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EdgeclsError
-from edgecls.eval_cli import bench_command, eval_command
+from edgecls.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EdgeclsError
+from edgecls.evaluation.cli import bench_command, eval_command
 from edgecls.export.cli import build_engine_command, calib_sample_command, export_command
 from edgecls.runtime.cli import run_command
 from edgecls.train.cli import train_command

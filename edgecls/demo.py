@@ -13,7 +13,7 @@ from typing import List
 
 import numpy as np
 
-from edgecls.errors import EdgeclsError
+from edgecls.core.errors import EdgeclsError
 from edgecls.synthetic import draw_sample, make_image_folder
 
 log = logging.getLogger(__name__)

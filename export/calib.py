@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
-from edgecls.errors import InputError
-from edgecls.fileio import file_sha256
-from edgecls.runtime.preprocess import IMAGE_EXTENSIONS
+from edgecls.core.errors import InputError
+from edgecls.core.fileio import file_sha256
+from edgecls.core.images import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +27,6 @@ T = TypeVar("T")
 DEFAULT_CALIB_DIR = Path("calib_images")
 DEFAULT_CALIB_COUNT = 256
 MIN_RECOMMENDED = 100
-
-
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def list_images(root: PathLike) -> List[Path]:
-    """Every image file under ``root`` (recursive, hidden files and folders skipped), sorted."""
-    root = Path(root)
-    found: List[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in filenames if is_image(Path(f)))
-    return sorted(found)
 
 
 def group_of(path: Path, root: Path) -> str:
@@ -91,15 +77,6 @@ def image_set_sha256(paths: Sequence[PathLike]) -> str:
     return h.hexdigest()
 
 
-def resolve_item_path(p: str, root: Optional[str]) -> Path:
-    """A path recorded in a checkpoint: absolute as is, else relative to the recorded data root, else to cwd."""
-    path = Path(p)
-    if path.is_absolute() or root is None:
-        return path
-    candidate = Path(root) / path
-    return candidate if candidate.exists() or not path.exists() else path
-
-
 @dataclass(frozen=True)
 class CalibSet:
     paths: Tuple[Path, ...]
@@ -146,25 +123,9 @@ def calib_from_folder(folder: PathLike, count: int, seed: int = 0) -> CalibSet:
                     _group_counts([g for _, g in chosen]), count)
 
 
-def recorded_items(data: Dict, split: str, remedy: str) -> List[Tuple[Path, int]]:
-    """``[(path, label)]`` the checkpoint recorded for ``split`` ("train"/"val"), every file present.
-
-    InputError when there are none or some are missing; ``remedy`` says what to pass instead.
-    """
-    what = {"train": "training", "val": "validation"}[split]
-    items = [(resolve_item_path(p, data.get("root")), int(y)) for p, y in data.get(split, [])]
-    if not items:
-        raise InputError(f"the checkpoint records no {what} images; {remedy}")
-    missing = [p for p, _ in items if not p.is_file()]
-    if missing:
-        raise InputError(
-            f"{len(missing)} of the {len(items)} {what} images recorded in the checkpoint are missing "
-            f"(e.g. {os.fspath(missing[0])!r}); {remedy}"
-        )
-    return items
-
-
 def calib_from_checkpoint(data: Dict, classes: Sequence[str], count: int, seed: int = 0) -> CalibSet:
+    from edgecls.reference.checkpoint import recorded_items  # torch: only when the checkpoint is the source
+
     items = recorded_items(
         data, "train", "calib_images/ is empty, so pass --calib DIR (a few hundred images like the deployment "
         "camera sees)",
@@ -219,7 +180,7 @@ def sample_to_folder(data: PathLike, count: int, out: PathLike = DEFAULT_CALIB_D
     Files already there with the same content are left as they are; a file there with DIFFERENT content makes the
     whole call refuse (InputError listing them) before anything is copied. Nothing in ``out`` is ever deleted.
     """
-    from edgecls import fileio as atomic
+    from edgecls.core import fileio as atomic
 
     root = sample_source_root(data)
     images = list_images(root)

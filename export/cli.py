@@ -18,7 +18,7 @@ def _split(text: Optional[str]) -> Tuple[str, ...]:
 
 def _pct_fraction(value: float, option: str) -> float:
     if not 0.0 <= value <= 100.0:
-        from edgecls.errors import InputError
+        from edgecls.core.errors import InputError
 
         raise InputError(f"{option} is a percentage in [0, 100], got {value}")
     return value / 100.0
@@ -64,12 +64,27 @@ def export_command(
     force_engine: bool = typer.Option(False, "--force-engine", help="Rebuild engines even when up to date."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the parity runs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration / parity samples."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Also export deployment variants, each "
+                                           "parity-checked: probs (softmax(logits/T) in the graph), raw (0-255 RGB "
+                                           "input, normalization in the graph), raw-probs (both)."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Write a Triton model repository here "
+                                          "(REPO/<name>/config.pbtxt, 1/model.onnx or 1/model.plan, labels.txt)."),
+    triton_name: Optional[str] = typer.Option(None, "--triton-name", help="Triton model name "
+                                              "[default: the export folder's name]."),
+    triton_device: str = typer.Option("gpu", "--triton-device", help="gpu | cpu: instance_group kind of the "
+                                      "ONNX model in Triton."),
+    deepstream: Optional[Path] = typer.Option(None, "--deepstream", help="Write a DeepStream nvinfer classifier "
+                                              "config, labels and the raw-probs model to this folder."),
+    deepstream_precision: str = typer.Option("fp16", "--deepstream-precision", help="fp16 | fp32: nvinfer "
+                                             "network-mode."),
 ) -> None:
     """Export a checkpoint to ONNX FP32 (+ FP16, calibrated INT8, TensorRT engines); every artifact must pass
     parity against PyTorch (exit 3 if one fails; it is kept as <name>.failed, earlier good files stay)."""
+    from edgecls.export.deploy import DeployConfig
     from edgecls.export.parity import Tolerances
     from edgecls.export.pipeline import ExportConfig, export_checkpoint
-    from edgecls.export.tensorrt import BatchProfile
+    from edgecls.export.variants import parse_variants
+    from edgecls.export.trt_plan import BatchProfile
 
     tol = Tolerances(
         fp32_logit_rel=tol_fp32,
@@ -84,6 +99,9 @@ def export_command(
         parity_data=parity_data, parity_count=parity_count, tolerances=tol, engines=_split(engine),
         batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
         force_engine=force_engine, threads=threads, seed=seed, progress=sys.stderr.isatty(),
+        deploy=DeployConfig(variants=parse_variants(variants), triton=triton, triton_name=triton_name,
+                            triton_device=triton_device, deepstream=deepstream,
+                            deepstream_precision=deepstream_precision),
     )
     result = export_checkpoint(cfg)
     typer.echo(result.table())
@@ -99,6 +117,8 @@ def export_command(
                    f"{'reused' if e.reused else f'built in {e.seconds:.1f}s'})")
     shown = [(k, v) for k, v in result.timings.items() if not k.startswith("parity ")]
     typer.echo("timing: " + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in shown))
+    for d in result.deployed:
+        typer.echo(f"wrote {d}")
     typer.echo(f"wrote {result.out} (parity: {result.parity_json})")
     result.raise_for_status()
 
@@ -108,31 +128,40 @@ def build_engine_command(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 [default: from the ONNX "
                                             "metadata: int8 for the Q/DQ model, else its precision]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the engine [default: beside the ONNX]."),
-    batch: str = typer.Option("1,1,8", "--batch", help="Batch profile MIN,OPT,MAX (or MAX)."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Batch profile MIN,OPT,MAX (or MAX) [default: 1,1,8; "
+                                        "with --dla 1,1,1: DLA has no dynamic shapes]."),
     workspace: int = typer.Option(1024, "--workspace", help="Builder workspace, MiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file "
                                                 "[default: beside the engine, per TensorRT version and GPU]."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when an up-to-date engine exists."),
+    dla: Optional[int] = typer.Option(None, "--dla", help="Build for DLA core N (Jetson AGX/NX Orin, Xavier; FP16 "
+                                      "and INT8 only; part of the engine's cache key)."),
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla: run the layers DLA cannot on the "
+                                      "GPU instead of failing the build."),
     parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Images to compare the engine with the "
                                                "ONNX it came from (onnxruntime CPU), with the precision's tolerances."),
     parity_count: Optional[int] = typer.Option(None, "--parity-count", help="Use at most N parity images."),
 ) -> None:
     """Build a TensorRT engine from an exported ONNX, on the device that will run it (e.g. a Jetson).
 
-    The file name carries the cache key: precision, TensorRT version, GPU compute capability, batch profile and a
-    hash of the ONNX. Without TensorRT or a GPU: exit 4 with the equivalent trtexec command line."""
-    from edgecls.export.tensorrt import BatchProfile, build_engine
+    The file name carries the cache key: precision, TensorRT version, GPU compute capability, batch profile, DLA
+    core and a hash of the ONNX. Without TensorRT or a GPU: exit 4 with the equivalent trtexec command line."""
+    from edgecls.export.tensorrt import build_engine
+    from edgecls.export.trt_plan import BatchProfile
 
-    res = build_engine(onnx, precision, out, BatchProfile.parse(batch), workspace, timing_cache, force)
+    profile = BatchProfile.parse(batch or ("1,1,1" if dla is not None else "1,1,8"))
+    res = build_engine(onnx, precision, out, profile, workspace, timing_cache, force, dla_core=dla,
+                       gpu_fallback=gpu_fallback)
     typer.echo(f"{'reused' if res.reused else 'built'} {res.path} (TensorRT {res.trt_version}, "
-               f"sm{res.compute_capability}, batch {res.profile.min}..{res.profile.max}, opt {res.profile.opt}"
+               f"sm{res.compute_capability}, {res.plan.device}, batch {res.profile.min}..{res.profile.max}, "
+               f"opt {res.profile.opt}"
                + ("" if res.reused else f", {res.seconds:.1f}s") + ")")
     if parity_data is not None:
         _engine_parity(res, onnx, parity_data, parity_count)
 
 
 def _engine_parity(res, onnx: Path, parity_data: Path, parity_count: Optional[int]) -> None:
-    from edgecls.errors import ParityError
+    from edgecls.core.errors import ParityError
     from edgecls.export.metadata import read_sidecar
     from edgecls.export.parity import (
         Tolerances,

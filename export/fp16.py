@@ -9,7 +9,7 @@ import logging
 import warnings
 from typing import TYPE_CHECKING
 
-from edgecls.errors import CapabilityError
+from edgecls.core.errors import CapabilityError
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

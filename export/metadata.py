@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Union
 
-from edgecls import fileio as atomic
+from edgecls.core import fileio as atomic
 from edgecls.runtime.spec import METADATA_KEY, ModelSpec, SpecError, sidecar_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
 PathLike = Union[str, "os.PathLike[str]"]
 SOURCE_KEY = "edgecls.source_sha256"
 PRECISION_KEY = "edgecls.precision"
-_MAX_PROTO_BYTES = 2**31 - 1
 
 
 def artifact_spec(spec: ModelSpec, precision: str, source_sha256: Optional[str]) -> ModelSpec:
@@ -55,14 +54,6 @@ def spec_of_model(model: onnx.ModelProto) -> ModelSpec:
             return ModelSpec.from_json(p.value)
     keys = sorted(p.key for p in model.metadata_props)
     raise SpecError(f"ONNX model has no {METADATA_KEY!r} metadata (keys present: {keys or 'none'})")
-
-
-def save_onnx(model: onnx.ModelProto, path: PathLike) -> Path:
-    """Serialize to ONE file (no external data) and write it atomically."""
-    data = model.SerializeToString()
-    if len(data) > _MAX_PROTO_BYTES:  # protobuf's limit; our classifiers are far below it
-        raise ValueError(f"model is {len(data)} bytes, over protobuf's 2 GiB limit for a single-file ONNX")
-    return atomic.write_bytes(path, data)
 
 
 def write_sidecar(model_path: PathLike, spec: ModelSpec) -> Path:

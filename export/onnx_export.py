@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
 from edgecls.runtime.spec import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
 from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def _limit(items: List[Tuple[Path, Optional[int]]], limit: Optional[int], seed: 
 
 
 def parity_data_from_checkpoint(ckpt, limit: Optional[int] = None) -> ParityData:
-    from edgecls.export.calib import recorded_items
+    from edgecls.reference.checkpoint import recorded_items
 
     items = recorded_items(
         ckpt.data, "val", "for the parity check pass --parity-data DIR (held-out images, in class subfolders "
@@ -204,7 +204,8 @@ def parity_data_from_checkpoint(ckpt, limit: Optional[int] = None) -> ParityData
 
 def parity_data_from_folder(folder: PathLike, spec: ModelSpec, limit: Optional[int] = None) -> ParityData:
     """``DIR`` (or ``DIR/val``): labelled when every image sits in a subfolder named after a class, else unlabelled."""
-    from edgecls.export.calib import group_of, list_images
+    from edgecls.core.images import list_images
+    from edgecls.export.calib import group_of
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -334,7 +335,7 @@ def check_artifact(
 
     A backend that cannot load or run the artifact is a failed parity (the message says why), not a crash.
     """
-    from edgecls.errors import CapabilityError
+    from edgecls.core.errors import CapabilityError
     from edgecls.runtime.backends import load_backend
 
     t0 = time.perf_counter()

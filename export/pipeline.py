@@ -8,8 +8,6 @@ renamed to its final name (with its sidecar). A failed artifact never replaces a
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import logging
 import os
 import time
@@ -17,14 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from edgecls import fileio as atomic
-from edgecls.errors import CapabilityError, InputError, ParityError
+from edgecls.core import fileio as atomic
+from edgecls.core.errors import CapabilityError, InputError, ParityError
+from edgecls.core.progress import progress
 from edgecls.export import ARTIFACT_NAMES
 from edgecls.export.calib import DEFAULT_CALIB_COUNT, CalibSet
+from edgecls.export.calib_cache import Calibration
+from edgecls.export.calib_ranges import CALIB_METHODS
+from edgecls.export.deploy import DeployConfig
 from edgecls.export.onnx_export import DEFAULT_OPSET
-from edgecls.export.parity import PARITY_FORMAT, ParityData, ParityReport, Reference, Tolerances
-from edgecls.export.quantize import CALIB_METHODS, INT8_FORMS, KEEP_FP32_CHOICES, Calibration
-from edgecls.export.tensorrt import DEFAULT_WORKSPACE_MIB, ENGINE_PRECISIONS, BatchProfile, EngineResult
+from edgecls.export.parity import ParityData, ParityReport, Reference, Tolerances
+from edgecls.export.parity_json import write_parity_json
+from edgecls.export.quantize import INT8_FORMS, KEEP_FP32_CHOICES
+from edgecls.export.tensorrt import EngineResult
+from edgecls.export.trt_plan import DEFAULT_WORKSPACE_MIB, ENGINE_PRECISIONS, BatchProfile
 from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ class ExportConfig:
     threads: Optional[int] = None
     seed: int = 0
     progress: bool = False
+    deploy: DeployConfig = field(default_factory=DeployConfig)  # --variants, --triton, --deepstream
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -95,6 +100,7 @@ class ExportResult:
     engines: Tuple[EngineResult, ...] = ()
     warnings: Tuple[str, ...] = ()
     engine_error: Optional[str] = None
+    deployed: Tuple[str, ...] = ()  # Triton repository / DeepStream config written
 
     @property
     def passed(self) -> bool:
@@ -133,30 +139,6 @@ def default_out(checkpoint: Path) -> Path:
     return Path("runs") / "export" / name
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="img", leave=False)
-            except ImportError:
-                self.bar = None
-
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _stamp(report: ParityReport, path: Path) -> ParityReport:
     return dataclasses.replace(report, path=os.fspath(path))
 
@@ -171,20 +153,25 @@ class _Exporter:
 
     # -- artifacts -------------------------------------------------------------------------------------------
     def publish(self, name: str, proto, precision: str, notes: Sequence[str] = (), keep_failed: bool = True,
+                spec: Optional[ModelSpec] = None, check: Optional[Callable[..., ParityReport]] = None,
                 ) -> ParityReport:
-        """Write ``proto`` to a temp name, check parity through the runtime backend, then rename (or mark failed)."""
+        """Write ``proto`` to a temp name, check parity through the runtime backend, then rename (or mark failed).
+
+        ``spec``: the artifact's own spec (a variant's) instead of the checkpoint's; ``check(tmp, stamped spec)``:
+        its parity check instead of :func:`~edgecls.export.parity.check_artifact`."""
         from edgecls.export.metadata import artifact_spec, embed_spec, write_sidecar
         from edgecls.export.parity import check_artifact
 
-        spec = artifact_spec(self.spec, precision, self.sha)
+        spec = artifact_spec(spec or self.spec, precision, self.sha)
         embed_spec(proto, spec)
         final = self.out / name
         tmp = atomic.temp_path(final, suffix=".onnx")
         try:
             tmp.write_bytes(proto.SerializeToString())
             t0 = time.perf_counter()
-            report = check_artifact(name, tmp, precision, self.reference, self.data, spec, self.cfg.tolerances,
-                                    device="cpu", threads=self.cfg.threads, notes=notes)
+            report = check(tmp, spec) if check is not None else check_artifact(
+                name, tmp, precision, self.reference, self.data, spec, self.cfg.tolerances, device="cpu",
+                threads=self.cfg.threads, notes=notes)
             self.timings[f"parity {name}"] = time.perf_counter() - t0
             if not report and not keep_failed:  # an attempt that will be retried leaves nothing behind
                 atomic.remove_quietly(tmp)
@@ -209,10 +196,10 @@ class _Exporter:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> ExportResult:
+        from edgecls.core.fileio import file_sha256
         from edgecls.export.parity import parity_data_from_checkpoint, parity_data_from_folder, reference_from
-        from edgecls.export.torch_backend import TorchBackend
-        from edgecls.fileio import file_sha256
-        from edgecls.train.checkpoint import load_checkpoint
+        from edgecls.reference.checkpoint import load_checkpoint
+        from edgecls.reference.torch_backend import TorchBackend
 
         cfg = self.cfg
         t_start = time.perf_counter()
@@ -258,22 +245,25 @@ class _Exporter:
         engine_error = None
         if cfg.engines:
             engines, engine_error = self.engines()
+        deployed: List[str] = []
+        if cfg.deploy.active:
+            from edgecls.export.deploy import run_deploy
+
+            deployed = run_deploy(self, fp32, engines)
         self.timings["total"] = time.perf_counter() - t_start
-        parity_json = self.write_parity_json(calib_set, calibration, engines, engine_error)
+        parity_json = write_parity_json(
+            self.out, checkpoint=cfg.checkpoint, sha=self.sha, data=self.data, reference=self.reference,
+            tolerances=cfg.tolerances, reports=self.reports, extra=self.extra, timings=self.timings,
+            calib_set=calib_set, calibration=calibration, engines=engines, engine_error=engine_error)
         return ExportResult(self.out, ckpt.spec, self.sha, self.data, self.reference, tuple(self.reports),
                             dict(self.timings), parity_json, calib_set, calibration, tuple(engines),
-                            tuple(self.warnings), engine_error)
+                            tuple(self.warnings), engine_error, tuple(deployed))
 
     def int8(self, fp32, forms: Sequence[str]):
         from edgecls.export.calib import resolve_calib_set
-        from edgecls.export.quantize import (
-            CalibConfig,
-            CalibrationImages,
-            calibrate,
-            keep_fp32_ladder,
-            preprocess_for_quantization,
-            quantize,
-        )
+        from edgecls.export.calib_cache import calibrate
+        from edgecls.export.calib_ranges import CalibConfig, CalibrationImages
+        from edgecls.export.quantize import keep_fp32_ladder, preprocess_for_quantization, quantize
 
         cfg = self.cfg
         calib_set = resolve_calib_set(cfg.calib, cfg.calib_count, self.ckpt.data, self.spec.classes, cfg.seed,
@@ -292,11 +282,9 @@ class _Exporter:
         ccfg = CalibConfig(method=cfg.calib_method, percentile=cfg.calib_percentile)
         cache_dir = Path(cfg.calib_cache) if cfg.calib_cache is not None else self.out / "calib_cache"
         passes = 1 if ccfg.method == "minmax" else 2
-        bar = _Progress(cfg.progress, passes * len(images), f"calibrating ({ccfg.method})")
-        try:
-            calibration = self.timed("calibration", lambda: calibrate(pre, images, ccfg, cache_dir, bar))
-        finally:
-            bar.close()
+        with progress(total=passes * len(images), desc=f"calibrating ({ccfg.method})", unit="img",
+                      enabled=cfg.progress) as bar:
+            calibration = self.timed("calibration", lambda: calibrate(pre, images, ccfg, cache_dir, bar.update))
         ladder = keep_fp32_ladder(pre, cfg.int8_keep_fp32)
         for form in forms:
             name = ARTIFACT_NAMES[form]
@@ -321,7 +309,9 @@ class _Exporter:
 
     def engines(self) -> Tuple[List[EngineResult], Optional[str]]:
         from edgecls.export.parity import check_artifact
-        from edgecls.export.tensorrt import build_engine, choose_onnx, import_tensorrt
+        from edgecls.export.tensorrt import build_engine
+        from edgecls.export.trt_plan import choose_onnx
+        from edgecls.runtime.backends.tensorrt import import_tensorrt
 
         cfg = self.cfg
         results: List[EngineResult] = []
@@ -350,71 +340,6 @@ class _Exporter:
                                     cfg.tolerances, device="auto")
             self.reports.append(report)
         return results, ("\n".join(errors) if errors else None)
-
-    # -- parity.json -----------------------------------------------------------------------------------------
-    def write_parity_json(self, calib_set, calibration, engines, engine_error) -> Path:
-        from edgecls import __version__
-        from edgecls.export.metadata import read_sidecar
-
-        path = self.out / "parity.json"
-        previous: Dict[str, Any] = {}
-        if path.is_file():
-            try:
-                previous = json.loads(path.read_text(encoding="utf-8")).get("artifacts", {}) or {}
-            except (OSError, ValueError, AttributeError) as e:
-                log.warning("previous %s is unreadable (%s); starting a new one", path, e)
-        artifacts: Dict[str, Any] = {}
-        for name, entry in previous.items():  # artifacts not redone now: carried over while their file exists
-            if isinstance(entry, dict) and (self.out / str(entry.get("file", name))).is_file():
-                artifacts[name] = dict(entry, from_previous_export=True)
-        now = _now()
-        for r in self.reports:
-            entry = r.to_dict()
-            entry.update(self.extra.get(r.artifact, {}))
-            entry.update(source_sha256=self.sha, checkpoint=os.fspath(self.cfg.checkpoint), exported_at=now,
-                         from_previous_export=False)
-            final = self.out / r.artifact
-            if not r:
-                entry["file"] = Path(r.path).name
-                if final.is_file():
-                    try:
-                        prev_sha = read_sidecar(final).source_sha256
-                    except Exception:  # an unreadable sidecar only weakens the note
-                        prev_sha = None
-                    entry["previous_good_file"] = {
-                        "file": r.artifact, "source_sha256": prev_sha,
-                        "note": "left from an earlier export that passed parity; NOT from this export"
-                                + ("" if prev_sha == self.sha else " (another checkpoint)"),
-                    }
-            else:
-                entry["file"] = r.artifact
-            artifacts[r.artifact] = entry
-        doc: Dict[str, Any] = {
-            "format": PARITY_FORMAT, "edgecls_version": __version__, "created": now,
-            "checkpoint": os.fspath(self.cfg.checkpoint), "source_sha256": self.sha,
-            "data": {"source": self.data.source, "n": self.data.n, "labelled": self.data.y is not None},
-            "tolerances": self.cfg.tolerances.to_dict(),
-            "reference": {"accuracy": self.reference.accuracy, "positive_recall": self.reference.positive_recall,
-                          "per_class_recall": self.reference.per_class_recall},
-            "passed": all(self.reports),
-            "artifacts": dict(sorted(artifacts.items())),
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-        }
-        if calib_set is not None and calibration is not None:
-            doc["calibration"] = {
-                "source": calib_set.source, "images": calib_set.count, "groups": calib_set.groups,
-                "method": calibration.method, "cache": os.fspath(calibration.cache_path),
-                "cache_hit": calibration.cache_hit, "images_sha256": calibration.images_sha256,
-            }
-        if engines or engine_error:
-            doc["engines"] = {
-                "built": [{"file": e.path.name, "precision": e.precision, "trt_version": e.trt_version,
-                           "compute_capability": e.compute_capability, "reused": e.reused,
-                           "batch": [e.profile.min, e.profile.opt, e.profile.max]} for e in engines],
-                "error": engine_error,
-            }
-        atomic.write_json(path, doc)
-        return path
 
 
 def require_export_dependencies() -> None:

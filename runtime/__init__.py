@@ -1,17 +1,24 @@
-"""edgecls.runtime — the torch-free part: model spec, the one preprocessing function, backends, sources.
+"""edgecls.runtime — the torch-free part: model spec, the one preprocessing function, backends, sources, the run loop.
 
-Importing this package must stay cheap and must never import torch (a test checks it). ``Classifier`` and
-``Prediction`` are loaded on first use::
+Importing this package is cheap (it imports nothing) and must never import torch (a test checks it). The names
+below are loaded on first use::
 
     from edgecls.runtime import Classifier
     p = Classifier.load("model.onnx").predict("photo.jpg")
+
+No name exported here equals a submodule's name: ``edgecls.runtime.preprocess`` is always the module (the function
+is ``edgecls.runtime.preprocess.preprocess``), and ``edgecls.runtime.run`` the run-loop package.
 """
 from __future__ import annotations
 
-from edgecls.runtime.preprocess import load_image, preprocess, preprocess_one
-from edgecls.runtime.spec import ModelSpec, PreprocessSpec, SpecError
+import importlib
 
 _LAZY = {
+    "ModelSpec": "edgecls.runtime.spec",
+    "PreprocessSpec": "edgecls.runtime.spec",
+    "SpecError": "edgecls.runtime.spec",
+    "load_image": "edgecls.runtime.preprocess",
+    "preprocess_one": "edgecls.runtime.preprocess",
     "Classifier": "edgecls.runtime.classifier",
     "Prediction": "edgecls.runtime.decision",
     "load_model_spec": "edgecls.runtime.model_io",
@@ -19,12 +26,16 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'edgecls.runtime' has no attribute {name!r}")
 
 
-__all__ = ["ModelSpec", "PreprocessSpec", "SpecError", "load_image", "preprocess", "preprocess_one", *_LAZY]
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = list(_LAZY)

@@ -15,22 +15,14 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
-from edgecls.runtime.backends import Backend, load_backend
+from edgecls.runtime.backends import load_backend
+from edgecls.runtime.backends.base import Backend
 from edgecls.runtime.decision import Decider, Prediction
 from edgecls.runtime.model_io import check_model_file, load_model_spec, model_kind
-from edgecls.runtime.preprocess import load_image, preprocess_one
+from edgecls.runtime.preprocess import open_rgb, preprocess_one
 from edgecls.runtime.spec import ModelSpec
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # path, HxWx3 uint8 array, or PIL image
-
-
-def _read_rgb(path: os.PathLike[str] | str) -> Any:
-    """An image file as RGB: a PIL image where preprocess takes one directly (fewer copies), else an array."""
-    import importlib
-
-    P = importlib.import_module("edgecls.runtime.preprocess")  # the module (the package exports a function too)
-
-    return getattr(P, "open_rgb", load_image)(path)
 
 
 class Classifier:
@@ -86,7 +78,7 @@ class Classifier:
     def prepare(self, image: ImageInput, bgr: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
         """One image → float32 CHW with the model's preprocessing. Paths are read with Pillow (RGB)."""
         if isinstance(image, (str, os.PathLike)):
-            image, bgr = _read_rgb(image), False
+            image, bgr = open_rgb(image), False  # a PIL image: fewer copies than an array
         return preprocess_one(image, self.spec.preprocess, bgr=bgr, out=out)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

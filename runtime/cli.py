@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from edgecls.errors import EXIT_INTERRUPTED
+from edgecls.core.errors import EXIT_INTERRUPTED
 
 
 def run_command(
@@ -41,7 +41,9 @@ def run_command(
     Exit codes: 2 bad model/input, 4 missing capability (GPU provider, TensorRT, OpenCV), 5 camera/stream
     cannot open, 130 interrupted (the summary is still printed).
     """
-    from edgecls.runtime.runner import RunConfig, run, write_summary_json
+    from edgecls.runtime.run.config import RunConfig
+    from edgecls.runtime.run.loop import run
+    from edgecls.runtime.run.stats import write_summary_json
 
     cfg = RunConfig(
         model=model,

@@ -18,7 +18,7 @@ from typing import Any, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
 from edgecls.runtime.spec import ModelSpec
 
 UNCERTAIN = "uncertain"
@@ -120,7 +120,10 @@ class Decider:
         self.positive_index = spec.positive_index
 
     def probabilities(self, logits: Any) -> np.ndarray:
-        """``softmax(logits / temperature)``, float64 (N, C). Raises ValueError on non-finite logits."""
+        """``softmax(logits / temperature)``, float64 (N, C). Raises ValueError on non-finite logits.
+
+        A model whose spec says ``output="probs"`` already ends in that softmax: its outputs are taken as they are.
+        """
         from edgecls.runtime.metrics import softmax
 
         logits = np.asarray(logits)
@@ -128,6 +131,10 @@ class Decider:
             raise ValueError(
                 f"model output has shape {logits.shape}; expected (N, {len(self.classes)}) for classes {list(self.classes)}"
             )
+        if self.spec.output == "probs":
+            if not np.all(np.isfinite(logits)):
+                raise ValueError("model output contains NaN or inf probabilities")
+            return logits.astype(np.float64)
         return softmax(logits, temperature=self.temperature)
 
     def from_probs(self, probs: Sequence[float], smoothed: int = 1) -> Prediction:

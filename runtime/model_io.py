@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from edgecls.errors import CapabilityError, InputError
+from edgecls.core.errors import CapabilityError, InputError
 from edgecls.runtime.spec import METADATA_KEY, ModelSpec, SpecError, sidecar_path
 
 log = logging.getLogger(__name__)

@@ -30,14 +30,6 @@ _PIL_FILTERS = {
 }
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
-
-
-def is_image_file(path: Union[str, os.PathLike]) -> bool:
-    """True for a file name with one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
-
-
 class ImageReadError(OSError):
     """An image file could not be read or decoded."""
 

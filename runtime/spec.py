@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
 
 SPEC_FORMAT = "edgecls.modelspec/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,6 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-qdq", "int8-cpu")
 METADATA_KEY = "edgecls.spec"  # ONNX metadata_props key holding ModelSpec.to_json()
+OUTPUTS = ("logits", "probs")  # what the model outputs: raw logits, or softmax(logits / temperature) in the graph
 
 
 def sidecar_path(model_path: os.PathLike | str) -> Path:
@@ -102,6 +103,7 @@ class ModelSpec:
     precision: str = "fp32"
     input_name: str = "input"
     output_name: str = "logits"
+    output: str = "logits"  # "probs": the graph ends in softmax(logits / temperature) (export --variants probs)
     source_sha256: Optional[str] = None
     edgecls_version: str = ""
 
@@ -125,6 +127,7 @@ class ModelSpec:
         _check(0.0 <= th <= 1.0, f"spec.threshold must be in [0, 1], got {self.threshold!r}")
         object.__setattr__(self, "threshold", th)
         _check(self.precision in PRECISIONS, f"spec.precision {self.precision!r} is not one of {PRECISIONS}")
+        _check(self.output in OUTPUTS, f"spec.output {self.output!r} is not one of {OUTPUTS}")
         if isinstance(self.preprocess, dict):
             object.__setattr__(self, "preprocess", PreprocessSpec.from_dict(self.preprocess))
 
@@ -149,6 +152,8 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
         d["preprocess"] = self.preprocess.to_dict()
+        if self.output == "logits":  # the default stays out: specs of plain exports read as before
+            del d["output"]
         d["format"] = SPEC_FORMAT
         return d
 

@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
 
 CROP = 32
 
@@ -27,10 +27,10 @@ def tiny_models(tmp_path_factory, tiny_data):
     import onnx
     import torch
 
+    from edgecls.reference.checkpoint import Checkpoint, save_checkpoint
+    from edgecls.reference.models import build_model, head_of
     from edgecls.runtime.preprocess import load_image, preprocess
     from edgecls.runtime.spec import METADATA_KEY, ModelSpec, PreprocessSpec
-    from edgecls.train.checkpoint import Checkpoint, save_checkpoint
-    from edgecls.train.models import build_model, head_of
 
     out = tmp_path_factory.mktemp("tiny_models")
     classes = ("mobile", "other")
@@ -67,7 +67,7 @@ def tiny_models(tmp_path_factory, tiny_data):
 
 
 def _cli():
-    from edgecls.eval_cli import bench_command, eval_command
+    from edgecls.evaluation.cli import bench_command, eval_command
 
     app = typer.Typer(pretty_exceptions_enable=False)
     app.command("eval")(eval_command)
@@ -81,7 +81,7 @@ def _cli():
 def test_eval_onnx_matches_direct_inference_and_writes_files(tiny_models, tiny_data, tmp_path):
     import onnxruntime as ort
 
-    from edgecls.evaluate import EvalConfig, evaluate
+    from edgecls.evaluation.evaluate import EvalConfig, evaluate
     from edgecls.runtime.metrics import softmax
     from edgecls.runtime.preprocess import load_image, preprocess
 
@@ -124,7 +124,7 @@ def test_eval_onnx_matches_direct_inference_and_writes_files(tiny_models, tiny_d
 
 
 def test_eval_checkpoint_agrees_with_onnx(tiny_models, tiny_data):
-    from edgecls.evaluate import EvalConfig, evaluate
+    from edgecls.evaluation.evaluate import EvalConfig, evaluate
 
     ckpt, onnx_path, _ = tiny_models
     a = evaluate(EvalConfig(model=str(ckpt), data=str(tiny_data / "val"), threads=1))
@@ -139,15 +139,31 @@ def test_eval_checkpoint_agrees_with_onnx(tiny_models, tiny_data):
 
 
 def test_labeled_images_maps_classes_by_name(tiny_data):
-    from edgecls.evaluate import labeled_images
+    from edgecls.evaluation.data import labeled_images
 
     items = labeled_images(tiny_data / "val", ("zeta", "other", "mobile"))
     by_folder = {Path(p).parent.name: label for p, label in items}
     assert by_folder == {"other": 1, "mobile": 2}
 
 
+def test_labeled_images_skips_hidden_files_like_every_lister(tiny_data, tmp_path):
+    """The one image lister's rule (edgecls.core.images): hidden files and folders are not images to evaluate."""
+    from edgecls.core.images import list_images
+    from edgecls.evaluation.data import labeled_images
+
+    data = tmp_path / "val"
+    shutil.copytree(tiny_data / "val", data)
+    src = next((data / "other").glob("*.jpg"))
+    shutil.copy(src, data / "other" / ".hidden.jpg")
+    (data / "other" / ".cache").mkdir()
+    shutil.copy(src, data / "other" / ".cache" / "x.jpg")
+    items = labeled_images(data, ("mobile", "other"))
+    assert not any("/." in p for p, _ in items)
+    assert [p for p, _ in items] == [str(p) for c in ("mobile", "other") for p in list_images(data / c)]
+
+
 def test_eval_rejects_unknown_class_folder_and_split_root(tiny_data, tmp_path):
-    from edgecls.evaluate import labeled_images
+    from edgecls.evaluation.data import labeled_images
 
     with pytest.raises(InputError, match=r"\['other'\].*model classes: \['mobile', 'cat'\]"):
         labeled_images(tiny_data / "val", ("mobile", "cat"))
@@ -161,7 +177,7 @@ def test_eval_rejects_unknown_class_folder_and_split_root(tiny_data, tmp_path):
 
 
 def test_eval_subset_of_classes_and_unreadable_image(tiny_models, tiny_data, tmp_path):
-    from edgecls.evaluate import EvalConfig, evaluate
+    from edgecls.evaluation.evaluate import EvalConfig, evaluate
 
     _, onnx_path, _ = tiny_models
     data = tmp_path / "only_other"
@@ -191,7 +207,7 @@ def test_eval_cli(tiny_models, tiny_data, tmp_path):
 
 
 def test_bench_end_to_end_small(tiny_models, tiny_data, tmp_path):
-    from edgecls.benchmark import BenchConfig, run_bench
+    from edgecls.evaluation.bench import BenchConfig, run_bench
 
     ckpt, onnx_path, _ = tiny_models
     cfg = BenchConfig(
@@ -234,7 +250,7 @@ def test_bench_cli_validates_options(tiny_models):
 
 
 def test_measure_fp32_peak_small():
-    from edgecls.benchmark import measure_fp32_peak
+    from edgecls.evaluation.peak import measure_fp32_peak
 
     peak = measure_fp32_peak((1,), n=128, reps=2)
     assert "onnxruntime MatMul (MLAS)" in peak["by_method"]
@@ -243,14 +259,14 @@ def test_measure_fp32_peak_small():
 
 
 def test_count_macs_resnet18_224():
-    from edgecls.benchmark import count_macs_torch
-    from edgecls.train.models import build_model
+    from edgecls.evaluation.macs import count_macs_torch
+    from edgecls.reference.models import build_model
 
     assert count_macs_torch(build_model("resnet18", 1000), 224) == pytest.approx(1.814, abs=0.005)
 
 
 def test_interleaved_round_robin_and_summary():
-    from edgecls.benchmark import interleaved, summarize
+    from edgecls.evaluation.timing import interleaved, summarize
 
     calls = []
     fns = [lambda k=k: calls.append(k) for k in range(3)]
@@ -264,7 +280,7 @@ def test_interleaved_round_robin_and_summary():
 
 
 def test_parse_int_list():
-    from edgecls.benchmark import parse_int_list
+    from edgecls.evaluation.bench import parse_int_list
 
     assert parse_int_list("1, 8,1", "--batch") == (1, 8)
     for bad in ("", "0", "a", "1,-2"):
@@ -273,7 +289,7 @@ def test_parse_int_list():
 
 
 def test_cpu_info_parses_x86_and_arm():
-    from edgecls.machine import cpu_info, machine_summary
+    from edgecls.evaluation.machine import cpu_info, machine_summary
 
     x86 = (
         "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6338\ncpu MHz\t\t: 2000.000\nphysical id\t: 0\n"
@@ -307,7 +323,8 @@ def test_edgecls_cli_exit_codes(tiny_models, tiny_data, tmp_path, capsys):
 
 
 def test_bench_without_reference(tiny_models):
-    from edgecls.benchmark import BenchConfig, latency_table, run_bench
+    from edgecls.evaluation.bench import BenchConfig, run_bench
+    from edgecls.evaluation.tables import latency_table
 
     _, onnx_path, _ = tiny_models
     res = run_bench(BenchConfig(models=(str(onnx_path),), batches=(2,), threads=(1,), warmup=0, iters=2, rounds=1,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecls.errors import CapabilityError, InputError
+from edgecls.core.errors import CapabilityError, InputError
 from edgecls.export.tensorrt import (
     BatchProfile,
     build_engine,

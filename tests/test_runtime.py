@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 from runtime_helpers import export_tiny_onnx, tiny_spec, torch_logits, write_images
 
-from edgecls.errors import CapabilityError, InputError
-from edgecls.runtime.backends import OrtBackend, load_backend, parse_device
+from edgecls.core.devices import parse_device
+from edgecls.core.errors import CapabilityError, InputError
+from edgecls.runtime.backends import load_backend
+from edgecls.runtime.backends.onnxruntime import OrtBackend
 from edgecls.runtime.classifier import Classifier
 from edgecls.runtime.decision import NO, UNCERTAIN, YES, Decider, Smoother, positive_decision
 from edgecls.runtime.model_io import load_model_spec

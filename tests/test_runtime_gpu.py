@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from runtime_helpers import tiny_spec
 
-from edgecls.runtime import backends as B
+from edgecls.runtime.backends.cuda import CUDA_BINDINGS
+from edgecls.runtime.backends.tensorrt import TrtBackend
 
 
 def _usable(cls):
@@ -22,7 +23,7 @@ def _usable(cls):
         return None
 
 
-BINDINGS = [(name, cls) for name, cls in B.CUDA_BINDINGS if name != "pycuda"]
+BINDINGS = [(name, cls) for name, cls in CUDA_BINDINGS if name != "pycuda"]
 
 
 @pytest.mark.parametrize("name,cls", BINDINGS, ids=[n for n, _ in BINDINGS])
@@ -121,7 +122,7 @@ def test_trt_backend_plumbing_on_a_real_gpu(tmp_path, name, cls):
     trt = gpu_fake_trt()
     eng = tmp_path / "m.engine"
     eng.write_text(json.dumps({}))
-    be = B.TrtBackend(eng, spec=tiny_spec(classes=("a", "b"), positive=None), trt_module=trt, cuda=api)
+    be = TrtBackend(eng, spec=tiny_spec(classes=("a", "b"), positive=None), trt_module=trt, cuda=api)
     x = np.random.default_rng(0).normal(size=(11, 3, 32, 32)).astype(np.float32)
     y = be.infer(x)
     np.testing.assert_allclose(y, x.mean(axis=(2, 3)) @ W.T, rtol=1e-4, atol=1e-5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 import sys
 import time
 
@@ -12,11 +14,13 @@ import pytest
 from PIL import Image
 from runtime_helpers import export_tiny_onnx, read_jsonl, tiny_spec, torch_logits, write_images, write_video
 
-from edgecls.runtime import runner as R
 from edgecls.runtime.classifier import Classifier
 from edgecls.runtime.decision import Decider
 from edgecls.runtime.preprocess import load_image, preprocess
-from edgecls.runtime.sources import LiveSource
+from edgecls.runtime.run import loop as L
+from edgecls.runtime.run.config import RunConfig
+from edgecls.runtime.run.loop import run
+from edgecls.runtime.sources.live import LiveSource, RetryPolicy
 
 cv2 = pytest.importorskip("cv2")
 
@@ -113,7 +117,11 @@ def test_save_writes_annotated_images_and_video(env, capsys, tmp_path):
     n = 0
     while cap.read()[0]:
         n += 1
-    assert n == 10 and not list(save.glob(".*partial*"))
+    assert n == 10 and not list(save.rglob(".*"))  # no temp file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in (video, tmp_path / "summary.json", save / "photos" / env["good"][0].parent.name / env["good"][0].name):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p  # as open() would create it, not mkstemp's 0600
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames"] == len(env["good"]) + 10 and summary["errors"] == 2
     assert sum(summary["decisions"].values()) == summary["frames"]
@@ -157,7 +165,7 @@ def test_exit_codes(env, capsys, tmp_path):
 
 def test_ctrl_c_prints_summary_and_exits_130(env, capsys, monkeypatch):
     calls = {"n": 0}
-    orig = R._Loop._finish
+    orig = L._Loop._finish
 
     def finish_then_interrupt(self, *a, **k):
         calls["n"] += 1
@@ -165,7 +173,7 @@ def test_ctrl_c_prints_summary_and_exits_130(env, capsys, monkeypatch):
             raise KeyboardInterrupt  # what SIGINT does in the main thread
         return orig(self, *a, **k)
 
-    monkeypatch.setattr(R._Loop, "_finish", finish_then_interrupt)
+    monkeypatch.setattr(L._Loop, "_finish", finish_then_interrupt)
     code, out, err = cli(["run", env["model"], env["folder"], "--batch", "2"], capsys)
     assert code == 130
     assert "INTERRUPTED" in err and "frames/s" in err
@@ -191,7 +199,7 @@ class FastCapture:
 
 
 def test_live_loop_takes_newest_frames_smooths_and_reports_latency(env, tmp_path):
-    cfg = R.RunConfig(model=env["model"], sources=("fake",), max_frames=8, smooth=4, summary=True,
+    cfg = RunConfig(model=env["model"], sources=("fake",), max_frames=8, smooth=4, summary=True,
                       save=str(tmp_path / "live"))
     out, err = io.StringIO(), io.StringIO()
     clf = Classifier.load(env["model"], device="cpu")
@@ -205,7 +213,7 @@ def test_live_loop_takes_newest_frames_smooths_and_reports_latency(env, tmp_path
             return clf.infer(batch)
 
     src = LiveSource("camera:fake", FastCapture)
-    stats = R.run(cfg, out=out, err=err, classifier=SlowInfer(), sources=[src])
+    stats = run(cfg, out=out, err=err, classifier=SlowInfer(), sources=[src])
     recs = read_jsonl(out.getvalue())
     assert len(recs) == 8 and stats.frames == 8
     fr = [r["frame"] for r in recs]
@@ -220,27 +228,27 @@ def test_live_loop_takes_newest_frames_smooths_and_reports_latency(env, tmp_path
 def test_images_run_without_opencv(env, monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     out, err = io.StringIO(), io.StringIO()
-    stats = R.run(R.RunConfig(model=env["model"], sources=(env["folder"],), device="cpu"), out=out, err=err)
+    stats = run(RunConfig(model=env["model"], sources=(env["folder"],), device="cpu"), out=out, err=err)
     assert stats.frames == len(env["good"]) and stats.errors == 2
     with pytest.raises(Exception, match="OpenCV"):
-        R.run(R.RunConfig(model=env["model"], sources=(env["video"],), device="cpu"), out=out, err=err)
+        run(RunConfig(model=env["model"], sources=(env["video"],), device="cpu"), out=out, err=err)
 
 
 def test_config_validation():
-    from edgecls.errors import InputError
+    from edgecls.core.errors import InputError
 
     for bad in (dict(batch=0), dict(topk=0), dict(smooth=0), dict(fmt="xml"), dict(threshold=-0.1),
                 dict(max_frames=0), dict(retries=-1), dict(workers=0), dict(sources=())):
         kw = dict(model="m.onnx", sources=("x",))
         kw.update(bad)
         with pytest.raises(InputError):
-            R.RunConfig(**kw)
+            RunConfig(**kw)
 
 
 def test_several_live_sources_at_once_round_robin(env):
     out, err = io.StringIO(), io.StringIO()
     srcs = [LiveSource("camera:a", FastCapture), LiveSource("camera:b", FastCapture)]
-    stats = R.run(R.RunConfig(model=env["model"], sources=("a", "b"), max_frames=5, device="cpu"), out=out, err=err,
+    stats = run(RunConfig(model=env["model"], sources=("a", "b"), max_frames=5, device="cpu"), out=out, err=err,
                   sources=srcs)
     recs = read_jsonl(out.getvalue())
     for name in ("camera:a", "camera:b"):
@@ -259,19 +267,19 @@ def test_live_stream_that_ends_is_noted_and_run_finishes(env):
             return False
 
     caps = [Dies()]
-    src = LiveSource("rtsp://cam", lambda: caps.pop() if caps else Closed(), retry=R.RetryPolicy(retries=2, initial=0.0))
+    src = LiveSource("rtsp://cam", lambda: caps.pop() if caps else Closed(), retry=RetryPolicy(retries=2, initial=0.0))
     out, err = io.StringIO(), io.StringIO()
-    stats = R.run(R.RunConfig(model=env["model"], sources=("x",), device="cpu"), out=out, err=err, sources=[src])
+    stats = run(RunConfig(model=env["model"], sources=("x",), device="cpu"), out=out, err=err, sources=[src])
     assert 1 <= stats.frames <= 3 and "gave up after 2 reopen attempts" in err.getvalue()
 
 
 def test_show_without_a_gui_or_display_is_a_capability_error(env, monkeypatch):
-    from edgecls.errors import CapabilityError
+    from edgecls.core.errors import CapabilityError
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(CapabilityError, match="--save"):
-        R.run(R.RunConfig(model=env["model"], sources=(env["folder"],), show=True, device="cpu"),
+        run(RunConfig(model=env["model"], sources=(env["folder"],), show=True, device="cpu"),
               out=io.StringIO(), err=io.StringIO())
 
 

@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 from runtime_helpers import write_images, write_video
 
-from edgecls.errors import CapabilityError, InputError, SourceError
-from edgecls.runtime import sources as S
-from edgecls.runtime.sources import (
-    ImageSource,
-    LatestFrameSlot,
-    LiveSource,
-    RetryPolicy,
-    VideoFileSource,
-    gstreamer_enabled,
-    parse_source,
-    parse_sources,
-    read_image,
-)
+from edgecls.core.errors import CapabilityError, InputError, SourceError
+from edgecls.runtime.sources.cameras import camera_source
+from edgecls.runtime.sources.files import ImageSource, read_image
+from edgecls.runtime.sources.frame import Frame
+from edgecls.runtime.sources.live import LatestFrameSlot, LiveSource, RetryPolicy
+from edgecls.runtime.sources.opencv import gstreamer_enabled
+from edgecls.runtime.sources.parse import parse_source, parse_sources
+from edgecls.runtime.sources.video import VideoFileSource
 
 
 class FakeCapture:
@@ -90,7 +85,7 @@ def test_latest_frame_slot_semantics():
     slot = LatestFrameSlot(ev)
     assert slot.get(timeout=0) is None
     for i in range(3):
-        slot.put(S.Frame(source="x", index=i, frame=i))
+        slot.put(Frame(source="x", index=i, frame=i))
     assert ev.is_set() and slot.overwritten == 2
     assert slot.get(timeout=0).frame == 2
     assert slot.get(timeout=0) is None  # never the same frame twice
@@ -159,7 +154,7 @@ def test_camera_that_cannot_open_raises_source_error():
 
 def test_real_camera_index_that_does_not_exist():
     pytest.importorskip("cv2")
-    src = S.camera_source(97)
+    src = camera_source(97)
     with pytest.raises(SourceError, match="camera:97"):
         src.start()
 

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from runtime_helpers import tiny_spec
 
-from edgecls.errors import CapabilityError, InputError
-from edgecls.runtime import backends as B
+from edgecls.core.errors import CapabilityError, InputError
+from edgecls.runtime.backends import load_backend
+from edgecls.runtime.backends import tensorrt as T
+from edgecls.runtime.backends.cuda import CudaApi, load_cuda_api
+from edgecls.runtime.backends.tensorrt import TrtBackend
 from edgecls.runtime.classifier import Classifier
 from edgecls.runtime.spec import SpecError, sidecar_path
 
@@ -21,7 +24,7 @@ def reference(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=(2, 3)) @ W.T
 
 
-class FakeCuda(B.CudaApi):
+class FakeCuda(CudaApi):
     name = "fake-cuda"
 
     def __init__(self):
@@ -208,7 +211,7 @@ def test_trt_backend_dynamic_batch_any_size(tmp_path, api, n):
     cuda = FakeCuda()
     eng = write_engine(tmp_path / "m.engine")
     x = np.random.default_rng(n).normal(size=(n, 3, 32, 32)).astype(np.float32)
-    be = B.TrtBackend(eng, spec=tiny_spec(classes=("a", "b"), positive=None), trt_module=make_fake_trt(cuda, api), cuda=cuda)
+    be = TrtBackend(eng, spec=tiny_spec(classes=("a", "b"), positive=None), trt_module=make_fake_trt(cuda, api), cuda=cuda)
     assert be.api == api and (be.min_batch, be.max_batch) == (1, 8)
     assert be.input_shape == (None, 3, 32, 32) and be.output_shape == (None, 2)
     np.testing.assert_allclose(be.infer(x), reference(x), rtol=1e-5, atol=1e-5)
@@ -222,7 +225,7 @@ def test_trt_backend_dynamic_batch_any_size(tmp_path, api, n):
 def test_trt_backend_fixed_batch_and_fp16_io(tmp_path, api):
     cuda = FakeCuda()
     eng = write_engine(tmp_path / "m.plan", in_shape=(4, 3, 32, 32), dtype="float16")
-    be = B.TrtBackend(eng, trt_module=make_fake_trt(cuda, api), cuda=cuda)
+    be = TrtBackend(eng, trt_module=make_fake_trt(cuda, api), cuda=cuda)
     x = np.random.default_rng(0).normal(size=(6, 3, 32, 32)).astype(np.float32)
     y = be.infer(x)
     assert y.dtype == np.float32 and be.context.calls == [4, 4]  # 6 → 4 + (2 padded to 4)
@@ -233,7 +236,7 @@ def test_trt_backend_fixed_batch_and_fp16_io(tmp_path, api):
 def test_trt_backend_profile_min_batch_pads(tmp_path):
     cuda = FakeCuda()
     eng = write_engine(tmp_path / "m.engine", profile=(2, 4, 4))
-    be = B.TrtBackend(eng, trt_module=make_fake_trt(cuda, "tensor"), cuda=cuda)
+    be = TrtBackend(eng, trt_module=make_fake_trt(cuda, "tensor"), cuda=cuda)
     x = np.ones((1, 3, 32, 32), np.float32)
     np.testing.assert_allclose(be.infer(x), reference(x), rtol=1e-5)
     assert be.context.calls == [2]
@@ -243,9 +246,9 @@ def test_trt_engine_shape_or_classes_disagreeing_with_sidecar_is_refused(tmp_pat
     cuda = FakeCuda()
     eng = write_engine(tmp_path / "m.engine", in_shape=(-1, 3, 64, 64))
     with pytest.raises(SpecError, match="64"):
-        B.TrtBackend(eng, spec=tiny_spec(), trt_module=make_fake_trt(cuda, "tensor"), cuda=cuda)
+        TrtBackend(eng, spec=tiny_spec(), trt_module=make_fake_trt(cuda, "tensor"), cuda=cuda)
     with pytest.raises(SpecError, match="2 classes"):
-        B.TrtBackend(
+        TrtBackend(
             write_engine(tmp_path / "n.engine"), spec=tiny_spec(classes=("a", "b", "c"), positive=None),
             trt_module=make_fake_trt(cuda, "tensor"), cuda=cuda,
         )
@@ -255,31 +258,31 @@ def test_trt_engine_from_another_version_is_a_capability_error(tmp_path):
     eng = tmp_path / "m.engine"
     eng.write_bytes(b"\x00\x01serialized by another TensorRT")
     with pytest.raises(CapabilityError, match="build-engine"):
-        B.TrtBackend(eng, trt_module=make_fake_trt(FakeCuda(), "tensor"), cuda=FakeCuda())
+        TrtBackend(eng, trt_module=make_fake_trt(FakeCuda(), "tensor"), cuda=FakeCuda())
 
 
 def test_missing_tensorrt_or_cuda_binding_is_a_clear_capability_error(tmp_path, monkeypatch):
     eng = write_engine(tmp_path / "m.engine")
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(CapabilityError, match="tensorrt") as e:
-        B.load_backend(eng, device="auto")
+        load_backend(eng, device="auto")
     assert e.value.exit_code == 4
     with pytest.raises(CapabilityError):  # the Python API refuses the same way (spec first, then the engine)
         Classifier.load(eng)
     for mod in ("cuda", "cuda.bindings", "cupy", "pycuda", "pycuda.autoinit", "pycuda.driver"):
         monkeypatch.setitem(sys.modules, mod, None)
     with pytest.raises(CapabilityError, match="cuda-python"):
-        B.load_cuda_api()
+        load_cuda_api()
     with pytest.raises(InputError, match="GPU"):
-        B.load_backend(eng, device="cpu")
+        load_backend(eng, device="cpu")
 
 
 def test_classifier_on_a_fake_engine_end_to_end(tmp_path, monkeypatch):
     cuda = FakeCuda()
     spec = tiny_spec(classes=("a", "b"), positive="a", threshold=0.6)
     eng = write_engine(tmp_path / "m.engine", spec=spec)
-    monkeypatch.setattr(B, "import_tensorrt", lambda: make_fake_trt(cuda, "tensor"))
-    monkeypatch.setattr(B, "load_cuda_api", lambda prefer=None: cuda)
+    monkeypatch.setattr(T, "import_tensorrt", lambda: make_fake_trt(cuda, "tensor"))
+    monkeypatch.setattr(T, "load_cuda_api", lambda prefer=None: cuda)
     img = np.zeros((40, 50, 3), np.uint8)
     img[..., 0] = 255  # red: channel 0 high → logits favour class "a" (W[0,0] > 0)
     with Classifier.load(eng) as clf:

@@ -28,13 +28,16 @@ def _py(code: str, timeout: float = 120):
 
 
 def test_import_runtime_leaves_torch_out():
-    r = _py(
-        "import sys, edgecls.runtime, edgecls.runtime.classifier, edgecls.runtime.runner, edgecls.runtime.cli, "
-        "edgecls.runtime.backends, edgecls.runtime.sources, edgecls.runtime.decision, edgecls.runtime.model_io; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'cv2', 'onnx')))"
+    r = _py(  # every module of the runtime, found by walking the package (a new module is checked too)
+        "import importlib, pkgutil, sys, edgecls.runtime as rt; "
+        "names = [m.name for m in pkgutil.walk_packages(rt.__path__, 'edgecls.runtime.')]; "
+        "[importlib.import_module(n) for n in names]; "
+        "print(len(names), sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'cv2', 'onnx')))"
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"  # not even cv2 or onnx at import time
+    n, loaded = r.stdout.strip().split(" ", 1)
+    assert int(n) >= 30  # the walk found the subpackages' modules
+    assert loaded == "[]"  # not even cv2 or onnx at import time
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,8 @@ def test_run_path_and_api_are_torch_free(artifacts):
         f"""
         import io, json
         from edgecls.runtime.classifier import Classifier
-        from edgecls.runtime.runner import RunConfig, run
+        from edgecls.runtime.run.config import RunConfig
+        from edgecls.runtime.run.loop import run
         out, err = io.StringIO(), io.StringIO()
         stats = run(RunConfig(model={str(d / "model.onnx")!r}, sources=({str(d / "imgs")!r}, {str(d / "v.avi")!r}),
                               batch=2, save={str(d / "saved")!r}), out=out, err=err)

@@ -15,14 +15,15 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
+from edgecls.reference.checkpoint import load_checkpoint
+from edgecls.reference.models import WeightsError, build_model
 from edgecls.synthetic import make_image_folder
-from edgecls.train.checkpoint import load_checkpoint
 from edgecls.train.cli import train_command
 from edgecls.train.config import RECIPES, TrainConfig
 from edgecls.train.data import DataError, EpochSampler, discover
-from edgecls.train.engine import choose_run_dir, resume_config, train
-from edgecls.train.models import WeightsError, build_model
+from edgecls.train.rundir import choose_run_dir
+from edgecls.train.trainer import resume_config, train
 
 TINY = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--no-progress"]
 SMALL = ["--arch", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--no-progress"]
@@ -158,9 +159,17 @@ def test_resume_continues_and_matches_uninterrupted(tiny_data, tmp_path):
     assert len(_rows(part)) == 2
 
 
-def test_resume_refuses_changed_settings(tiny_data, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_data, tmp_path_factory) -> Path:
+    """One finished 1-epoch run (seed recipe, mobilenet_v3_small), shared by the tests below: read-only, copy it
+    before writing into it."""
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
     _cli(["--data", tiny_data, *SMALL, "--recipe", "seed", "--epochs", "1", "--batch-size", "8", "--out", run])
+    return run
+
+
+def test_resume_refuses_changed_settings(one_epoch_run, tmp_path):
+    run = one_epoch_run
     res = _cli(["--resume", run, "--lr", "0.1"], expect_ok=False)
     assert isinstance(res.exception, InputError) and "--lr" in str(res.exception)
     with pytest.raises(InputError, match="cannot change"):
@@ -173,9 +182,9 @@ def test_resume_refuses_changed_settings(tiny_data, tmp_path):
         resume_config(run / "best.pt")
 
 
-def test_crash_while_writing_keeps_previous_checkpoints(tiny_data, tmp_path, monkeypatch):
+def test_crash_while_writing_keeps_previous_checkpoints(one_epoch_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _cli(["--data", tiny_data, *SMALL, "--recipe", "seed", "--epochs", "1", "--batch-size", "8", "--out", run])
+    shutil.copytree(one_epoch_run, run)
     before_best = load_checkpoint(run / "best.pt")
     before_bytes = (run / "best.pt").read_bytes()
 
@@ -316,7 +325,7 @@ def test_epoch_sampler_balanced_sharded_and_seeded():
 
 def test_weights_path_headless_backbone_and_mismatch(tmp_path, caplog):
     feats = _headless_state("mobilenet_v3_small", tmp_path / "feats.pth")
-    with caplog.at_level(logging.INFO, logger="edgecls.train.models"):
+    with caplog.at_level(logging.INFO, logger="edgecls.reference.models"):
         model = build_model("mobilenet_v3_small", 2, str(feats))
     assert "classifier.3.weight" in caplog.text  # the missing head is reported
     ref = torch.load(feats, weights_only=True)
@@ -345,7 +354,7 @@ def test_imagenet_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch
 
 @pytest.mark.shared
 def test_shared_mbv2_backbone_loads_with_head_missing(shared_mbv2, caplog):
-    with caplog.at_level(logging.INFO, logger="edgecls.train.models"):
+    with caplog.at_level(logging.INFO, logger="edgecls.reference.models"):
         build_model("mobilenet_v2", 2, str(shared_mbv2))
     assert "classifier.1.weight" in caplog.text and "classifier.1.bias" in caplog.text
     with pytest.raises(WeightsError, match="resnet18 backbone"):

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from edgecls.train.checkpoint import load_checkpoint
-from edgecls.train.models import build_model
+from edgecls.reference.checkpoint import load_checkpoint
+from edgecls.reference.models import build_model
 
 
 def test_torchrun_two_gloo_processes(tiny_data, tmp_path):

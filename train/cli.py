@@ -1,11 +1,11 @@
-"""``edgecls train``: typer options → a frozen :class:`~edgecls.train.config.TrainConfig` → the engine → a summary.
+"""``edgecls train``: typer options → a frozen :class:`~edgecls.train.config.TrainConfig` → the trainer → a summary.
 
 Only typer/stdlib at module top: ``edgecls --help`` must not import torch.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import typer
 
@@ -63,40 +63,59 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Fine-tune a torchvision classifier on an image folder; write best.pt/last.pt, metrics, plots, summary."""
-    from edgecls.errors import InputError
-    from edgecls.train.config import TrainConfig, get_recipe
-    from edgecls.train.engine import resume_config, train
+    from edgecls.train.trainer import train
 
     if resume is not None:
         given = {"data": data, "arch": arch, "weights": weights, "positive": positive,
                  "target_precision": target_precision, "batch_size": batch_size, "image_size": image_size,
                  "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out}
-        fixed = sorted(k for k, v in given.items() if v is not None)
-        if fixed:
-            raise InputError(
-                f"--resume continues a run with its own settings; drop {', '.join('--' + k.replace('_', '-') for k in fixed)}"
-                f" (may change: --epochs, --patience, --workers, --device, --max-minutes)"
-            )
-        cfg, last = resume_config(
-            resume, epochs=epochs, patience=patience, workers=workers, device=device, max_minutes=max_minutes,
-            progress=progress,
-        )
+        cfg, last = _resume_config(resume, given, epochs=epochs, patience=patience, workers=workers, device=device,
+                                   max_minutes=max_minutes, progress=progress)
         result = train(cfg, resume_from=last)
     else:
-        if data is None:
-            raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
-                             "or with <class>/ folders only")
-        rec = get_recipe(recipe).for_weights((weights or "imagenet") != "none").override(
-            epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience
-        )
-        kwargs = dict(
-            data=data, recipe=rec, arch=arch or "resnet18", weights=weights or "imagenet", out=out, name=name,
-            exist_ok=exist_ok, device=device or "auto", positive=positive, workers=workers,
-            max_minutes=max_minutes, amp=amp, progress=progress,
-        )
-        for k, v in (("target_precision", target_precision), ("val_fraction", val_fraction), ("seed", seed)):
-            if v is not None:
-                kwargs[k] = v
-        result = train(TrainConfig(**kwargs))
+        result = train(_new_config(
+            data=data, recipe=recipe, arch=arch, weights=weights, positive=positive,
+            target_precision=target_precision, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+            balance=balance, patience=patience, val_fraction=val_fraction, seed=seed, workers=workers, device=device,
+            out=out, name=name, exist_ok=exist_ok, max_minutes=max_minutes, amp=amp, progress=progress,
+        ))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(result.table())
+
+
+def _resume_config(resume: str, given: Dict[str, Any], **changes: Any):
+    """``(config, last.pt)`` of the run to continue; options that would change its settings are refused."""
+    from edgecls.core.errors import InputError
+    from edgecls.train.trainer import resume_config
+
+    fixed = sorted(k for k, v in given.items() if v is not None)
+    if fixed:
+        raise InputError(
+            f"--resume continues a run with its own settings; drop {', '.join('--' + k.replace('_', '-') for k in fixed)}"
+            f" (may change: --epochs, --patience, --workers, --device, --max-minutes)"
+        )
+    return resume_config(resume, **changes)
+
+
+def _new_config(*, data, recipe, arch, weights, positive, target_precision, epochs, batch_size, image_size, lr,
+                balance, patience, val_fraction, seed, workers, device, out, name, exist_ok, max_minutes, amp,
+                progress):
+    """The TrainConfig of a new run: the recipe with the options given on the command line."""
+    from edgecls.core.errors import InputError
+    from edgecls.train.config import TrainConfig, get_recipe
+
+    if data is None:
+        raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
+                         "or with <class>/ folders only")
+    rec = get_recipe(recipe).for_weights((weights or "imagenet") != "none").override(
+        epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience
+    )
+    kwargs = dict(
+        data=data, recipe=rec, arch=arch or "resnet18", weights=weights or "imagenet", out=out, name=name,
+        exist_ok=exist_ok, device=device or "auto", positive=positive, workers=workers,
+        max_minutes=max_minutes, amp=amp, progress=progress,
+    )
+    for k, v in (("target_precision", target_precision), ("val_fraction", val_fraction), ("seed", seed)):
+        if v is not None:
+            kwargs[k] = v
+    return TrainConfig(**kwargs)

@@ -23,13 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgecls.errors import InputError
-from edgecls.runtime.preprocess import IMAGE_EXTENSIONS, ImageReadError, open_rgb, preprocess_one
+from edgecls.core.errors import InputError
+from edgecls.core.images import IMAGE_EXTENSIONS, list_images
+from edgecls.runtime.preprocess import ImageReadError, open_rgb, preprocess_one
 from edgecls.runtime.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = IMAGE_EXTENSIONS  # the one list, shared with the runtime
 Item = Tuple[str, int]
 
 
@@ -86,7 +86,7 @@ class DataSplit:
         )
 
     def to_checkpoint_data(self) -> Dict[str, Any]:
-        """The ``data`` entry of a checkpoint (see train/checkpoint.py)."""
+        """The ``data`` entry of a checkpoint (read back by :func:`edgecls.reference.checkpoint.recorded_split`)."""
         return {
             "root": self.root,
             "layout": self.layout,
@@ -114,16 +114,6 @@ def _class_dirs(folder: Path) -> List[Path]:
     return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
 
 
-def _images_in(folder: Path) -> List[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS):
-                out.append(Path(dirpath) / f)
-    return out
-
-
 def header_ok(path: str) -> Optional[str]:
     """None when the file opens as an image (header only, cheap), else the reason it does not."""
     from PIL import Image
@@ -148,7 +138,7 @@ def _scan_split(folder: Path, split_name: str, check: bool) -> Tuple[Dict[str, L
     per_class: Dict[str, List[str]] = {}
     skipped: List[Tuple[str, str]] = []
     for d in dirs:
-        files = [str(p.resolve()) for p in _images_in(d)]
+        files = [str(p.resolve()) for p in list_images(d)]
         if check:
             good = []
             for p in files:
@@ -161,7 +151,7 @@ def _scan_split(folder: Path, split_name: str, check: bool) -> Tuple[Dict[str, L
             files = good
         if not files:
             raise DataError(
-                f"class folder {d} has no readable images (extensions: {', '.join(IMG_EXTENSIONS)}); "
+                f"class folder {d} has no readable images (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
                 f"every class needs images in both train and val"
             )
         per_class[d.name] = files
@@ -393,20 +383,3 @@ def class_weights(counts: Sequence[int]) -> np.ndarray:
     """Inverse-frequency weights normalised so a balanced dataset gets all ones: ``N / (C * n_c)``."""
     c = np.asarray(counts, dtype=np.float64)
     return (c.sum() / (len(c) * np.maximum(c, 1.0))).astype(np.float32)
-
-
-def split_from_checkpoint_data(d: Dict[str, Any]) -> DataSplit:
-    """The :class:`DataSplit` recorded in a checkpoint's ``data`` (used by ``--resume``)."""
-    try:
-        return DataSplit(
-            root=str(d["root"]),
-            layout=str(d.get("layout", "train/val")),
-            classes=tuple(d["classes"]),
-            train=tuple((str(p), int(y)) for p, y in d["train"]),
-            val=tuple((str(p), int(y)) for p, y in d["val"]),
-            skipped=tuple((str(p), str(r)) for p, r in d.get("skipped", [])),
-            val_fraction=d.get("val_fraction"),
-            seed=d.get("seed"),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"the checkpoint's recorded data split is incomplete ({type(e).__name__}: {e})") from e

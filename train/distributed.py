@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, List
 
-from edgecls.errors import CapabilityError
+from edgecls.reference.devices import resolve_torch_device
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,6 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
-def resolve_device(device: str, local_rank: int = 0, distributed: bool = False) -> str:
-    """``auto`` → ``cuda`` when available else ``cpu``; ``cuda`` asked without a GPU is an error, not a fallback."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CapabilityError(f"--device {device}: CUDA is not available here (use --device cpu or auto)")
-        if device == "cuda":
-            device = f"cuda:{local_rank}" if distributed else "cuda:0"
-        idx = int(device.split(":")[1])
-        if idx >= torch.cuda.device_count():
-            raise CapabilityError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
-
-
 def setup(device: str = "auto") -> DistContext:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); pick this process's device."""
     import torch
@@ -69,7 +52,7 @@ def setup(device: str = "auto") -> DistContext:
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank, world > 1)
+    dev = resolve_torch_device(device, local_rank, world > 1)
     if world <= 1:
         return DistContext(0, 1, 0, dev, "")
     backend = "nccl" if dev.startswith("cuda") else "gloo"
@@ -120,3 +103,19 @@ def broadcast(ctx: DistContext, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(ctx: DistContext, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` on rank 0 and hand its result (or its exception) to every rank."""
+    if not ctx.distributed:
+        return fn(*args, **kwargs)
+    box: Any = None
+    if ctx.is_main:
+        try:
+            box = ("ok", fn(*args, **kwargs))
+        except Exception as e:  # re-raised on every rank below
+            box = ("err", e)
+    box = broadcast(ctx, box)
+    if box[0] == "err":
+        raise box[1]
+    return box[1]

@@ -1,8 +1,10 @@
 """The PyTorch reference as a runtime Backend: the column every artifact is compared against.
 
-Implements the runtime's Backend interface (``name``, ``input_name``, ``input_shape``, ``providers``,
-``infer(batch) -> float32 logits (N, C)``, ``close()``, context manager) with the checkpoint's model in eval mode,
-so parity, ``edgecls eval`` and ``edgecls bench`` can put PyTorch beside ONNX Runtime and TensorRT.
+A subclass of the runtime's :class:`~edgecls.runtime.backends.base.Backend` (``name``, ``input_name``,
+``input_shape``, ``providers``, ``infer(batch) -> float32 logits (N, C)``, ``close()``, context manager,
+``check_spec``) with the checkpoint's model in eval mode, so parity, ``edgecls eval`` and ``edgecls bench`` can put
+PyTorch beside ONNX Runtime and TensorRT. ``infer`` splits a batch into ``batch_size`` chunks; an empty batch gives
+``(0, C)`` logits.
 """
 from __future__ import annotations
 
@@ -12,17 +14,20 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from edgecls.errors import CapabilityError, InputError
+from edgecls.core.errors import InputError
+from edgecls.reference.devices import resolve_torch_device
+from edgecls.runtime.backends.base import Backend
 from edgecls.runtime.spec import ModelSpec
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """``TorchBackend(checkpoint_or_model, device="cpu")``.
 
-    ``checkpoint_or_model``: a :class:`~edgecls.train.checkpoint.Checkpoint`, a path to one (``best.pt``), or an
+    ``checkpoint_or_model``: a :class:`~edgecls.reference.checkpoint.Checkpoint`, a path to one (``best.pt``), or an
     ``nn.Module`` (then pass ``spec`` for the input name/shape, or the input shape is unknown).
-    ``device``: ``cpu`` | ``cuda`` | ``auto`` (cuda when available). Asking for cuda without it raises
-    :class:`CapabilityError`; nothing falls back silently.
+    ``device``: ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (cuda when available), resolved by
+    :func:`~edgecls.reference.devices.resolve_torch_device`: asking for cuda without it raises
+    :class:`~edgecls.core.errors.CapabilityError`; nothing falls back silently.
     """
 
     name = "torch"
@@ -37,7 +42,7 @@ class TorchBackend:
     ) -> None:
         import torch
 
-        from edgecls.train.checkpoint import Checkpoint, load_checkpoint
+        from edgecls.reference.checkpoint import Checkpoint, load_checkpoint
 
         if isinstance(checkpoint_or_model, (str, os.PathLike)):
             checkpoint_or_model = load_checkpoint(Path(checkpoint_or_model))
@@ -51,12 +56,7 @@ class TorchBackend:
                 f"TorchBackend needs a Checkpoint, a checkpoint path or an nn.Module, got "
                 f"{type(checkpoint_or_model).__name__}"
             )
-        if device not in ("cpu", "cuda", "auto"):
-            raise InputError(f"device {device!r} is not one of cpu, cuda, auto")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise CapabilityError("device 'cuda' was asked for but torch sees no CUDA GPU (torch.cuda.is_available())")
+        device = resolve_torch_device(device)
         if threads:
             torch.set_num_threads(int(threads))
         if batch_size < 1:
@@ -76,36 +76,28 @@ class TorchBackend:
         self.providers: List[str] = [f"torch-{device}"]
         self._closed = False
 
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One forward pass of a float32 NCHW chunk → float32 logits."""
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            return self.model(t).float().cpu().numpy()
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits ``(N, C)`` for a float32 NCHW batch, in ``batch_size`` chunks (N = 0 gives ``(0, C)``)."""
         if self._closed:
             raise RuntimeError("TorchBackend is closed")
         x = np.asarray(batch)
         if x.ndim != 4 or x.dtype != np.float32:
             raise InputError(f"TorchBackend.infer needs a float32 NCHW batch, got {x.dtype} shape {x.shape}")
-        torch = self._torch
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, x.shape[0], self.batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size])).to(self.device)
-                outs.append(self.model(t).float().cpu().numpy())
+        outs = [self._run(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
         if not outs:
             n = self.spec.num_classes if self.spec is not None else 0
             return np.zeros((0, n), dtype=np.float32)
         return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
 
-    def describe(self) -> str:
-        return f"{self.name} [{', '.join(self.providers)}]"
-
     def close(self) -> None:
         self._closed = True
 
-    def __enter__(self) -> TorchBackend:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"TorchBackend(device={self.device!r}, providers={self.providers})"
-
-

@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from edgecls import __version__
-from edgecls.errors import InputError
-from edgecls.fileio import file_sha256  # noqa: F401  (re-exported: checkpoint.file_sha256)
+from edgecls.core.errors import InputError
+from edgecls.core.fileio import atomic_output
 from edgecls.runtime.spec import ModelSpec, SpecError
 
 CHECKPOINT_FORMAT = "edgecls.checkpoint/1"
@@ -55,11 +55,11 @@ class Checkpoint:
 
     def items(self, split: str) -> List[Tuple[str, int]]:
         """``[(image path, label index), ...]`` of ``split`` ("train" or "val") as recorded at training time."""
-        return [(str(p), int(y)) for p, y in self.data.get(split, [])]
+        return recorded_pairs(self.data, split)
 
     def build_model(self) -> torch.nn.Module:
         """The model in eval mode on CPU, weights loaded strictly."""
-        from edgecls.train.models import build_model
+        from edgecls.reference.models import build_model
 
         model = build_model(self.spec.arch, self.spec.num_classes, weights="none")
         model.load_state_dict(self.state_dict, strict=True)
@@ -78,23 +78,11 @@ class Checkpoint:
         }
 
 
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any point leaves either the old file or the new one, never a torn one
-    (:func:`edgecls.fileio.atomic_output`: the temp file gets the usual permissions and is removed on error).
-    """
-    from edgecls.fileio import atomic_output
-
+def save_checkpoint(ckpt: Checkpoint, path: PathLike) -> None:
+    """``torch.save`` through :func:`edgecls.core.fileio.atomic_output`: a crash leaves the old file or the new one."""
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def save_checkpoint(ckpt: Checkpoint, path: PathLike) -> None:
-    atomic_save(ckpt.to_dict(), path)
+            torch.save(ckpt.to_dict(), f)
 
 
 def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Checkpoint:
@@ -121,3 +109,59 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Checkpoint:
         versions=d.get("versions") or {},
         train_state=d.get("train_state"),
     )
+
+
+# ------------------------------------------------------------------------------------ the recorded data split
+
+
+def recorded_pairs(data: Dict[str, Any], split: str) -> List[Tuple[str, int]]:
+    """``[(path as recorded, label), ...]`` of ``split`` ("train"/"val") in a checkpoint's ``data``; [] if none."""
+    return [(str(p), int(y)) for p, y in data.get(split, [])]
+
+
+def resolve_item_path(p: str, root: Optional[str]) -> Path:
+    """A path recorded in a checkpoint: absolute as is, else relative to the recorded data root, else to cwd."""
+    path = Path(p)
+    if path.is_absolute() or root is None:
+        return path
+    candidate = Path(root) / path
+    return candidate if candidate.exists() or not path.exists() else path
+
+
+def recorded_items(data: Dict[str, Any], split: str, remedy: str) -> List[Tuple[Path, int]]:
+    """``[(path, label)]`` the checkpoint recorded for ``split`` ("train"/"val"), every file present.
+
+    InputError when there are none or some are missing; ``remedy`` says what to pass instead.
+    """
+    what = {"train": "training", "val": "validation"}[split]
+    items = [(resolve_item_path(p, data.get("root")), y) for p, y in recorded_pairs(data, split)]
+    if not items:
+        raise InputError(f"the checkpoint records no {what} images; {remedy}")
+    missing = [p for p, _ in items if not p.is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of the {len(items)} {what} images recorded in the checkpoint are missing "
+            f"(e.g. {os.fspath(missing[0])!r}); {remedy}"
+        )
+    return items
+
+
+def recorded_split(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The whole recorded split, checked: ``root``, ``layout``, ``classes``, ``train``, ``val`` (path, label pairs
+    as recorded), ``skipped`` ((path, reason) pairs), ``val_fraction``, ``seed`` — the fields of train's
+    ``DataSplit`` (``--resume`` rebuilds it from them). CheckpointError when a required entry is missing."""
+    try:
+        if "train" not in data or "val" not in data:
+            raise KeyError("train" if "train" not in data else "val")
+        return {
+            "root": str(data["root"]),
+            "layout": str(data.get("layout", "train/val")),
+            "classes": tuple(data["classes"]),
+            "train": tuple(recorded_pairs(data, "train")),
+            "val": tuple(recorded_pairs(data, "val")),
+            "skipped": tuple((str(p), str(r)) for p, r in data.get("skipped", [])),
+            "val_fraction": data.get("val_fraction"),
+            "seed": data.get("seed"),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's recorded data split is incomplete ({type(e).__name__}: {e})") from e

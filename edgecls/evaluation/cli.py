@@ -1,4 +1,5 @@
-"""``edgecls eval`` and ``edgecls bench``: thin typer commands over :mod:`edgecls.evaluate` / :mod:`edgecls.benchmark`.
+"""``edgecls eval`` and ``edgecls bench``: thin typer commands over :mod:`edgecls.evaluation.evaluate` /
+:mod:`edgecls.evaluation.bench`.
 
 Only typer and the standard library at module top, so ``edgecls --help`` stays fast.
 """
@@ -26,7 +27,7 @@ def eval_command(
 ) -> None:
     """Accuracy, balanced accuracy, per-class P/R/F1, confusion matrix, calibration (ECE) and the positive class's
     precision/recall at the model's threshold, through the same runtime path a deployment uses."""
-    from edgecls.evaluate import EvalConfig, evaluate
+    from edgecls.evaluation.evaluate import EvalConfig, evaluate
 
     if out is None and not no_files:
         out = _default_out(model)
@@ -39,15 +40,13 @@ def eval_command(
 
 
 def _default_out(model: str) -> str:
+    """``runs/eval/<folder>-<model stem>``, numbered like train's runs when it exists (the one scheme)."""
     from pathlib import Path
 
+    from edgecls.train.rundir import free_run_dir
+
     p = Path(model)
-    base = Path("runs") / "eval" / (f"{p.parent.name}-{p.stem}" if p.parent.name else p.stem)
-    cand, k = base, 2
-    while cand.exists():
-        cand = base.with_name(f"{base.name}-{k}")
-        k += 1
-    return str(cand)
+    return str(free_run_dir(Path("runs") / "eval", f"{p.parent.name}-{p.stem}" if p.parent.name else p.stem))
 
 
 def _command_line(name: str) -> str:
@@ -76,16 +75,11 @@ def bench_command(
 ) -> None:
     """Latency p50/p90/p99 and throughput per artifact × batch × threads beside the PyTorch reference, model size,
     preprocessing cost and the machine, as a table (stdout), Markdown and JSON."""
-    import os
-
-    from edgecls.benchmark import BenchConfig, parse_int_list, run_bench
+    from edgecls.evaluation.bench import BenchConfig, parse_int_list, run_bench
+    from edgecls.runtime.run.loop import usable_cpus
 
     if threads is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        threads = ",".join(str(t) for t in dict.fromkeys((1, cores)))
+        threads = ",".join(str(t) for t in dict.fromkeys((1, usable_cpus())))
     cfg = BenchConfig(
         models=tuple(models), batches=parse_int_list(batch, "--batch"), threads=parse_int_list(threads, "--threads"),
         warmup=warmup, iters=iters, rounds=rounds, reference=reference, images=images, device=device,

@@ -10,7 +10,7 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from edgecls.errors import InputError
+from edgecls.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

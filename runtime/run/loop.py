@@ -1,0 +1,360 @@
+"""The ``edgecls run`` loop: sources → decode → preprocess → infer → decide → records, annotated output, summary.
+
+Files and videos: decoding and preprocessing run on a thread pool ahead of inference (in order, nothing dropped),
+so the backend is kept busy; ``batch`` images go through the model at once. Live sources: the newest frame of
+each source is taken as soon as the previous result is out (no queue, no stale frames), one at a time.
+
+Records go to ``out`` (stdout: JSON lines by default, or CSV / a table); the summary goes to ``err`` (stderr), so
+stdout stays clean JSONL. Ctrl-C stops the loop, the summary is still printed, and the CLI exits 130.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+import numpy as np
+
+from edgecls.runtime.decision import Prediction, Smoother
+from edgecls.runtime.run.config import RunConfig
+from edgecls.runtime.run.output import AnnotatedOutput
+from edgecls.runtime.run.records import error_record, prediction_record
+from edgecls.runtime.run.saver import Saver
+from edgecls.runtime.run.stats import RunStats
+from edgecls.runtime.run.viewer import Viewer
+from edgecls.runtime.run.writers import make_writer
+from edgecls.runtime.sources.files import ImageSource, read_image
+from edgecls.runtime.sources.frame import Frame
+from edgecls.runtime.sources.live import LiveSource, RetryPolicy
+from edgecls.runtime.sources.parse import parse_sources
+from edgecls.runtime.sources.video import VideoFileSource
+
+log = logging.getLogger(__name__)
+
+Item = Tuple[Frame, Optional[np.ndarray], float]  # a frame, its preprocessed CHW array (None: unusable), ms
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def ordered_prefetch(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], lookahead: int
+) -> Iterator[Any]:
+    """``map(fn, items)`` on ``pool``, in order, with at most ``lookahead`` items in flight."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= lookahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _Loop:
+    """One run's work: the prefetching pool, the inference thread, decisions, records and annotated output."""
+
+    def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats):
+        self.clf = clf
+        self.cfg = cfg
+        self.writer = writer
+        self.output = output
+        self.stats = stats
+        self.smoother = Smoother(cfg.smooth) if cfg.smooth > 1 else None
+        self.keep_images = output.active
+        self.workers = cfg.workers or max(1, min(4, usable_cpus() // 2))
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
+        self.infer_exec = ThreadPoolExecutor(1, thread_name_prefix="edgecls-infer")
+        self.stopped = False
+
+    # -- per-frame work done on the pool ---------------------------------------------------------------------
+    def _prepare(self, frame: Frame) -> Item:
+        if frame.error is not None or frame.image is None:
+            return frame, None, 0.0
+        t0 = time.perf_counter()
+        try:
+            chw = self.clf.prepare(frame.image, bgr=frame.bgr)
+        except Exception as e:  # a decodable but unusable image (e.g. 0-sized)
+            frame.error = f"cannot preprocess {frame.path or frame.source}: {e}"
+            return frame, None, 0.0
+        ms = (time.perf_counter() - t0) * 1e3
+        if not self.keep_images:
+            frame.image = None
+        return frame, chw, ms
+
+    def _read_and_prepare(self, task: Tuple[str, int, Path, str]) -> Item:
+        return self._prepare(read_image(*task))
+
+    # -- emitting --------------------------------------------------------------------------------------------
+    def _emit_error(self, frame: Frame) -> None:
+        self.stats.errors += 1
+        self.writer.write(error_record(frame))
+
+    def _emit(self, frame: Frame, pred: Prediction, pre_ms: float, infer_ms: float, n: int, live: bool) -> None:
+        latency = (time.perf_counter() - frame.t_capture) * 1e3 if live else None
+        if latency is not None:
+            self.stats.latency.append(latency)
+        self.stats.add(pred)
+        self.stats.decode.append(frame.decode_ms)
+        self.stats.preprocess.append(pre_ms)
+        self.writer.write(prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency))
+        if self.keep_images and frame.image is not None and not self.output.emit(frame, pred):
+            self.stopped = True
+
+    def _decide(self, frames: List[Frame], logits: np.ndarray, sequence: bool) -> List[Prediction]:
+        d = self.clf.decider
+        probs = d.probabilities(logits)
+        preds = []
+        for f, row in zip(frames, probs):
+            if self.smoother is not None and sequence:
+                avg, n = self.smoother.update(f.source, row)
+                preds.append(d.from_probs(avg, smoothed=n))
+            else:
+                preds.append(d.from_probs(row))
+        return preds
+
+    def _timed_infer(self, batch: np.ndarray) -> Tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        logits = self.clf.infer(batch)
+        return logits, (time.perf_counter() - t0) * 1e3
+
+    def _submit(self, items: List[Item], sync: bool = False) -> _Batch:
+        """Start inference of the prepared items (on the inference thread unless ``sync``)."""
+        good = [it for it in items if it[1] is not None]
+        if not good:
+            return _Batch(items, good, None)
+        batch = np.stack([chw for _, chw, _ in good])
+        if sync:
+            return _Batch(items, good, self._timed_infer(batch))
+        return _Batch(items, good, self.infer_exec.submit(self._timed_infer, batch))
+
+    def _finish(self, b: _Batch, sequence: bool, live: bool = False) -> None:
+        """Wait for a batch's logits, decide, and emit its records in order."""
+        preds: Dict[int, Prediction] = {}
+        infer_ms = 0.0
+        if b.good:
+            logits, infer_ms = b.result.result() if hasattr(b.result, "result") else b.result
+            self.stats.infer_batch.append(infer_ms)
+            self.stats.infer_image.extend([infer_ms / len(b.good)] * len(b.good))
+            try:
+                out = self._decide([f for f, _, _ in b.good], logits, sequence)
+            except ValueError as e:  # non-finite logits: say so per frame, keep going
+                for f, _, _ in b.good:
+                    f.error = f"model output unusable: {e}"
+                out = []
+            for (f, _, _), p in zip(b.good, out):
+                preds[id(f)] = p
+        for f, _, ms in b.items:
+            p = preds.get(id(f))
+            if p is None:
+                if f.error is None:
+                    f.error = "no prediction"
+                self._emit_error(f)
+            else:
+                self._emit(f, p, ms, infer_ms, len(b.good), live)
+
+    def _flush(self, items: List[Item], sequence: bool, live: bool = False) -> None:
+        """Infer and emit now (live frames: no queue, lowest latency)."""
+        self._finish(self._submit(items, sync=True), sequence, live)
+
+    def run_sequence(self, name: str, items: Iterator[Any], fn: Callable, sequence: bool) -> None:
+        """Files or a video, in order: ``fn`` decodes/preprocesses on the pool, ``batch`` frames per inference on
+        the inference thread, while this thread emits the previous batch's records (so the model never waits)."""
+        batch = self.cfg.batch
+        lookahead = max(2 * batch, 2 * self.workers)
+        pending: List[Item] = []
+        in_flight: Optional[_Batch] = None
+        n_good = 0
+        done = 0
+        gen = ordered_prefetch(self.pool, fn, items, lookahead)
+        try:
+            for item in gen:
+                pending.append(item)
+                if item[1] is not None:
+                    n_good += 1
+                done += 1
+                if n_good >= batch:
+                    nxt = self._submit(pending)
+                    if in_flight is not None:
+                        self._finish(in_flight, sequence)
+                    in_flight, pending, n_good = nxt, [], 0
+                if self.stopped or (self.cfg.max_frames is not None and done >= self.cfg.max_frames):
+                    break
+            nxt = self._submit(pending) if pending else None
+            for b in (in_flight, nxt):
+                if b is not None:
+                    in_flight = None
+                    self._finish(b, sequence)
+        finally:
+            gen.close()
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def run_live(self, sources: List[LiveSource], notify: threading.Event) -> None:
+        """Round-robin over live sources, always taking each one's newest frame."""
+        active = list(sources)
+        counts = {id(s): 0 for s in active}
+        while active and not self.stopped:
+            notify.wait(0.25)
+            notify.clear()
+            for s in list(active):
+                f = s.get(timeout=0)
+                if f is None:
+                    if s.finished:
+                        active.remove(s)
+                        if s.end_reason:
+                            self.stats.notes.append(f"{s.name}: {s.end_reason}")
+                    continue
+                item = self._prepare(f)
+                self._flush([item], sequence=True, live=True)
+                counts[id(s)] += 1
+                if self.cfg.max_frames is not None and counts[id(s)] >= self.cfg.max_frames:
+                    s.close()
+                    active.remove(s)
+                if self.stopped:
+                    break
+
+    def close(self) -> None:
+        for ex in (self.pool, self.infer_exec):
+            try:
+                ex.shutdown(wait=False, cancel_futures=True)
+            except TypeError:  # Python 3.8
+                ex.shutdown(wait=False)
+
+
+@dataclass
+class _Batch:
+    items: List[Item]
+    good: List[Item]
+    result: Any  # a Future of (logits, infer_ms), or (logits, infer_ms), or None
+
+
+def _groups(sources: Sequence[Any]) -> List[Any]:
+    """Consecutive live sources become one round-robin group; other sources stay one by one."""
+    out: List[Any] = []
+    for s in sources:
+        if s.live and out and isinstance(out[-1], list):
+            out[-1].append(s)
+        elif s.live:
+            out.append([s])
+        else:
+            out.append(s)
+    return out
+
+
+def _start_live(sources: Sequence[Any], notify: threading.Event, started: List[LiveSource]) -> None:
+    """Open cameras first: one that cannot open fails the run before any work (exit 5)."""
+    for s in sources:
+        if s.live:
+            s.set_notify(notify)
+            s.start()
+            started.append(s)
+
+
+def _warn_unused_options(config: RunConfig, sources: Sequence[Any]) -> None:
+    if config.batch > 1 and any(s.live for s in sources):
+        log.info("--batch applies to files and videos; live sources are classified one frame at a time")
+    if config.smooth > 1 and not any(s.live or isinstance(s, VideoFileSource) for s in sources):
+        log.warning("--smooth %d has no effect: it averages over frames of videos and live sources", config.smooth)
+
+
+def _run_groups(loop: _Loop, sources: Sequence[Any], notify: threading.Event, stats: RunStats) -> None:
+    for g in _groups(sources):
+        if isinstance(g, list):
+            loop.run_live(g, notify)
+            stats.dropped += sum(s.dropped for s in g)
+        elif isinstance(g, ImageSource):
+            loop.run_sequence(g.name, g.tasks(), loop._read_and_prepare, sequence=False)
+        else:
+            loop.run_sequence(g.name, g.frames(), loop._prepare, sequence=True)
+        if loop.stopped:
+            break
+
+
+@dataclass
+class _Open:
+    """What a run opened, closed in order at its end whatever happened."""
+
+    started: List[LiveSource] = field(default_factory=list)
+    loop: Optional[_Loop] = None
+    saver: Optional[Saver] = None
+    viewer: Optional[Viewer] = None
+    stats: Optional[RunStats] = None
+
+    def close(self) -> None:
+        for s in self.started:
+            s.close()
+        if self.loop is not None:
+            self.loop.close()
+        if self.saver is not None:
+            saved = self.saver.close()
+            if self.stats is not None:
+                self.stats.saved.extend(os.fspath(p) for p in saved)
+                if self.saver.images:
+                    self.stats.saved.append(f"{self.saver.images} annotated images under {self.saver.root}")
+        if self.viewer is not None:
+            self.viewer.close()
+
+
+def run(
+    config: RunConfig,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+    classifier: Any = None,
+    sources: Optional[Sequence[Any]] = None,
+) -> RunStats:
+    """Run the loop; return its :class:`RunStats`. ``classifier``/``sources`` may be given (tests, the API)."""
+    from edgecls.runtime.classifier import Classifier
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    t0 = time.perf_counter()
+    owns = classifier is None
+    clf = classifier or Classifier.load(
+        config.model, device=config.device, threads=config.threads, allow_fallback=config.allow_fallback,
+        threshold=config.threshold, topk=config.topk,
+    )
+    load_s = time.perf_counter() - t0
+    opened = _Open()
+    try:
+        if sources is None:
+            sources = parse_sources(config.sources, config.cameras, RetryPolicy(retries=config.retries))
+        notify = threading.Event()
+        _start_live(sources, notify, opened.started)
+        _warn_unused_options(config, sources)
+        opened.saver = Saver(Path(config.save)) if config.save else None
+        opened.viewer = Viewer() if config.show else None
+        writer = make_writer(config.fmt, out)
+        stats = opened.stats = RunStats(clf.decider, clf.backend.describe(), config.batch, load_s)
+        if getattr(clf.backend, "fallback", None):
+            stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
+        stats.sources = len(sources)
+        output = AnnotatedOutput(opened.saver, opened.viewer, stats)
+        output.sources = {s.name: s for s in sources}
+        opened.loop = _Loop(clf, config, writer, output, stats)
+        try:
+            _run_groups(opened.loop, sources, notify, stats)
+        except KeyboardInterrupt:
+            stats.interrupted = True
+        writer.close()
+    finally:
+        opened.close()
+        if owns:
+            clf.close()
+    stats.finish()
+    if config.summary:
+        err.write(stats.format())
+        err.flush()
+    return stats

@@ -1,0 +1,140 @@
+"""The end of a run: the best epoch calibrated on val, ``summary.json``, the plots, and :class:`TrainResult`."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from edgecls.core.fileio import write_text
+from edgecls.runtime import metrics as M
+from edgecls.train.calibrate import Calibration
+from edgecls.train.history import RunState, jsonable
+from edgecls.train.selection import calibrate_val, calibrated_report, model_spec
+from edgecls.train.session import BadImages, RunSetup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    epochs_run: int
+    stop_reason: str
+    report: M.ClassificationReport  # best epoch on val, calibrated, at the chosen threshold
+    calibration: Calibration
+    history: Tuple[Dict[str, Any], ...]
+    elapsed_s: float
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A one-screen summary for the terminal."""
+        s = self.summary
+        cal = self.calibration
+        lines = [
+            f"run        {self.run_dir}",
+            f"model      {s['config']['arch']} ({s['config']['weights']}), recipe {s['recipe']['name']}, "
+            f"image {s['spec']['preprocess']['crop']}px, device {s['device']} x{s['world_size']}",
+            f"data       {s['data']['root']} ({s['data']['layout']}): train {s['data']['train_counts']}  "
+            f"val {s['data']['val_counts']}  skipped {s['data']['skipped']}",
+            f"epochs     {self.epochs_run} run, best epoch {self.best_epoch} ({s['recipe']['select']}), "
+            f"stopped: {self.stop_reason}, time {self.elapsed_s:.1f}s",
+            f"confidence temperature {cal.temperature:.4f}: ECE {cal.ece_before:.4f} -> {cal.ece_after:.4f}, "
+            f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}",
+        ]
+        if cal.threshold is not None:
+            t = cal.threshold
+            lines.append(
+                f"threshold  {t.threshold:.4f} for {cal.positive!r} at target precision {t.target_precision:.2f}: "
+                f"precision {t.precision:.4f}, recall {t.recall:.4f}" + ("" if t.achieved else "  (TARGET NOT MET)")
+            )
+        lines += ["", self.report.table(), "", f"best.pt {self.best_path}", f"last.pt {self.last_path}"]
+        return "\n".join(lines)
+
+
+def finish(setup: RunSetup, state: RunState, bad: BadImages) -> TrainResult:
+    """Plots, summary.json, and the result (every rank returns it; rank 0 wrote the files)."""
+    from edgecls.reference.checkpoint import versions
+
+    state.stop_reason = state.stop_reason or "completed"
+    logits, index = state.best_logits, state.best_index
+    cal = calibrate_val(setup, logits, index)
+    report = calibrated_report(setup, logits, index, cal)
+    run_dir = setup.run_dir
+    summary = {
+        "run_dir": str(run_dir),
+        "config": setup.config.to_dict(),
+        "recipe": setup.recipe.to_dict(),
+        "spec": model_spec(setup, cal).to_dict(),
+        "data": setup.data.without(list(bad.paths)).summary(),
+        "device": setup.ctx.device,
+        "world_size": setup.ctx.world_size,
+        "best_epoch": state.best_epoch,
+        "head": state.head_info,
+        "epochs_run": state.epochs_run,
+        "stop_reason": state.stop_reason,
+        "val": report.to_dict(),
+        "calibration": cal.to_dict(),
+        "elapsed_s": round(state.elapsed(), 3),
+        "history": state.history,
+        "files": {},
+        "versions": versions(),
+    }
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    if setup.ctx.is_main:
+        summary["files"] = plot_run(setup, state, report, cal, logits, setup.val_y[index])
+        summary["files"].update({"best": str(best_path), "last": str(last_path),
+                                 "metrics": str(run_dir / "metrics.csv"), "summary": str(run_dir / "summary.json")})
+        write_text(run_dir / "summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
+    return TrainResult(
+        run_dir=run_dir,
+        best_path=best_path,
+        last_path=last_path,
+        best_epoch=state.best_epoch,
+        epochs_run=summary["epochs_run"],
+        stop_reason=state.stop_reason,
+        report=report,
+        calibration=cal,
+        history=tuple(state.history),
+        elapsed_s=summary["elapsed_s"],
+        summary=jsonable(summary),
+    )
+
+
+def plot_run(setup: RunSetup, state: RunState, report: M.ClassificationReport, cal: Calibration,
+             logits: np.ndarray, y: np.ndarray) -> Dict[str, str]:
+    """The run's PNGs (curves, confusion, reliability, PR with a positive class): ``{kind: path}``.
+
+    A plotting problem is logged, never raised: it must not lose a finished training run.
+    """
+    from edgecls.core import plots
+
+    run_dir, positive = setup.run_dir, setup.config.positive
+    files: Dict[str, str] = {}
+    try:
+        loss_png, acc_png = plots.plot_curves(state.history, run_dir, state.best_epoch)
+        files["loss_plot"], files["accuracy_plot"] = str(loss_png), str(acc_png)
+        files["confusion_plot"] = str(plots.plot_confusion(report.confusion, setup.classes,
+                                                           run_dir / "confusion_matrix.png"))
+        before = M.reliability_bins(M.softmax(logits), y)
+        after = M.reliability_bins(M.softmax(logits, cal.temperature), y)
+        files["reliability_plot"] = str(plots.plot_reliability(before, after, cal.temperature,
+                                                               run_dir / "reliability.png"))
+        if positive is not None:
+            k = setup.classes.index(positive)
+            scores = M.softmax(logits, cal.temperature)[:, k]
+            prec, rec, _ = M.pr_curve(scores, y == k)
+            files["pr_plot"] = str(plots.plot_pr(
+                prec, rec, positive, run_dir / "pr_curve.png",
+                cal.threshold.to_dict() if cal.threshold is not None else None,
+                M.average_precision(scores, y == k),
+            ))
+    except Exception as e:  # a plotting problem must not lose a finished training run
+        log.warning("plotting failed (%s: %s); checkpoints and metrics are written", type(e).__name__, e)
+    return files

@@ -1,0 +1,212 @@
+"""The training run behind ``edgecls train``: head phase on cached features, fine-tuning, checkpoints, reports.
+
+``train(config)`` runs one training run and returns a :class:`~edgecls.train.report.TrainResult`;
+``resume_config(path_or_run)`` + ``train(config, resume_from=last.pt)`` continue an interrupted one. Single
+process or under ``torchrun`` (DDP; rank 0 writes the outputs).
+
+Per epoch (epoch 0 = the head phase when the recipe has one) the model is evaluated on val through the runtime
+preprocessing, the best epoch is chosen by the recipe's ``select`` metric (balanced accuracy by default; ties
+broken by the positive class's average precision when there is one, then by the lower val loss), and ``best.pt``
+(on improvement) and ``last.pt`` (always, with the train state for ``--resume``) are written atomically, each
+already calibrated: temperature fitted on val and, with a positive class, the threshold for the target precision.
+
+The flow, one file per step: :mod:`~edgecls.train.session` (data, model, run folder) →
+:mod:`~edgecls.train.linear_head` (epoch 0) → :mod:`~edgecls.train.epoch` (fine-tuning epochs, eval passes) →
+:mod:`~edgecls.train.selection` + :mod:`~edgecls.train.history` (judge, record, stop) →
+:mod:`~edgecls.train.outputs` (checkpoints, metrics.csv) → :mod:`~edgecls.train.report` (summary, plots).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from edgecls.core.errors import InputError
+from edgecls.train import distributed as D
+from edgecls.train.config import RESUMABLE_CHANGES, TrainConfig
+from edgecls.train.epoch import EpochRunner, FineTune, make_optimizer
+from edgecls.train.history import RunState, fmt
+from edgecls.train.linear_head import head_phase
+from edgecls.train.outputs import write_epoch
+from edgecls.train.report import TrainResult, finish
+from edgecls.train.selection import judge
+from edgecls.train.session import BadImages, RunSetup, prepare
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """One run. :meth:`run` builds the :class:`RunSetup` (fixed), the :class:`RunState` (what the run has done,
+    restored on resume), :class:`BadImages` and an :class:`EpochRunner`, then runs the two phases."""
+
+    def __init__(self, config: TrainConfig, ctx: D.DistContext, resume_from: Optional[Path] = None):
+        self.config = config
+        self.ctx = ctx
+        self.resume_from = resume_from
+
+    def run(self) -> TrainResult:
+        import torch
+
+        t0 = time.monotonic()
+        setup, model, ckpt = prepare(self.config, self.ctx, self.resume_from)
+        ts = (ckpt.train_state or {}) if ckpt is not None else {}
+        state = RunState.restore(ts, t0) if ckpt is not None else RunState(t0=t0)
+        bad = BadImages.recorded(self.ctx, setup.data) if ckpt is not None else BadImages(self.ctx)
+        scaler = torch.amp.GradScaler("cuda", enabled=setup.use_amp)
+        phases = _Phases(setup, state, bad, scaler)
+        start_epoch = int(ts.get("epoch", 0)) + 1 if ckpt is not None else 1
+        if ckpt is not None:
+            log.info("resuming %s at epoch %d of %d", setup.run_dir, start_epoch, setup.recipe.epochs)
+        try:
+            phases.run(model, start_epoch, ts, resumed=ckpt is not None)
+        except KeyboardInterrupt:
+            if self.ctx.is_main:
+                log.warning("interrupted: last.pt holds the last finished epoch; continue with --resume %s",
+                            setup.run_dir)
+            raise
+        result = finish(setup, state, bad)
+        D.barrier(self.ctx)
+        return result
+
+
+class _Phases:
+    """The head phase, then fine-tuning; every epoch ends in :meth:`end_epoch`."""
+
+    def __init__(self, setup: RunSetup, state: RunState, bad: BadImages, scaler) -> None:
+        self.setup, self.state, self.bad = setup, state, bad
+        self.runner = EpochRunner(setup, bad)
+        self.scaler = scaler
+        self.optimizer = None  # created by the fine-tuning phase
+
+    def run(self, model, start_epoch: int, ts: Dict[str, Any], resumed: bool) -> None:
+        cfg, r, state = self.setup.config, self.setup.recipe, self.state
+        stop = False
+        if r.head_max_iter > 0 and not state.head_done:  # phase 1: head on cached frozen features
+            if cfg.pretrained:
+                stop = self.head(model)
+            else:
+                log.info("--weights none: no pretrained features to cache, skipping the head phase")
+        if r.epochs == 0 and state.best_epoch < 0:
+            raise InputError("nothing to train: --epochs 0 and no head phase (it needs pretrained --weights)")
+        if start_epoch <= r.epochs and not stop:  # phase 2: fine-tune everything
+            self.finetune(model, start_epoch, ts.get("optimizer"), ts.get("scaler"))
+        elif resumed:
+            state.stop_reason = ts.get("stop_reason") if ts.get("stop_reason") != "running" else None
+            log.info("the run is already at epoch %d of %d: nothing to train, outputs refreshed",
+                     start_epoch - 1, r.epochs)
+
+    def head(self, model) -> bool:
+        row, logits, index = head_phase(self.runner, model, self.state.head_info)
+        self.state.head_done = True
+        return self.end_epoch(0, "head", row, logits, index, model)
+
+    def _fine_tune_setup(self, model, opt_state, scaler_state) -> FineTune:
+        import torch
+        from torch import nn
+
+        from edgecls.train.data import EpochSampler, TrainDataset, train_transform
+
+        setup, r, ctx = self.setup, self.setup.recipe, self.setup.ctx
+        for p in model.parameters():
+            p.requires_grad_(True)
+        ddp_model = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ddp_model = DDP(model, device_ids=[setup.device.index] if ctx.cuda else None)
+        self.optimizer = make_optimizer(model, r)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        if scaler_state is not None and setup.use_amp:
+            self.scaler.load_state_dict(scaler_state)
+        dataset = TrainDataset(setup.data.train, train_transform(r.crop_size, r.scale, r.hflip, setup.pspec))
+        sampler = EpochSampler(
+            setup.train_y, setup.num_classes, balanced=(r.balance == "sampler"),
+            num_samples=r.epoch_samples, seed=setup.config.seed, rank=ctx.rank, world_size=ctx.world_size,
+        )
+        weight = None
+        if r.balance == "weights":
+            weight = torch.as_tensor(setup.class_weights, dtype=torch.float32, device=setup.device)
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=r.label_smoothing)
+        return FineTune(ddp_model, self.optimizer, self.scaler, sampler, criterion, dataset)
+
+    def finetune(self, model, start_epoch: int, opt_state, scaler_state) -> None:
+        fit = self._fine_tune_setup(model, opt_state, scaler_state)
+        for epoch in range(start_epoch, self.setup.recipe.epochs + 1):
+            row = self.runner.train_epoch(fit, epoch)
+            t = time.monotonic()
+            logits, index = self.runner.run_eval(model, self.setup.data.val, f"val {epoch}")
+            row["seconds"] = round(row["seconds"] + time.monotonic() - t, 3)
+            if self.end_epoch(epoch, "finetune", row, logits, index, model):
+                log.info("stopping after epoch %d: %s", epoch, self.state.stop_reason)
+                break
+
+    def end_epoch(self, epoch: int, phase: str, row: Dict[str, Any], logits: np.ndarray, index: np.ndarray,
+                  model) -> bool:
+        """Judge and record an epoch, save best/last (rank 0); True when the run should stop (early/time)."""
+        setup, state = self.setup, self.state
+        j = judge(setup, logits, index)
+        improved = state.record(epoch, phase, row, j, logits, index,
+                                skipped=len(setup.data.skipped) + len(self.bad.paths))
+        stop = state.should_stop(epoch, phase, setup.config)
+        pk, rep = j.pos_index, j.report
+        log.info(
+            "epoch %d (%s): train loss %s acc %s | val loss %.4f acc %.4f balanced %.4f macro-F1 %.4f%s | %.1fs%s",
+            epoch, phase, fmt(row.get("train_loss")), fmt(row.get("train_acc")), j.val_loss, rep.accuracy,
+            rep.balanced_accuracy, rep.macro_f1,
+            f" {setup.config.positive} P/R {rep.per_class[pk].precision:.3f}/{rep.per_class[pk].recall:.3f}"
+            if pk is not None else "", row.get("seconds", 0.0), "  * best" if improved else "",
+        )
+        if setup.ctx.is_main:
+            write_epoch(setup, state, self.bad, epoch, phase, model, logits, index, improved, self.optimizer,
+                        self.scaler)
+        return stop
+
+
+# ------------------------------------------------------------------------------------------------- API
+
+
+def train(config: TrainConfig, resume_from: Optional[os.PathLike] = None) -> TrainResult:
+    """Train (or, with ``resume_from`` = a ``last.pt``, continue) one run. Sets up / tears down torchrun's DDP."""
+    ctx = D.setup(config.device)
+    try:
+        return Trainer(config, ctx, Path(resume_from) if resume_from is not None else None).run()
+    finally:
+        D.cleanup(ctx)
+
+
+def resume_config(path_or_run: os.PathLike, **changes: Any) -> Tuple[TrainConfig, Path]:
+    """The stored config of an interrupted run and its ``last.pt``, with the allowed ``changes`` applied.
+
+    ``changes`` may only touch :data:`~edgecls.train.config.RESUMABLE_CHANGES` (``epochs``, ``workers``,
+    ``device``, ``progress``, ``max_minutes``, ``patience``); anything else that differs is refused.
+    """
+    from edgecls.reference.checkpoint import CheckpointError, load_checkpoint
+
+    p = Path(path_or_run).expanduser()
+    last = p / "last.pt" if p.is_dir() else p
+    if not last.is_file():
+        what = "does not exist" if not p.exists() else "has no last.pt"
+        raise CheckpointError(f"--resume {p} {what} (expected a run folder holding last.pt, or a last.pt)")
+    ckpt = load_checkpoint(last)
+    ts = ckpt.train_state
+    if not ts or "config" not in ts:
+        raise CheckpointError(f"--resume {last}: this checkpoint has no train state (only a run's last.pt can resume)")
+    cfg = TrainConfig.from_dict(ts["config"])
+    recipe_changes = {k: v for k, v in changes.items() if v is not None and hasattr(cfg.recipe, k)}
+    cfg_changes = {k: v for k, v in changes.items() if v is not None and not hasattr(cfg.recipe, k)}
+    bad = [k for k in list(recipe_changes) + list(cfg_changes) if k not in RESUMABLE_CHANGES]
+    if bad:
+        raise InputError(
+            f"--resume continues the run with its own settings; these cannot change: {bad} "
+            f"(may change: {', '.join(RESUMABLE_CHANGES)})"
+        )
+    if recipe_changes:
+        cfg = cfg.replace(recipe=cfg.recipe.override(**recipe_changes))
+    if cfg_changes:
+        cfg = cfg.replace(**cfg_changes)
+    return cfg, last
