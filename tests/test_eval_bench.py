@@ -24,46 +24,14 @@ CROP = 32
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory, tiny_data):
     """(checkpoint path, onnx path, spec) of an untrained ResNet18 at 32 px whose predictions are mixed."""
-    import onnx
-    import torch
+    from models_helpers import make_tiny_checkpoint, plain_onnx, tiny_spec
 
-    from edgecls.reference.checkpoint import Checkpoint, save_checkpoint
-    from edgecls.reference.models import build_model, head_of
-    from edgecls.runtime.preprocess import load_image, preprocess
-    from edgecls.runtime.spec import METADATA_KEY, ModelSpec, PreprocessSpec
+    from edgecls.runtime.spec import PreprocessSpec
 
     out = tmp_path_factory.mktemp("tiny_models")
-    classes = ("mobile", "other")
-    spec = ModelSpec(
-        arch="resnet18", classes=classes, preprocess=PreprocessSpec(resize=36, crop=CROP), positive="mobile",
-        threshold=0.5, temperature=1.3,
-    )
-    torch.manual_seed(0)
-    model = build_model("resnet18", 2).eval()
-    files = sorted((tiny_data / "train").rglob("*.jpg"))
-    x = torch.from_numpy(preprocess([load_image(p) for p in files], spec.preprocess))
-    with torch.no_grad():
-        head = head_of(model, "resnet18")
-        head.weight.normal_(0, 0.3)
-        d = model(x)
-        head.bias[0] -= (d[:, 0] - d[:, 1]).median()  # half the images on each side
-    ckpt = out / "best.pt"
-    save_checkpoint(
-        Checkpoint(spec=spec, state_dict=model.state_dict(), versions={"torch": str(torch.__version__)}), ckpt
-    )
-    onnx_path = out / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose (opset 17)
-        torch.onnx.export(
-            model, torch.zeros(1, 3, CROP, CROP), str(onnx_path), dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    m = onnx.load(str(onnx_path))
-    p = m.metadata_props.add()
-    p.key, p.value = METADATA_KEY, spec.to_json(indent=None)
-    onnx.save(m, str(onnx_path))
-    return ckpt, onnx_path, spec
+    spec = tiny_spec(preprocess=PreprocessSpec(resize=36, crop=CROP), threshold=0.5, temperature=1.3)
+    ckpt = make_tiny_checkpoint(tiny_data, out / "best.pt", head="centred", spec=spec, record_data=False, epoch=0)
+    return ckpt, plain_onnx(ckpt, out / "model.onnx"), spec
 
 
 def _cli():

@@ -103,6 +103,7 @@ def _independent_parity(artifact: Path, ckpt_path: Path):
             float(np.mean(got.argmax(1) == y)), float(np.mean(ref.argmax(1) == y)))
 
 
+@pytest.mark.slow
 def test_every_artifact_exists_and_passed_parity(full_export, tiny_ckpt):
     from edgecls.core.fileio import file_sha256
 
@@ -208,6 +209,7 @@ def test_runtime_refuses_model_without_spec(full_export, tmp_path):
 # ---------------------------------------------------------------------------------------- calibration
 
 
+@pytest.mark.slow
 def test_calibration_cache_is_reused_and_keyed(full_export, tiny_ckpt, tmp_path):
     from edgecls.export.pipeline import ExportConfig, export_checkpoint
 
@@ -230,6 +232,7 @@ def test_calibration_cache_is_reused_and_keyed(full_export, tiny_ckpt, tmp_path)
     assert len(list((out / "calib_cache").glob("*.json"))) == 2
 
 
+@pytest.mark.slow
 def test_calibration_methods_really_differ(tiny_ckpt, tmp_path):
     from edgecls.export.calib import calib_from_checkpoint
     from edgecls.export.calib_ranges import CalibConfig, CalibrationImages, compute_ranges
@@ -271,6 +274,7 @@ def test_entropy_threshold_clips_a_sparse_tail_but_not_a_dense_range():
 # ----------------------------------------------------------------------------------------------- failures
 
 
+@pytest.mark.slow
 def test_impossible_tolerance_fails_loudly_and_keeps_the_earlier_export(full_export, tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "exp"
     shutil.copytree(full_export, out)
@@ -397,6 +401,7 @@ def test_calib_source_order(tiny_ckpt, tiny_data, tmp_path):
 # ---------------------------------------------------------------------------------------- no TensorRT
 
 
+@pytest.mark.slow
 def test_engine_without_tensorrt_exits_4_with_trtexec_line(tiny_ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt → ImportError
     out = tmp_path / "exp"

@@ -59,6 +59,7 @@ def _headless_state(arch: str, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_train_end_to_end_resnet18(tiny_data, tmp_path):
     run = tmp_path / "run"
     res = _cli(["--data", tiny_data, *TINY, "--epochs", "2", "--batch-size", "8", "--positive", "mobile",
@@ -136,6 +137,7 @@ def test_fast_recipe_head_phase_then_finetune(tiny_data, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_continues_and_matches_uninterrupted(tiny_data, tmp_path):
     common = ["--data", tiny_data, *TINY, "--recipe", "seed", "--batch-size", "8", "--workers", "0"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -362,6 +364,7 @@ def test_shared_mbv2_backbone_loads_with_head_missing(shared_mbv2, caplog):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_shared_mobile_trains_a_few_steps(shared_mobile, shared_mbv2, tmp_path):
     """Head phase on real photos (64 px) plus one short fine-tuning epoch of 64 samples.
 

@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from edgecls.reference.checkpoint import load_checkpoint
 from edgecls.reference.models import build_model
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes(tiny_data, tmp_path):
     torch.manual_seed(2)
     state = build_model("mobilenet_v3_small", 2, "none").state_dict()
