@@ -11,10 +11,12 @@ from typing import List, Optional
 import typer
 
 from edgecls import __version__
-from edgecls.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EdgeclsError
+from edgecls.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EdgeclsError, as_write_error
 from edgecls.evaluation.cli import bench_command, eval_command
 from edgecls.export.cli import build_engine_command, calib_sample_command, export_command
 from edgecls.runtime.cli import run_command
+from edgecls.runtime.doctor.cli import doctor_command
+from edgecls.runtime.serve.cli import serve_command
 from edgecls.train.cli import train_command
 
 app = typer.Typer(
@@ -48,8 +50,10 @@ app.command("export")(export_command)
 app.command("build-engine")(build_engine_command)
 app.command("calib-sample")(calib_sample_command)
 app.command("run")(run_command)
+app.command("serve")(serve_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
+app.command("doctor")(doctor_command)
 
 
 @app.command("demo")
@@ -69,9 +73,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except EdgeclsError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into Terminated (exit 143)
+        code = getattr(e, "exit_code", EXIT_INTERRUPTED)
+        typer.echo("terminated (SIGTERM)" if code != EXIT_INTERRUPTED else "interrupted", err=True)
+        sys.exit(code)
     except SystemExit:
         raise
     except typer.Abort:
@@ -79,7 +84,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as e:  # usage errors (click's, or the copy newer typer vendors): they carry exit_code/show()
         code = getattr(e, "exit_code", None)
         if code is None or not hasattr(e, "show"):
-            logging.getLogger("edgecls").exception("unexpected error")
+            disk = as_write_error(e)  # disk full / quota / read-only: a message and exit 8, not a bug report
+            if disk is not None:
+                typer.echo(f"error: {disk}", err=True)
+                logging.getLogger("edgecls").debug("write failed", exc_info=True)
+                sys.exit(disk.exit_code)
+            if getattr(_root, "verbose", 0):
+                logging.getLogger("edgecls").exception("unexpected error")
+            else:  # the README's promise: tracebacks only with -v
+                typer.echo(f"error: unexpected {type(e).__name__}: {e}\n(a bug: run again with -v for the traceback, "
+                           "and please report it)", err=True)
             sys.exit(EXIT_FAILURE)
         e.show()
         sys.exit(code)

@@ -83,8 +83,8 @@ def export_command(
     from edgecls.export.deploy import DeployConfig
     from edgecls.export.parity import Tolerances
     from edgecls.export.pipeline import ExportConfig, export_checkpoint
-    from edgecls.export.variants import parse_variants
     from edgecls.export.trt_plan import BatchProfile
+    from edgecls.export.variants import parse_variants
 
     tol = Tolerances(
         fp32_logit_rel=tol_fp32,

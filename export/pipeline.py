@@ -177,6 +177,11 @@ class _Exporter:
                 atomic.remove_quietly(tmp)
                 return report
             if report:
+                from edgecls.export.confidence import refit_artifact
+
+                spec = refit_artifact(self, tmp, spec, name)  # its own sets/OOD/threshold, on its own outputs
+                embed_spec(proto, spec)
+                tmp.write_bytes(proto.SerializeToString())
                 atomic.publish(tmp, final)
                 write_sidecar(final, spec)
                 atomic.remove_quietly(final.with_name(final.name + ".failed"))
@@ -211,6 +216,9 @@ class _Exporter:
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {os.fspath(self.out)!r} exists and is not a folder")
         self.out.mkdir(parents=True, exist_ok=True)
+        self.prepare_out()
+        # an empty or missing --calib is refused now, not after the FP32 export and the parity runs
+        self.calib_set = self.resolve_calib() if (cfg.int8 or "int8" in cfg.engines) else None
         model = ckpt.build_model()
         self.data = self.timed("load parity images", lambda: (
             parity_data_from_folder(cfg.parity_data, ckpt.spec, cfg.parity_count) if cfg.parity_data is not None
@@ -259,15 +267,31 @@ class _Exporter:
                             dict(self.timings), parity_json, calib_set, calibration, tuple(engines),
                             tuple(self.warnings), engine_error, tuple(deployed))
 
-    def int8(self, fp32, forms: Sequence[str]):
+    def prepare_out(self) -> None:
+        """The export folder made this checkpoint's: another checkpoint's artifacts moved to ``stale/<sha>/``
+        (:mod:`edgecls.export.stale`), temp files of an export that was killed mid-write removed."""
+        from edgecls.export.stale import set_aside_foreign
+
+        self.warnings.extend(set_aside_foreign(self.out, self.sha))
+        orphans = atomic.remove_orphan_temps(self.out)
+        if orphans:
+            log.warning("removed %d temp file(s) an interrupted export left in %s: %s", len(orphans), self.out,
+                        ", ".join(p.name for p in orphans))
+
+    def resolve_calib(self):
         from edgecls.export.calib import resolve_calib_set
+
+        cfg = self.cfg
+        return resolve_calib_set(cfg.calib, cfg.calib_count, self.ckpt.data, self.spec.classes, cfg.seed,
+                                 cfg.calib_default_dir)
+
+    def int8(self, fp32, forms: Sequence[str]):
         from edgecls.export.calib_cache import calibrate
         from edgecls.export.calib_ranges import CalibConfig, CalibrationImages
         from edgecls.export.quantize import keep_fp32_ladder, preprocess_for_quantization, quantize
 
         cfg = self.cfg
-        calib_set = resolve_calib_set(cfg.calib, cfg.calib_count, self.ckpt.data, self.spec.classes, cfg.seed,
-                                      cfg.calib_default_dir)
+        calib_set = self.calib_set if getattr(self, "calib_set", None) is not None else self.resolve_calib()
         for w in calib_set.warnings():
             log.warning("%s", w)
             self.warnings.append(w)
@@ -302,8 +326,8 @@ class _Exporter:
                 notes.append(f"{label} failed parity ({'; '.join(report.failures)}); retrying with "
                              f"{ladder[i + 1][0]} (--int8-keep-fp32 auto)")
                 log.warning("%s: %s", name, notes[-1])
-            self.extra[name] = {"form": form, "calib_method": calibration.method,
-                                "kept_fp32": list(qinfo.excluded), "ops": qinfo.op_counts}
+            self.extra.setdefault(name, {}).update({"form": form, "calib_method": calibration.method,
+                                                     "kept_fp32": list(qinfo.excluded), "ops": qinfo.op_counts})
             self.reports.append(report)
         return calib_set, calibration
 
@@ -338,6 +362,11 @@ class _Exporter:
             spec = read_sidecar(res.path)
             report = check_artifact(res.path.name, res.path, precision, self.reference, self.data, spec,
                                     cfg.tolerances, device="auto")
+            if report:
+                from edgecls.export.confidence import refit_artifact
+                from edgecls.export.metadata import write_sidecar
+
+                write_sidecar(res.path, refit_artifact(self, res.path, spec, res.path.name, device="auto"))
             self.reports.append(report)
         return results, ("\n".join(errors) if errors else None)
 

@@ -1,4 +1,4 @@
-"""INT8 Q/DQ models from calibrated ranges (:mod:`edgecls.export.calib_cache`), in two forms.
+"""INT8 Q/DQ models from calibrated ranges (:mod:`edgecls.export.calib_cache`), in two forms, with float outputs.
 
 Forms (both ``QuantFormat.QDQ``, per-channel INT8 weights):
 
@@ -7,8 +7,11 @@ Forms (both ``QuantFormat.QDQ``, per-channel INT8 weights):
   TensorRT 8.x does not take INT8 weight initializers) and FP32 bias (TensorRT has no INT32 bias dequantize).
 - ``int8-cpu`` — fast on onnxruntime's CPU provider: uint8 activations (asymmetric), int8 weights, int32 bias.
 
-The ranges reach ``quantize_static`` through its calibration cache (no calibration data reader). Which nodes stay
-FP32 when full INT8 fails parity: :func:`keep_fp32_ladder`.
+Float outputs (:func:`float_outputs`): nothing after the last Conv/Gemm/MatMul is quantized in either form, so
+the logits — and the probabilities a user is told — are not confined to 256 levels. Layers kept in higher
+precision (FP32 in the ONNX; TensorRT may run them in FP16) are chosen by :mod:`edgecls.export.sensitivity`
+(``--int8-keep-fp32 auto``) or given by :func:`fixed_keep_set`. The ranges reach ``quantize_static`` through its
+calibration cache (no calibration data reader).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 INT8_FORMS = ("int8-qdq", "int8-cpu")
 KEEP_FP32_CHOICES = ("auto", "none", "ends", "depthwise", "depthwise+ends")
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 def preprocess_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's quant_pre_process (optimization + shape inference), unused opset imports pruned."""
@@ -55,7 +59,7 @@ def prune_opset_imports(model: onnx.ModelProto) -> None:
 def sensitive_nodes(model: onnx.ModelProto) -> List[str]:
     """The first layer (the Conv/Gemm/MatMul fed by the graph input) and the last (the one the output comes
     from, through Reshape/Flatten-like nodes): the usual INT8 accuracy suspects."""
-    weighted = ("Conv", "Gemm", "MatMul")
+    weighted = WEIGHTED_OPS
     nodes = list(model.graph.node)
     inp = model.graph.input[0].name
     first = next((n for n in nodes if n.op_type in weighted and inp in n.input), None)
@@ -79,12 +83,14 @@ def depthwise_convs(model: onnx.ModelProto) -> List[str]:
     return out
 
 
-def keep_fp32_ladder(model: onnx.ModelProto, choice: str) -> List[Tuple[str, Tuple[str, ...]]]:
-    """The exclusion sets to try, in order: ``[(label, node names kept FP32), ...]``.
+def weighted_nodes(model: onnx.ModelProto) -> List[str]:
+    """Names of the Conv/Gemm/MatMul nodes (the layers INT8 is about), in graph order."""
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.name]
 
-    ``auto`` tries full INT8 first, then the first/last layer, then depthwise convolutions, then both; the first
-    that passes parity is kept (and reported). The other choices give exactly one attempt.
-    """
+
+def fixed_keep_set(model: onnx.ModelProto, choice: str) -> Tuple[str, Tuple[str, ...]]:
+    """``(label, node names kept in higher precision)`` for a fixed ``--int8-keep-fp32`` choice (not ``auto``,
+    which :mod:`edgecls.export.sensitivity` decides on measurements)."""
     ends = tuple(sensitive_nodes(model))
     dw = tuple(depthwise_convs(model))
     options = {
@@ -94,18 +100,88 @@ def keep_fp32_ladder(model: onnx.ModelProto, choice: str) -> List[Tuple[str, Tup
         "depthwise+ends": (f"{len(dw)} depthwise convs and the first/last layer in FP32",
                            tuple(dict.fromkeys(dw + ends))),
     }
-    if choice != "auto":
-        if choice not in options:
-            raise InputError(f"--int8-keep-fp32 {choice!r} is not one of {', '.join(KEEP_FP32_CHOICES)}")
-        return [options[choice]]
-    ladder, seen = [], set()
-    for key in ("none", "ends", "depthwise", "depthwise+ends"):
-        label, nodes = options[key]
-        if nodes in seen or (key != "none" and not nodes):
+    if choice not in options:
+        raise InputError(f"--int8-keep-fp32 {choice!r} is not one of {', '.join(KEEP_FP32_CHOICES)}")
+    return options[choice]
+
+
+# ----------------------------------------------------------------------------------------- float outputs
+
+
+def _tail_nodes(model: onnx.ModelProto) -> List[int]:
+    """Indices of the nodes after the last weighted node on every path to a graph output."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    stack, seen, tail = [o.name for o in model.graph.output], set(), set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t not in producer:
             continue
-        seen.add(nodes)
-        ladder.append((label, nodes))
-    return ladder
+        seen.add(t)
+        i = producer[t]
+        if nodes[i].op_type in WEIGHTED_OPS:
+            continue
+        tail.add(i)
+        stack.extend(x for x in nodes[i].input if x)
+    return sorted(tail)
+
+
+def float_outputs(model: onnx.ModelProto) -> int:
+    """Remove every Q→DQ pair after the last weighted layer (in place); returns how many were removed.
+
+    quantize_static quantizes the Gemm's output too, which puts the logits through a QuantizeLinear: with
+    8 bits over the logit range, probabilities take a handful of values and near-ties become exact ties.
+    """
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    drop, removed = set(), 0
+    for i in _tail_nodes(model):
+        dq = nodes[i]
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        x, y = q.input[0], dq.output[0]
+        if y in outputs:  # keep the output's name: the float tensor takes it
+            _rename(model, x, y, skip=(id(q),))
+            x = y
+        for n in model.graph.node:
+            for j, name in enumerate(n.input):
+                if name == y and n is not dq:
+                    n.input[j] = x
+        drop.add(id(dq))
+        if not any(q.output[0] in n.input for n in model.graph.node if id(n) not in drop and n is not q):
+            drop.add(id(q))
+        removed += 1
+    keep = [n for n in model.graph.node if id(n) not in drop]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {x for n in keep for x in n.input}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    return removed
+
+
+def _rename(model: onnx.ModelProto, old: str, new: str, skip: Tuple[int, ...] = ()) -> None:
+    for n in model.graph.node:
+        for j, name in enumerate(n.output):
+            if name == old:
+                n.output[j] = new
+        if id(n) in skip:
+            continue
+        for j, name in enumerate(n.input):
+            if name == old:
+                n.input[j] = new
+    for v in model.graph.value_info:
+        if v.name == old:
+            v.name = new
+
+
+def quantized_tail(model: onnx.ModelProto) -> List[str]:
+    """QuantizeLinear nodes after the last weighted layer (empty for edgecls's INT8 models)."""
+    nodes = list(model.graph.node)
+    return [nodes[i].name or nodes[i].output[0] for i in _tail_nodes(model) if nodes[i].op_type == "QuantizeLinear"]
 
 
 def _form_options(form: str):
@@ -147,6 +223,7 @@ class QuantizeInfo:
     method: str
     excluded: Tuple[str, ...]
     op_counts: Dict[str, int] = field(default_factory=dict)
+    float_outputs: int = 0  # Q/DQ pairs removed after the last weighted layer
 
 
 def quantize(
@@ -176,6 +253,7 @@ def quantize(
         )
         out = onnx.load(os.fspath(dst))
     prune_opset_imports(out)
+    removed = float_outputs(out)
     opset_after = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
     if opset_after != opset_before:
         raise RuntimeError(f"quantization changed the opset from {opset_before} to {opset_after}")
@@ -185,7 +263,7 @@ def quantize(
     if not counts.get("QuantizeLinear"):
         raise RuntimeError(f"{form}: quantization inserted no QuantizeLinear node; the model is not INT8")
     onnx.checker.check_model(out)
-    return out, QuantizeInfo(form, calibration.method, tuple(exclude), dict(sorted(counts.items())))
+    return out, QuantizeInfo(form, calibration.method, tuple(exclude), dict(sorted(counts.items())), removed)
 
 
 def zero_points(model: onnx.ModelProto) -> Dict[str, np.ndarray]:

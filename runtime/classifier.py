@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from edgecls.runtime.backends import load_backend
 from edgecls.runtime.backends.base import Backend
 from edgecls.runtime.decision import Decider, Prediction
 from edgecls.runtime.model_io import check_model_file, load_model_spec, model_kind
-from edgecls.runtime.preprocess import open_rgb, preprocess_one
+from edgecls.runtime.preprocess import as_rgb, open_rgb, preprocess_one
 from edgecls.runtime.spec import ModelSpec
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # path, HxWx3 uint8 array, or PIL image
@@ -28,10 +29,12 @@ ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # path, HxWx3 uint
 class Classifier:
     """A loaded model with its spec and decision rule. Use :meth:`load`; close it (or use ``with``) when done."""
 
-    def __init__(self, backend: Backend, spec: ModelSpec, threshold: Optional[float] = None, topk: int = 3) -> None:
+    def __init__(self, backend: Backend, spec: ModelSpec, threshold: Optional[float] = None, topk: int = 3,
+                 max_pixels: Optional[int] = None, coverage: Optional[float] = None) -> None:
         self.backend = backend
         self.spec = spec
-        self.decider = Decider(spec, threshold=threshold, topk=topk)
+        self.decider = Decider(spec, threshold=threshold, topk=topk, coverage=coverage)
+        self.max_pixels = max_pixels  # per image read from a path or PIL image; None: the loader's default
 
     @classmethod
     def load(
@@ -42,13 +45,19 @@ class Classifier:
         allow_fallback: bool = False,
         threshold: Optional[float] = None,
         topk: int = 3,
+        max_pixels: Optional[int] = None,
+        coverage: Optional[float] = None,
         **backend_options: Any,
     ) -> Classifier:
         """Load an exported ``.onnx`` (with its metadata) or a TensorRT ``.engine``/``.plan`` (with its sidecar).
 
         Raises InputError/SpecError (exit 2) for a model without metadata or whose input disagrees with it, and
         CapabilityError (exit 4) when the requested device/provider is not there (unless ``allow_fallback``).
-        ``backend_options`` go to the onnxruntime backend (``session_config``, ``trt_cache_dir``).
+        ``backend_options`` go to the onnxruntime backend (``session_config``, ``trt_cache_dir``). ``max_pixels``
+        bounds the pixels of an image read from a path or a PIL image (default
+        :data:`~edgecls.runtime.preprocess.DEFAULT_MAX_PIXELS`; 0: no bound). ``coverage``: the conformal
+        sets' coverage (default: the one the model carries); each :class:`Prediction` then has ``set`` and, with an
+        OOD threshold, ``unknown``.
         """
         p = check_model_file(path)
         spec = load_model_spec(p)  # refuse a model without metadata before any (slow) session or engine load
@@ -56,7 +65,7 @@ class Classifier:
             p, device=device, threads=threads, allow_fallback=allow_fallback, spec=spec, **backend_options
         )
         try:
-            return cls(backend, spec, threshold=threshold, topk=topk)
+            return cls(backend, spec, threshold=threshold, topk=topk, max_pixels=max_pixels, coverage=coverage)
         except Exception:
             backend.close()
             raise
@@ -76,9 +85,13 @@ class Classifier:
 
     # -- steps (the runner calls them separately to time and overlap them) ----------------------------------
     def prepare(self, image: ImageInput, bgr: bool = False, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """One image → float32 CHW with the model's preprocessing. Paths are read with Pillow (RGB)."""
+        """One image → float32 CHW with the model's preprocessing. Paths and PIL images go through the one image
+        loader's rules (:func:`~edgecls.runtime.preprocess.open_rgb`: upright, 8-bit RGB, bounded pixels); an
+        unreadable image raises :class:`~edgecls.runtime.preprocess.ImageReadError`, never a decoder's own error."""
         if isinstance(image, (str, os.PathLike)):
-            image, bgr = open_rgb(image), False  # a PIL image: fewer copies than an array
+            image, bgr = open_rgb(image, self.max_pixels), False  # a PIL image: fewer copies than an array
+        elif isinstance(image, Image.Image):
+            image, bgr = as_rgb(image, self.max_pixels), False
         return preprocess_one(image, self.spec.preprocess, bgr=bgr, out=out)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

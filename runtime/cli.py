@@ -5,14 +5,15 @@ from typing import List, Optional
 
 import typer
 
-from edgecls.core.errors import EXIT_INTERRUPTED
+MAX_PIXELS = 50_000_000  # = edgecls.runtime.preprocess.DEFAULT_MAX_PIXELS (not imported here: fast --help)
 
 
 def run_command(
     model: str = typer.Argument(..., help="Exported model: .onnx (with its metadata) or TensorRT .engine/.plan (with sidecar)."),
     sources: Optional[List[str]] = typer.Argument(
         None,
-        help="Image files, folders (recursive), globs, video files, csi://N, v4l2:///dev/videoN, rtsp://…, http(s)://…",
+        help="Image files, folders (recursive), globs, video files, csi://N, v4l2:///dev/videoN, rtsp://…, http(s)://…, "
+        "gst://PIPELINE (your own GStreamer pipeline ending in appsink)",
         show_default=False,
     ),
     camera: Optional[List[int]] = typer.Option(None, "--camera", help="V4L2 camera index (repeatable)."),
@@ -20,6 +21,9 @@ def run_command(
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: onnxruntime's)."),
     batch: int = typer.Option(1, help="Images per inference call for files and videos (live sources: 1)."),
     threshold: Optional[float] = typer.Option(None, help="Confidence threshold (default: the model's)."),
+    coverage: Optional[float] = typer.Option(
+        None, "--coverage", help="Conformal sets: each record's `set` holds the true label with this probability "
+        "(e.g. 0.9; default: the model's own). A set of one label is the decision, a larger one is 'uncertain'."),
     topk: int = typer.Option(3, help="How many classes to list per result."),
     smooth: int = typer.Option(1, help="Average probabilities over the last N frames of a video/live source."),
     fmt: str = typer.Option("jsonl", "--format", help="Output on stdout: jsonl | csv | table."),
@@ -31,18 +35,37 @@ def run_command(
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop each source after N frames."),
     workers: Optional[int] = typer.Option(None, help="Decode/preprocess threads (default: half the CPUs, 1 to 4)."),
     retries: int = typer.Option(5, help="Reopen attempts (exponential backoff) when a stream drops."),
+    open_timeout: float = typer.Option(20.0, "--open-timeout", help="Seconds a camera/stream may take to open and send "
+                                       "its first frame, else exit 5 (0: wait as long as OpenCV does)."),
+    rtsp_latency: int = typer.Option(200, "--rtsp-latency", help="rtsp://: jitter buffer in ms of the hardware-decode "
+                                     "GStreamer pipeline (lower: less delay, more risk of broken frames)."),
+    rtsp_codec: str = typer.Option("h264", "--rtsp-codec", help="rtsp://: what the camera sends, h264 | h265 (for the "
+                                   "hardware decoder)."),
+    loop: bool = typer.Option(False, "--loop", help="Replay video files and image folders from the start when they "
+                              "end (until Ctrl-C or --max-frames)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than "
+                                   "this, read from the header before decoding (decompression bombs; 0: no bound)."),
     probs: bool = typer.Option(False, "--probs", help="Add every class probability to each record."),
     summary: bool = typer.Option(True, "--summary/--no-summary", help="Print the run summary to stderr."),
     summary_json: Optional[str] = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="triton://HOST:PORT/MODEL: preprocess here, infer on "
+                                          "a Triton (or `edgecls serve`) server; MODEL file gives the spec."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics of the run "
+                                               "(frames, errors, reconnects, last-frame age) on this port (0: any)."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Interface of --metrics-port (0.0.0.0: "
+                                     "every interface)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
     Prints one JSON line per image/frame on stdout (or --format csv|table) and a summary on stderr.
-    Exit codes: 2 bad model/input, 4 missing capability (GPU provider, TensorRT, OpenCV), 5 camera/stream
-    cannot open, 130 interrupted (the summary is still printed).
+    Exit codes: 0 every input classified, 2 bad model/input, 4 missing capability (GPU provider, TensorRT,
+    OpenCV), 5 camera/stream cannot open, 6 some inputs failed (error records), 7 nothing classified or a live
+    source lost, 130 Ctrl-C, 143 SIGTERM (both: the summary is printed and --save outputs finalized). A run put in
+    the background by a script ignores SIGINT (POSIX shells do that): stop it with SIGTERM (`kill PID`).
     """
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
+    from edgecls.runtime.run.signals import sigterm_as_interrupt
     from edgecls.runtime.run.stats import write_summary_json
 
     cfg = RunConfig(
@@ -53,6 +76,7 @@ def run_command(
         threads=threads,
         batch=batch,
         threshold=threshold,
+        coverage=coverage,
         topk=topk,
         smooth=smooth,
         fmt=fmt,
@@ -62,11 +86,21 @@ def run_command(
         max_frames=max_frames,
         workers=workers,
         retries=retries,
+        open_timeout=None if open_timeout == 0 else open_timeout,
+        rtsp_latency=rtsp_latency,
+        rtsp_codec=rtsp_codec,
+        loop=loop,
         probs=probs,
         summary=summary,
+        max_pixels=max_pixels,
+        backend=backend,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
-    stats = run(cfg)
-    if summary_json:
-        write_summary_json(stats, summary_json)
-    if stats.interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
+    with sigterm_as_interrupt():
+        stats = run(cfg)
+        if summary_json:
+            write_summary_json(stats, summary_json)
+    code = stats.exit_code()  # 0 / 6 some failed / 7 nothing or a source lost / 130 / 143 (edgecls.core.errors)
+    if code:
+        raise typer.Exit(code)

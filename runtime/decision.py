@@ -7,7 +7,12 @@ Rules (the same for ``edgecls run`` and :class:`edgecls.runtime.classifier.Class
 - with a positive class (one-vs-rest, e.g. "mobile"), ``p = P(positive)`` and the *decision* is ``"yes"`` when
   ``p >= threshold``, ``"no"`` when ``p < min(threshold, 1 - threshold)``, else ``"uncertain"``. Without a positive
   class the decision is the label;
-- ``smooth=N`` averages the probabilities of the last ``N`` frames of one live source before deciding.
+- ``smooth=N`` averages the probabilities of the last ``N`` frames of one live source before deciding;
+- with the confidence an artifact carries (``spec.confidence``, :mod:`edgecls.runtime.confidence`): ``set`` is the
+  conformal set of labels that holds the true one with probability ``>= coverage`` (default: the artifact's, e.g.
+  0.9); without a positive class the decision is that label when the set has exactly one, else ``"uncertain"``.
+  ``unknown`` is true when the OOD score is beyond the threshold fitted on in-catalog images, and then the
+  decision is ``"unknown"`` (whatever the class). Artifacts without it decide as above and have no set.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from edgecls.core.errors import InputError
 from edgecls.runtime.spec import ModelSpec
 
 UNCERTAIN = "uncertain"
+UNKNOWN = "unknown"
 YES = "yes"
 NO = "no"
 
@@ -41,6 +47,9 @@ class Prediction:
     positive: Optional[str] = None
     p_positive: Optional[float] = None
     smoothed: int = 1  # how many frames were averaged (1 = this frame only)
+    set: Optional[Tuple[str, ...]] = None  # conformal set (most probable first); None: the model carries none
+    unknown: Optional[bool] = None  # beyond the OOD threshold; None: the model carries none
+    ood_score: Optional[float] = None
 
     @property
     def uncertain(self) -> bool:
@@ -58,6 +67,11 @@ class Prediction:
             d["p_positive"] = round(float(self.p_positive), ndigits)
         if self.smoothed > 1:
             d["smoothed"] = self.smoothed
+        if self.set is not None:
+            d["set"] = list(self.set)
+        if self.unknown is not None:
+            d["unknown"] = self.unknown
+            d["ood_score"] = round(float(self.ood_score), ndigits)
         if probs:
             d["probs"] = [round(p, ndigits) for p in self.probs]
         return d
@@ -104,7 +118,10 @@ class Smoother:
 class Decider:
     """Turns logits into :class:`Prediction` objects with the spec's temperature and a threshold."""
 
-    def __init__(self, spec: ModelSpec, threshold: Optional[float] = None, topk: int = 3) -> None:
+    def __init__(self, spec: ModelSpec, threshold: Optional[float] = None, topk: int = 3,
+                 coverage: Optional[float] = None) -> None:
+        from edgecls.runtime.confidence.rule import ConfidenceRule
+
         if UNCERTAIN in spec.classes:
             raise InputError(
                 f"the model has a class named {UNCERTAIN!r}, which the runtime reports for low-confidence results;"
@@ -118,6 +135,10 @@ class Decider:
         self.topk = min(int(topk), len(spec.classes))
         self.temperature = spec.temperature
         self.positive_index = spec.positive_index
+        self.confidence = ConfidenceRule(spec, coverage, threshold)
+        if self.confidence.ood is not None and UNKNOWN in spec.classes:
+            raise InputError(f"the model has a class named {UNKNOWN!r}, which the runtime reports beyond its OOD "
+                             "threshold; rename that class and retrain/re-export")
 
     def probabilities(self, logits: Any) -> np.ndarray:
         """``softmax(logits / temperature)``, float64 (N, C). Raises ValueError on non-finite logits.
@@ -137,7 +158,11 @@ class Decider:
             return logits.astype(np.float64)
         return softmax(logits, temperature=self.temperature)
 
-    def from_probs(self, probs: Sequence[float], smoothed: int = 1) -> Prediction:
+    def ood_scores(self, outputs: Any) -> Optional[np.ndarray]:
+        """The OOD score of each row of the model's outputs (None when the model carries no OOD threshold)."""
+        return self.confidence.ood_scores(outputs)
+
+    def from_probs(self, probs: Sequence[float], smoothed: int = 1, ood_score: Optional[float] = None) -> Prediction:
         p = np.asarray(probs, dtype=np.float64)
         order = np.argsort(-p, kind="stable")
         top = int(order[0])
@@ -150,6 +175,15 @@ class Decider:
             positive = self.spec.positive
         else:
             pp, decision, positive = None, label, None
+        members = self.confidence.sets(p)
+        label_set = None
+        if members is not None:
+            label_set = tuple(self.classes[int(i)] for i in order if members[0, int(i)])
+            if positive is None:
+                decision = label_set[0] if len(label_set) == 1 else UNCERTAIN
+        unknown = self.confidence.unknown(ood_score)
+        if unknown:
+            decision = UNKNOWN
         return Prediction(
             label=label,
             confidence=conf,
@@ -162,13 +196,19 @@ class Decider:
             positive=positive,
             p_positive=pp,
             smoothed=int(smoothed),
+            set=label_set,
+            unknown=unknown,
+            ood_score=None if ood_score is None else float(ood_score),
         )
 
     def decide(self, logits: Any) -> List[Prediction]:
-        return [self.from_probs(row) for row in self.probabilities(logits)]
+        probs = self.probabilities(logits)
+        ood = self.ood_scores(logits)
+        return [self.from_probs(row, ood_score=None if ood is None else float(ood[i])) for i, row in enumerate(probs)]
 
     def decision_names(self) -> Tuple[str, ...]:
         """All values a decision can take, in display order."""
+        tail = (UNKNOWN,) if self.confidence.ood is not None else ()
         if self.positive_index is not None:
-            return (YES, NO, UNCERTAIN)
-        return tuple(self.classes) + (UNCERTAIN,)
+            return (YES, NO, UNCERTAIN) + tail
+        return tuple(self.classes) + (UNCERTAIN,) + tail

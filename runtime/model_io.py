@@ -117,15 +117,9 @@ def load_model_spec(path: PathLike, metadata: Optional[Dict[str, str]] = None) -
     if kind == "onnx":
         meta = read_onnx_metadata(p) if metadata is None else metadata
         text = meta.get(METADATA_KEY)
-        sidecar_spec = _read_sidecar(p)
         if text is not None:
-            spec = _spec_from_json_text(text, f"ONNX metadata {METADATA_KEY!r} of {os.fspath(p)!r}")
-            if sidecar_spec is not None and sidecar_spec != spec:
-                log.warning(
-                    "the sidecar %s disagrees with the spec embedded in %s (%s); using the embedded one",
-                    side, p, ", ".join(f"{k}: {v[0]!r} vs {v[1]!r}" for k, v in _differences(spec, sidecar_spec).items()),
-                )
-            return spec
+            return _embedded_or_sidecar(p, text)
+        sidecar_spec = _read_sidecar(p)
         if sidecar_spec is not None:
             log.info("%s has no %r metadata; using the sidecar %s", p, METADATA_KEY, side)
             return sidecar_spec
@@ -141,5 +135,33 @@ def load_model_spec(path: PathLike, metadata: Optional[Dict[str, str]] = None) -
             f"TensorRT engine {os.fspath(p)!r} needs its sidecar {os.fspath(side)!r} (engines carry no metadata): "
             "it holds the classes, preprocessing, temperature and threshold. Build engines with `edgecls build-engine`, "
             "which writes it, or copy the ONNX model's sidecar to that name"
+        )
+    return spec
+
+
+def _embedded_or_sidecar(p: Path, text: str) -> ModelSpec:
+    """The spec embedded in the ONNX, checked against the sidecar: a valid one wins over a broken one (with a
+    warning), the embedded one wins when both are valid but disagree; both broken: the embedded one's error."""
+    side = sidecar_path(p)
+    try:
+        spec = _spec_from_json_text(text, f"ONNX metadata {METADATA_KEY!r} of {os.fspath(p)!r}")
+    except SpecError as embedded_error:
+        try:
+            sidecar_spec = _read_sidecar(p)
+        except (SpecError, InputError):
+            sidecar_spec = None
+        if sidecar_spec is None:
+            raise
+        log.warning("the spec embedded in %s is broken (%s); using the sidecar %s", p, embedded_error, side)
+        return sidecar_spec
+    try:
+        sidecar_spec = _read_sidecar(p)
+    except (SpecError, InputError) as e:
+        log.warning("ignoring the broken sidecar %s (%s); using the valid spec embedded in %s", side, e, p)
+        return spec
+    if sidecar_spec is not None and sidecar_spec != spec:
+        log.warning(
+            "the sidecar %s disagrees with the spec embedded in %s (%s); using the embedded one",
+            side, p, ", ".join(f"{k}: {v[0]!r} vs {v[1]!r}" for k, v in _differences(spec, sidecar_spec).items()),
         )
     return spec

@@ -13,13 +13,16 @@ temporaries). Each of these is bit-identical to the plain ``fromarray → resize
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from edgecls.runtime.spec import PreprocessSpec
+
+log = logging.getLogger(__name__)
 
 ImageLike = Union[np.ndarray, "Image.Image"]
 
@@ -31,26 +34,144 @@ _PIL_FILTERS = {
 
 
 class ImageReadError(OSError):
-    """An image file could not be read or decoded."""
+    """An image file could not be read or decoded: the one error type of the image loader, whatever the decoder
+    raised (Pillow's plugins raise OSError, ValueError, SyntaxError, struct.error, EOFError, MemoryError ...)."""
 
 
-def open_rgb(path: Union[str, os.PathLike]) -> Image.Image:
-    """Read an image file as a decoded RGB PIL image (file closed), as torchvision's ImageFolder loader does.
+#: What the loader decodes (Pillow format ids; content decides, not the extension). Other Pillow plugins (EPS runs
+#: Ghostscript, PSD, FITS, ICNS ...) are never reached from an image folder.
+FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP", "PPM")  # JPEG includes MPO (multi-picture phone JPEGs)
+
+#: Default bound on pixels per image, checked from the header before any pixel is decoded: 50 MP (a 48 MP phone
+#: photo fits; a 6 KB JPEG claiming 2700x65500 does not). ``--max-pixels`` / ``max_pixels`` change it; 0 = no bound
+#: (Pillow's own decompression-bomb limit still applies).
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _name(path: Union[str, os.PathLike, None]) -> str:
+    return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "(in-memory image)"
+
+
+def _check_size(im: Image.Image, max_pixels: Optional[int], where: str) -> None:
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageReadError(f"image {where} is empty ({w}x{h})")
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit and w * h > limit:
+        raise ImageReadError(
+            f"image {where} is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of {limit / 1e6:g} MP "
+            f"(a decompression bomb, or a genuine huge image: raise --max-pixels / max_pixels for it)"
+        )
+
+
+def _to_rgb(im: Image.Image, where: str) -> Image.Image:
+    """RGB with 8 bits per channel. 16-bit greyscale keeps its high byte (what Pillow does for 48-bit RGB PNGs),
+    instead of ``convert("RGB")``'s clipping at 255 (which saturates every 16-bit image)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _SIXTEEN_BIT or mode == "I":
+        a = np.asarray(im)
+        if mode == "I":  # 32-bit integers: 16-bit PNG/PGM data in older Pillows; anything wider is refused
+            lo, hi = (int(v) for v in im.getextrema())
+            if lo < 0 or hi > 65535:
+                raise ImageReadError(
+                    f"image {where} has 32-bit integer pixels ({lo}..{hi}); edgecls reads 8- and 16-bit images"
+                )
+        return Image.fromarray((a >> 8).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        raise ImageReadError(f"image {where} has 32-bit float pixels; edgecls reads 8- and 16-bit images")
+    return im.convert("RGB")
+
+
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _upright(im: Image.Image, where: str) -> Image.Image:
+    """Apply the EXIF orientation (phone photos tagged "rotate 90°") as ``ImageOps.exif_transpose`` does and as
+    every viewer shows the photo. The result carries no orientation any more (applying it twice is a no-op), and
+    the caller's image is never modified."""
+    try:
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception as e:  # a broken EXIF block: the pixels are fine, their orientation unknown
+        log.warning("image %s: EXIF orientation unreadable (%s: %s); using the pixels as stored",
+                    where, type(e).__name__, e)
+        return im
+    method = _TRANSPOSE.get(orientation)
+    if method is None:
+        return im
+    out = im.transpose(method)
+    for key in _EXIF_KEYS:
+        out.info.pop(key, None)
+    return out
+
+
+def _decoded(im: Image.Image, max_pixels: Optional[int], where: str) -> Image.Image:
+    _check_size(im, max_pixels, where)
+    im.load()
+    return _to_rgb(_upright(im, where), where)
+
+
+def open_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Image.Image:
+    """Read an image file as a decoded, upright, 8-bit RGB PIL image (file closed).
+
+    The one image loader of train, calibration, parity, eval and run: first frame only (GIF, TIFF pages), the
+    EXIF orientation applied, 16-bit greyscale scaled to 8 bits, at most ``max_pixels`` (default
+    :data:`DEFAULT_MAX_PIXELS`, checked from the header before decoding), only :data:`FORMATS`. Anything wrong
+    with the file raises :class:`ImageReadError` — never another exception type.
 
     :func:`preprocess` / :func:`preprocess_one` take it as it is, which skips two full-frame copies (into numpy
     and back into Pillow) compared with :func:`load_image`; the pixels are the same.
     """
+    where = _name(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im if im.mode == "RGB" else im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"cannot read image {os.fspath(path)!r}: {e}") from e
+        with Image.open(path, formats=FORMATS) as im:
+            return _decoded(im, max_pixels, where)
+    except ImageReadError:
+        raise
+    except Image.UnidentifiedImageError as e:
+        raise ImageReadError(f"cannot read image {where}: not a {', '.join(FORMATS)} image ({e})") from e
+    except Exception as e:  # a decoder fed hostile bytes can raise anything: it is this file's error
+        raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
 
 
-def load_image(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB, exactly as torchvision's ImageFolder loader does (PIL, convert RGB)."""
-    return np.asarray(open_rgb(path))
+def as_rgb(image: Image.Image, max_pixels: Optional[int] = None) -> Image.Image:
+    """A PIL image handed in by a caller (possibly not decoded yet: ``Image.open`` is lazy) made what
+    :func:`open_rgb` returns: decoded under the same guard, upright, 8-bit RGB; :class:`ImageReadError` if not."""
+    where = _name(getattr(image, "filename", None) or None)
+    try:
+        return _decoded(image, max_pixels, where)
+    except ImageReadError:
+        raise
+    except Exception as e:
+        raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+
+
+def probe_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Tuple[int, int]:
+    """``(width, height)`` from the header only (cheap), with :func:`open_rgb`'s format and size rules;
+    :class:`ImageReadError` when the file would be refused without even decoding it."""
+    where = _name(path)
+    try:
+        with Image.open(path, formats=FORMATS) as im:
+            _check_size(im, max_pixels, where)
+            return im.size
+    except ImageReadError:
+        raise
+    except Exception as e:
+        raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+
+
+def load_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (:func:`open_rgb`'s rules) — ImageFolder's loader plus EXIF."""
+    return np.asarray(open_rgb(path, max_pixels))
 
 
 def resized_size(width: int, height: int, resize: int) -> Tuple[int, int]:
@@ -67,9 +188,7 @@ def crop_box(width: int, height: int, crop: int) -> Tuple[int, int]:
 
 def _as_uint8_hwc(image: ImageLike) -> np.ndarray:
     if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return np.asarray(image)
+        return np.asarray(_to_rgb(image, _name(getattr(image, "filename", None) or None)))
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise TypeError(f"image arrays must be uint8, got {arr.dtype}")
@@ -126,7 +245,7 @@ def _pil_region(arr: np.ndarray, box: Tuple[float, float, float, float], c: int)
 def resize_crop(image: ImageLike, spec: PreprocessSpec) -> np.ndarray:
     """Resize + centre crop to ``crop x crop``, uint8 HxWx3, channel order unchanged."""
     if isinstance(image, Image.Image):  # PIL input is resampled as it is: no round trip through numpy
-        pil = image if image.mode == "RGB" else image.convert("RGB")
+        pil = image if image.mode == "RGB" else _to_rgb(image, _name(getattr(image, "filename", None) or None))
         arr = None
         w, h = pil.size
         if w < 1 or h < 1:

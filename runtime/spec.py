@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from edgecls.core.errors import InputError
+from edgecls.runtime.confidence.fitted import ConfidenceSpec
 
 SPEC_FORMAT = "edgecls.modelspec/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,6 +107,8 @@ class ModelSpec:
     output: str = "logits"  # "probs": the graph ends in softmax(logits / temperature) (export --variants probs)
     source_sha256: Optional[str] = None
     edgecls_version: str = ""
+    # conformal scores, OOD threshold, precision guarantee fitted on this artifact's outputs (None: not fitted)
+    confidence: Optional[ConfidenceSpec] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -130,6 +133,14 @@ class ModelSpec:
         _check(self.output in OUTPUTS, f"spec.output {self.output!r} is not one of {OUTPUTS}")
         if isinstance(self.preprocess, dict):
             object.__setattr__(self, "preprocess", PreprocessSpec.from_dict(self.preprocess))
+        if isinstance(self.confidence, dict):
+            try:
+                object.__setattr__(self, "confidence", ConfidenceSpec.from_dict(self.confidence))
+            except InputError as e:
+                raise SpecError(str(e)) from e
+        g = self.confidence.guarantee if self.confidence is not None else None
+        _check(g is None or g.positive == self.positive,
+               f"spec.confidence.guarantee is for {getattr(g, 'positive', None)!r}, spec.positive is {self.positive!r}")
 
     @property
     def num_classes(self) -> int:
@@ -152,6 +163,10 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
         d["preprocess"] = self.preprocess.to_dict()
+        if self.confidence is not None:
+            d["confidence"] = self.confidence.to_dict()
+        else:  # specs without it read as before
+            del d["confidence"]
         if self.output == "logits":  # the default stays out: specs of plain exports read as before
             del d["output"]
         d["format"] = SPEC_FORMAT

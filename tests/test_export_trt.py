@@ -11,17 +11,10 @@ import numpy as np
 import pytest
 
 from edgecls.core.errors import CapabilityError, InputError
-from edgecls.export.tensorrt import (
-    BatchProfile,
-    build_engine,
-    build_plan,
-    build_serialized,
-    choose_onnx,
-    engine_name,
-    gpu_compute_capability,
-    parse_version,
-    trtexec_command,
-)
+from edgecls.export.tensorrt import build_engine, build_serialized
+from edgecls.export.trt_plan import BatchProfile, build_plan, choose_onnx, engine_name, trtexec_command
+from edgecls.runtime.backends.cuda import gpu_compute_capability
+from edgecls.runtime.backends.engine_record import parse_version, read_record
 from edgecls.runtime.spec import ModelSpec, PreprocessSpec
 
 onnx = pytest.importorskip("onnx")
@@ -115,7 +108,7 @@ def test_trtexec_lines_per_version():
 class FakeTrt(types.ModuleType):
     """Just enough of the tensorrt Python API to watch what edgecls asks of each version."""
 
-    def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True) -> None:
+    def __init__(self, version: str, parse_ok: bool = True, build_ok: bool = True, dla_cores: int = 2) -> None:
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls = []
@@ -132,7 +125,9 @@ class FakeTrt(types.ModuleType):
         if major >= 10:
             flags["STRONGLY_TYPED"] = 1
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
-        self.BuilderFlag = types.SimpleNamespace(**({"FP16": 0, "INT8": 1} if major < 11 else {"DEBUG": 7}))
+        builder_flags = {"FP16": 0, "INT8": 1} if major < 11 else {"DEBUG": 7}
+        self.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK=3, **builder_flags)
+        self.DeviceType = types.SimpleNamespace(GPU=0, DLA=1)
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
         self.Logger = Logger
 
@@ -153,6 +148,11 @@ class FakeTrt(types.ModuleType):
             def set_flag(self, f):
                 calls.append(("flag", f))
 
+            def __setattr__(self, name, value):
+                if name in ("default_device_type", "DLA_core"):
+                    calls.append((name, value))
+                object.__setattr__(self, name, value)
+
             def add_optimization_profile(self, p):
                 calls.append(("profile", p.shapes))
 
@@ -171,6 +171,8 @@ class FakeTrt(types.ModuleType):
                 self.shapes = (name, tuple(mn), tuple(op), tuple(mx))
 
         class Builder:
+            num_DLA_cores = dla_cores
+
             def __init__(self, logger):
                 pass
 
@@ -320,3 +322,103 @@ def test_keep_fp32_ladder(tmp_path):
     assert keep_fp32_ladder(m, "depthwise")[0][1] == ("dw",)
     with pytest.raises(InputError, match="--int8-keep-fp32"):
         keep_fp32_ladder(m, "everything")
+
+
+# --------------------------------------------------------------------------------------------------- DLA
+
+
+def test_dla_flags_in_the_build_plan():
+    p8 = build_plan("8.5.2.2", "fp16", "fp32", dla_core=0, gpu_fallback=True)
+    assert p8.device == "dla:0" and p8.network_flags == ("EXPLICIT_BATCH",)
+    assert p8.builder_flags == ("FP16", "GPU_FALLBACK")
+    assert build_plan("8.5.2", "int8", "int8-qdq", dla_core=1).builder_flags == ("INT8", "FP16")  # DLA has no FP32
+    p10 = build_plan("10.3.0", "int8", "int8-qdq", dla_core=0)
+    assert p10.network_flags == () and p10.builder_flags == ("INT8", "FP16") and "weak typing" in p10.notes[0]
+    assert build_plan("10.3.0", "fp16", "fp16", dla_core=0).builder_flags == ("FP16",)
+    p11 = build_plan("11.4.1", "fp16", "fp16", dla_core=0, gpu_fallback=True)
+    assert p11.strongly_typed and p11.builder_flags == ("GPU_FALLBACK",)
+    assert build_plan("10.3.0", "fp16", "fp16").device == "gpu"
+    with pytest.raises(InputError, match="FP16 and INT8 only"):
+        build_plan("10.3.0", "fp32", "fp32", dla_core=0)
+    with pytest.raises(InputError, match="needs --dla N"):
+        build_plan("10.3.0", "fp16", "fp16", gpu_fallback=True)
+    with pytest.raises(InputError, match="DLA core index"):
+        build_plan("10.3.0", "fp16", "fp16", dla_core=-1)
+    for no_dla in ("10.8.0", "10.13.3", "11.0.0", "11.4.0"):
+        with pytest.raises(CapabilityError, match="no DLA"):
+            build_plan(no_dla, "fp16", "fp16", dla_core=0)
+
+
+def test_dla_is_part_of_the_cache_key_and_the_trtexec_line():
+    prof = BatchProfile(1, 1, 1)
+    gpu = engine_name("model", "int8", "10.3.0", "8.7", prof, "ab" * 32)
+    dla0 = engine_name("model", "int8", "10.3.0", "8.7", prof, "ab" * 32, dla_core=0)
+    dla0gf = engine_name("model", "int8", "10.3.0", "8.7", prof, "ab" * 32, dla_core=0, gpu_fallback=True)
+    dla1 = engine_name("model", "int8", "10.3.0", "8.7", prof, "ab" * 32, dla_core=1)
+    assert dla0 == "model_int8_trt10.3.0_sm87_b1-1-1_dla0_abababababab.engine"
+    assert len({gpu, dla0, dla0gf, dla1}) == 4 and dla0gf.endswith("_dla0gf_abababababab.engine")
+    line = trtexec_command("m.onnx", "m.engine", "int8", "input", 224, prof, 10, dla_core=0, gpu_fallback=True)
+    assert "--int8 --fp16 --useDLACore=0 --allowGPUFallback" in line and "--stronglyTyped" not in line
+    assert "--useDLACore=1" in trtexec_command("m.onnx", "e", "fp16", "input", 64, prof, 8, dla_core=1)
+
+
+def test_fake_dla_build_configures_the_core(tmp_path):
+    calls, _, _ = _plan_calls_dla("10.3.0", "int8", "int8-qdq", dla_core=1, gpu_fallback=True)
+    assert ("default_device_type", 1) in calls and ("DLA_core", 1) in calls
+    assert ("flag", 3) in calls and ("flag", 1) in calls  # GPU_FALLBACK, INT8
+    plan = build_plan("10.3.0", "fp16", "fp16", dla_core=1)
+    with pytest.raises(CapabilityError, match="has 0 DLA cores"):
+        build_serialized(FakeTrt("10.3.0", dla_cores=0), plan, b"x", "input", 8, BatchProfile(1, 1, 1), 64, None)
+    with pytest.raises(CapabilityError, match="has 1 DLA core "):
+        build_serialized(FakeTrt("10.3.0", dla_cores=1), plan, b"x", "input", 8, BatchProfile(1, 1, 1), 64, None)
+
+
+def _plan_calls_dla(version, precision, onnx_precision, **dla):
+    trt = FakeTrt(version)
+    plan = build_plan(version, precision, onnx_precision, **dla)
+    engine, cache = build_serialized(trt, plan, b"onnx", "input", 32, BatchProfile(1, 1, 1), 256, None)
+    return trt.calls, engine, cache
+
+
+def test_build_engine_for_dla_records_it_and_needs_a_fixed_batch(tmp_path):
+    q = _tiny_onnx(tmp_path / "model_int8_qdq.onnx", precision="int8-qdq")
+    trt = FakeTrt("10.3.0")
+    with pytest.raises(InputError, match="fixed batch"):
+        build_engine(q, trt_module=trt, compute_capability="8.7", profile=BatchProfile(1, 1, 8), dla_core=0)
+    res = build_engine(q, trt_module=trt, compute_capability="8.7", profile=BatchProfile(1, 1, 1), dla_core=0,
+                       gpu_fallback=True)
+    assert "_dla0gf_" in res.path.name and res.plan.device == "dla:0"
+    rec = read_record(res.path)
+    assert (rec.dla_core, rec.gpu_fallback, rec.batch, rec.engine_bytes) == (0, True, (1, 1, 1), len(b"ENGINE"))
+    assert rec.builder_flags == ("INT8", "FP16", "GPU_FALLBACK") and rec.onnx_sha256 == res.onnx_sha256
+    again = build_engine(q, trt_module=trt, compute_capability="8.7", profile=BatchProfile(1, 1, 1), dla_core=0,
+                         gpu_fallback=True)
+    gpu = build_engine(q, trt_module=trt, compute_capability="8.7", profile=BatchProfile(1, 1, 1))
+    assert again.reused and not gpu.reused and gpu.path != res.path and trt.calls.count(("build",)) == 2
+
+
+def test_build_engine_without_tensorrt_gives_the_dla_lines(tmp_path, monkeypatch):
+    onnx_path = _tiny_onnx(tmp_path / "model.onnx")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(CapabilityError) as e:
+        build_engine(onnx_path, "fp16", profile=BatchProfile(1, 1, 1), dla_core=0, gpu_fallback=True)
+    msg = str(e.value)
+    assert "--precision fp16 --batch 1,1,1 --dla 0 --gpu-fallback" in msg
+    assert "--useDLACore=0 --allowGPUFallback" in msg and "TensorRT 8.5 (JetPack 5)" in msg
+
+
+def test_build_engine_command_with_dla_defaults_to_a_fixed_batch(tmp_path, monkeypatch, capsys):
+    from edgecls.cli import main
+
+    onnx_path = _tiny_onnx(tmp_path / "model_fp16.onnx", precision="fp16")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(SystemExit) as e:
+        main(["build-engine", str(onnx_path), "--dla", "1", "--gpu-fallback"])
+    err = capsys.readouterr().err
+    assert e.value.code == 4 and "--precision fp16 --batch 1,1,1 --dla 1 --gpu-fallback" in err
+    with pytest.raises(SystemExit) as e:
+        main(["build-engine", str(onnx_path), "--dla", "0", "--batch", "1,1,8"])
+    assert e.value.code == 2 and "fixed batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["build-engine", str(onnx_path), "--gpu-fallback"])
+    assert e.value.code == 2 and "needs --dla N" in capsys.readouterr().err

@@ -41,6 +41,9 @@ class FakeCapture:
     def release(self):
         self.released = True
 
+    def set(self, prop, value):
+        return True
+
 
 def drain(src: LiveSource, timeout: float = 2.0):
     out = []
@@ -307,3 +310,261 @@ def test_opencv_style_capture_times_decode_without_the_wait():
         assert f.bgr and f.image.shape == (8, 8, 3)
     finally:
         src.close()
+
+
+# ------------------------------------------------------ GStreamer pipelines, RTSP decode choice (fake cv2 builds)
+
+
+def fake_cv2(gstreamer: bool, opened: bool = False):
+    """A cv2 module stand-in: its build information says whether it has GStreamer; VideoCapture records its calls."""
+    import types
+
+    m = types.ModuleType("cv2")
+    m.__version__, m.__file__ = "4.8.0-fake", "/usr/lib/python3/dist-packages/cv2/__init__.py"
+    m.CAP_ANY, m.CAP_V4L2, m.CAP_FFMPEG, m.CAP_GSTREAMER = 0, 200, 1900, 1800
+    m.CAP_PROP_BUFFERSIZE, m.CAP_PROP_FPS, m.CAP_PROP_OPEN_TIMEOUT_MSEC, m.CAP_PROP_READ_TIMEOUT_MSEC = 38, 5, 53, 54
+    info = f"Video I/O:\n    FFMPEG:   YES\n    GStreamer:   {'YES (1.20.3)' if gstreamer else 'NO'}\n"
+    m.getBuildInformation = lambda: info
+    m.calls = []
+    m.VideoCapture = lambda *a: m.calls.append(a) or FakeCapture(n_ok=3, opened=opened)
+    return m
+
+
+@pytest.fixture()
+def elements(monkeypatch):
+    """Which GStreamer elements "exist" (the probe is faked; a real probe is tested below)."""
+    from edgecls.runtime.sources import gstreamer
+
+    present = set()
+    monkeypatch.setattr(gstreamer, "element_exists", lambda name: name in present)
+    return present
+
+
+JETSON_ELEMENTS = {"rtspsrc", "rtph264depay", "h264parse", "rtph265depay", "h265parse", "nvv4l2decoder", "nvvidconv"}
+
+
+def test_rtsp_uses_the_hardware_decoder_when_gstreamer_and_the_elements_exist(monkeypatch, elements, caplog):
+    from edgecls.runtime.sources.options import SourceOptions
+
+    cv2 = fake_cv2(gstreamer=True)
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    elements.update(JETSON_ELEMENTS)
+    src = parse_source("rtsp://admin:secret@10.0.0.9:554/h265", SourceOptions(rtsp_latency=50, rtsp_codec="h265"))
+    assert src.decoder == "nvv4l2decoder" and "secret" not in src.name
+    with pytest.raises(SourceError) as e:
+        src.start()
+    pipeline, api = cv2.calls[0]
+    assert api == cv2.CAP_GSTREAMER
+    assert pipeline == (
+        'rtspsrc location="rtsp://admin:secret@10.0.0.9:554/h265" latency=50 ! rtph265depay ! h265parse ! '
+        "nvv4l2decoder ! nvvidconv ! video/x-raw, format=(string)BGRx ! videoconvert ! "
+        "video/x-raw, format=(string)BGR ! appsink drop=true max-buffers=1 sync=false"
+    )
+    assert "secret" not in str(e.value) and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("gstreamer, present, why", [
+    (True, JETSON_ELEMENTS - {"nvv4l2decoder"}, "GStreamer element nvv4l2decoder not found"),
+    (False, JETSON_ELEMENTS, "this OpenCV has no GStreamer (pip's opencv wheels; JetPack's OpenCV has it)"),
+])
+def test_rtsp_falls_back_to_ffmpeg_with_one_warning_line(monkeypatch, elements, caplog, gstreamer, present, why):
+    from edgecls.runtime.sources.options import SourceOptions
+
+    cv2 = fake_cv2(gstreamer=gstreamer)
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    elements.update(present)
+    src = parse_source("rtsp://cam.local/stream", SourceOptions(open_timeout=3.0))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0] == f"rtsp://cam.local/stream: software decode through OpenCV's FFmpeg: {why}"
+    assert src.decoder == "opencv"
+    with pytest.raises(SourceError):
+        src.start()
+    # FFmpeg gets the open/read timeouts too, so an abandoned open ends inside OpenCV as well
+    assert cv2.calls[0] == ("rtsp://cam.local/stream", cv2.CAP_FFMPEG, [53, 3000, 54, 3000])
+
+
+def test_gst_pipeline_is_passed_through(monkeypatch, caplog):
+    cv2 = fake_cv2(gstreamer=True, opened=True)
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    text = ("gst://rtspsrc location=rtsp://u:pw@cam/s latency=0 ! rtph264depay ! h264parse ! nvv4l2decoder ! "
+            "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1")
+    src = parse_source(text)
+    assert "pw" not in src.name and src.name.startswith("gst://rtspsrc")
+    src.start()
+    try:
+        assert drain(src, timeout=1.0)
+    finally:
+        src.close()
+    assert cv2.calls[0] == (text[len("gst://"):], cv2.CAP_GSTREAMER) and set(cv2.calls) == {cv2.calls[0]}  # reopens
+    assert not [r for r in caplog.records if "no 'video/x-raw,format=BGR' caps" in r.getMessage()]
+
+
+def test_gst_pipeline_errors(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "cv2", fake_cv2(gstreamer=True))
+    with pytest.raises(InputError, match="must end with an appsink"):
+        parse_source("gst://videotestsrc ! autovideosink")
+    with pytest.raises(InputError, match="needs a GStreamer pipeline"):
+        parse_source("gst://  ")
+    parse_source("gst://videotestsrc ! appsink")
+    assert any("format=BGR" in r.getMessage() for r in caplog.records)
+    monkeypatch.setitem(sys.modules, "cv2", fake_cv2(gstreamer=False))
+    with pytest.raises(CapabilityError, match="GStreamer: NO") as e:
+        parse_source("gst://videotestsrc ! videoconvert ! video/x-raw,format=BGR ! appsink")
+    assert e.value.exit_code == 4 and "edgecls doctor" in str(e.value)
+
+
+def test_element_probe_asks_gst_inspect(tmp_path, monkeypatch):
+    """Without PyGObject the probe runs `gst-inspect-1.0 --exists NAME` (exit 0: the element exists)."""
+    from edgecls.runtime.sources import gstreamer
+
+    exe = tmp_path / "gst-inspect-1.0"
+    exe.write_text('#!/bin/sh\n[ "$1" = "--exists" ] && [ "$2" = "nvv4l2decoder" ] && exit 0\nexit 1\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(gstreamer, "_gi_find", lambda name: None)
+    monkeypatch.setattr(gstreamer, "_cache", {})
+    assert gstreamer.element_exists("nvv4l2decoder") is True
+    assert gstreamer.element_exists("nvvidconv") is False
+    assert gstreamer.missing_elements(["nvv4l2decoder", "nvvidconv"]) == ("nvvidconv",)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(gstreamer, "_cache", {})
+    assert gstreamer.element_exists("nvv4l2decoder") is None  # cannot ask: treated as missing
+
+
+# ------------------------------------------------------------------------------------------ --open-timeout
+
+
+def test_open_that_never_returns_is_abandoned_after_the_timeout():
+    release = threading.Event()
+    late = FakeCapture()
+
+    def opener():
+        release.wait(5.0)  # a server that accepted the connection and never answers
+        return late
+
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"no answer within 0\.3 s \(--open-timeout\)") as e:
+        LiveSource("rtsp://cam", opener, open_timeout=0.3).start()
+    assert time.monotonic() - t0 < 1.5 and e.value.exit_code == 5
+    release.set()
+    deadline = time.monotonic() + 2.0
+    while not late.released and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert late.released  # the capture that opened too late is not leaked
+
+
+def test_opened_stream_that_sends_no_frame_fails_within_the_timeout():
+    class Silent(FakeCapture):
+        def read(self):
+            time.sleep(5.0)
+            return False, None
+
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="sent no frame within 0.3 s"):
+        LiveSource("rtsp://cam", Silent, open_timeout=0.3).start()
+    assert time.monotonic() - t0 < 1.5
+    src = LiveSource("cam", FakeCapture, open_timeout=2.0).start()  # a working camera is unaffected
+    src.close()
+
+
+def test_real_rtsp_server_that_accepts_but_never_answers(monkeypatch):
+    """OpenCV's FFmpeg against a TCP server that accepts and stays silent: exit 5 within --open-timeout."""
+    import socket
+
+    pytest.importorskip("cv2")
+    from edgecls.runtime.sources import gstreamer
+    from edgecls.runtime.sources.options import SourceOptions
+
+    monkeypatch.setattr(gstreamer, "element_exists", lambda name: False)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    accepted = []
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])  # ... and never write a byte
+            except OSError:
+                continue
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        port = server.getsockname()[1]
+        src = parse_source(f"rtsp://127.0.0.1:{port}/live", SourceOptions(open_timeout=1.0))
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match=r"within 1 s \(--open-timeout\)") as e:
+            src.start()
+        assert e.value.exit_code == 5
+        assert time.monotonic() - t0 < 4.0
+    finally:
+        stop.set()
+        for c in accepted:
+            c.close()
+        server.close()
+
+
+def test_source_options_are_validated():
+    from edgecls.runtime.run.config import RunConfig
+    from edgecls.runtime.sources.options import SourceOptions
+
+    for bad in ({"open_timeout": 0}, {"open_timeout": -1}, {"rtsp_latency": -5}, {"rtsp_codec": "mjpeg"}):
+        with pytest.raises(InputError):
+            SourceOptions(**bad)
+    with pytest.raises(InputError, match="--rtsp-codec"):
+        RunConfig(model="m.onnx", sources=("x",), rtsp_codec="vp9")
+    opts = RunConfig(model="m.onnx", sources=("x",), retries=2, loop=True).source_options()
+    assert opts.retry.retries == 2 and opts.loop and opts.open_timeout == 20.0
+
+
+# ------------------------------------------------------------------------------------------ --loop
+
+
+def test_loop_replays_a_video_and_an_image_folder(tmp_path):
+    pytest.importorskip("cv2")
+    from edgecls.runtime.sources.options import SourceOptions
+
+    path = write_video(tmp_path / "v.avi", n=4)
+    src = parse_source(str(path), SourceOptions(loop=True))
+    got = []
+    for f in src.frames():
+        got.append((f.frame, int(f.image[0, 0, 0])))
+        if len(got) == 10:
+            break
+    assert [g[0] for g in got] == list(range(10))  # frame numbers keep counting across passes
+    assert [g[1] for g in got][4:8] == [g[1] for g in got][:4] and src.passes == 2
+    write_images(tmp_path / "imgs", n=3)
+    imgs = parse_source(str(tmp_path / "imgs"), SourceOptions(loop=True))
+    tasks = []
+    for t in imgs.tasks():
+        tasks.append(t)
+        if len(tasks) == 7:
+            break
+    assert [t[1] for t in tasks] == list(range(7)) and tasks[3][2] == tasks[0][2]
+    assert len(list(parse_source(str(tmp_path / "imgs")).tasks())) == 3  # without --loop: one pass
+
+
+def test_cli_run_loops_a_video_and_refuses_gst_without_gstreamer(tmp_path, capsys):
+    pytest.importorskip("cv2")
+    pytest.importorskip("torch")
+    from runtime_helpers import export_tiny_onnx, read_jsonl
+
+    from edgecls.cli import main
+
+    export_tiny_onnx(tmp_path / "model.onnx")
+    video = write_video(tmp_path / "clip.avi", n=6)
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "model.onnx"), str(video), "--loop", "--max-frames", "15", "--no-summary"])
+    recs = read_jsonl(capsys.readouterr().out)
+    assert e.value.code == 0 and [r["frame"] for r in recs] == list(range(15))  # 2.5 passes over 6 frames
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "model.onnx"), "gst://videotestsrc ! videoconvert ! video/x-raw,format=BGR ! "
+              "appsink", "--no-summary"])
+    err = capsys.readouterr().err
+    assert e.value.code == 4 and "GStreamer: NO" in err
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "model.onnx"), str(video), "--rtsp-codec", "vp8"])
+    assert e.value.code == 2 and "--rtsp-codec" in capsys.readouterr().err

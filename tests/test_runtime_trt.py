@@ -2,6 +2,7 @@
 the TensorRT 8.x bindings API, over a fake CUDA binding whose device memory is a dict of bytearrays."""
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from runtime_helpers import tiny_spec
 
 from edgecls.core.errors import CapabilityError, InputError
+from edgecls.runtime.backends import cudart as cudart_mod
 from edgecls.runtime.backends import load_backend
 from edgecls.runtime.backends import tensorrt as T
 from edgecls.runtime.backends.cuda import CudaApi, load_cuda_api
@@ -57,6 +59,9 @@ class FakeCuda(CudaApi):
 
     def dtoh(self, host, ptr, stream):
         host[...] = np.frombuffer(bytes(self.mem[ptr][: host.nbytes]), dtype=host.dtype).reshape(host.shape)
+
+
+FAKE_STREAM = 0x5150
 
 
 class Dims(tuple):
@@ -122,6 +127,17 @@ def make_fake_trt(cuda: FakeCuda, api: str):
         def create_execution_context(self):
             return TensorContext(self) if api == "tensor" else BindingsContext(self)
 
+    def dev_read(ptr, nbytes):
+        if isinstance(cuda, FakeCuda):
+            return bytes(cuda.mem[ptr][:nbytes])
+        return ctypes.string_at(ptr, nbytes)  # libcudart through ctypes: "device" memory is real memory here
+
+    def dev_write(ptr, data):
+        if isinstance(cuda, FakeCuda):
+            cuda.mem[ptr][: len(data)] = data
+        else:
+            ctypes.memmove(ptr, data, len(data))
+
     class _Ctx:
         def __init__(self, engine):
             self.engine = engine
@@ -138,10 +154,10 @@ def make_fake_trt(cuda: FakeCuda, api: str):
             n = self.shape[0]
             dt = self.engine.dtype
             count = int(np.prod(self.shape))
-            x = np.frombuffer(bytes(cuda.mem[in_ptr][: count * dt.itemsize]), dtype=dt).reshape(self.shape)
+            x = np.frombuffer(dev_read(in_ptr, count * dt.itemsize), dtype=dt).reshape(self.shape)
             y = reference(x.astype(np.float32)).astype(dt)
             assert y.shape[0] == n
-            cuda.mem[out_ptr][: y.nbytes] = y.tobytes()
+            dev_write(out_ptr, y.tobytes())
             self.calls.append(n)
             return True
 
@@ -161,7 +177,7 @@ def make_fake_trt(cuda: FakeCuda, api: str):
             self.addr[name] = ptr
 
         def execute_async_v3(self, stream_handle):
-            assert stream_handle == 77
+            assert stream_handle == (77 if isinstance(cuda, FakeCuda) else FAKE_STREAM)
             return self._compute(self.addr["input"], self.addr["logits"])
 
     class BindingsContext(_Ctx):
@@ -173,14 +189,17 @@ def make_fake_trt(cuda: FakeCuda, api: str):
             return True
 
         def execute_async_v2(self, bindings, stream_handle):
-            assert stream_handle == 77
+            assert stream_handle == (77 if isinstance(cuda, FakeCuda) else FAKE_STREAM)
             return self._compute(bindings[0], bindings[1])
 
     class Runtime:
         def __init__(self, logger):
             self.logger = logger
+            self.DLA_core = -1
+            m.runtimes.append(self)
 
         def deserialize_cuda_engine(self, data):
+            m.deserialized.append(len(data))
             try:
                 return Engine(json.loads(data.decode()))
             except (ValueError, UnicodeDecodeError):
@@ -195,6 +214,7 @@ def make_fake_trt(cuda: FakeCuda, api: str):
 
     m = FakeTrt()
     m.Logger, m.TensorIOMode, m.Runtime = Logger, TensorIOMode, Runtime
+    m.deserialized, m.runtimes = [], []
     return m
 
 
@@ -271,8 +291,11 @@ def test_missing_tensorrt_or_cuda_binding_is_a_clear_capability_error(tmp_path, 
         Classifier.load(eng)
     for mod in ("cuda", "cuda.bindings", "cupy", "pycuda", "pycuda.autoinit", "pycuda.driver"):
         monkeypatch.setitem(sys.modules, mod, None)
-    with pytest.raises(CapabilityError, match="cuda-python"):
+    monkeypatch.setattr(cudart_mod, "load_libcudart", lambda candidates=None: (_ for _ in ()).throw(
+        ImportError("libcudart not found (tried libcudart.so)")))
+    with pytest.raises(CapabilityError, match="cuda-python") as e:
         load_cuda_api()
+    assert "libcudart not found" in str(e.value) and "JetPack" in str(e.value)
     with pytest.raises(InputError, match="GPU"):
         load_backend(eng, device="cpu")
 
@@ -290,3 +313,194 @@ def test_classifier_on_a_fake_engine_end_to_end(tmp_path, monkeypatch):
         assert p.label == "a" and p.decision == "yes"
         assert clf.backend.name == "tensorrt"
     assert not cuda.mem
+
+
+# ------------------------------------------------------------------ libcudart through ctypes (a fake library)
+
+
+class FakeLibcudart:
+    """Stands in for ``ctypes.CDLL("libcudart.so")``: the same C calls, taking the same ctypes arguments; "device"
+    memory is host memory (ctypes buffers) so that copies are real ``memmove``s at the pointers passed."""
+
+    def __init__(self, devices=1, fail=None):
+        self.buffers = {}
+        self.copies = []  # (kind, nbytes, stream)
+        self.streams = []
+        self.devices = devices
+        self.fail = fail or {}  # C function name → error code it returns
+
+    def _status(self, fn):
+        return self.fail.get(fn, 0)
+
+    def cudaGetDeviceCount(self, count_ref):
+        count_ref._obj.value = self.devices
+        return self._status("cudaGetDeviceCount")
+
+    def cudaRuntimeGetVersion(self, v_ref):
+        v_ref._obj.value = 12060
+        return 0
+
+    def cudaMalloc(self, ptr_ref, size):
+        if self._status("cudaMalloc"):
+            return self._status("cudaMalloc")
+        buf = ctypes.create_string_buffer(size.value)
+        addr = ctypes.addressof(buf)
+        self.buffers[addr] = buf
+        ptr_ref._obj.value = addr
+        return 0
+
+    def cudaFree(self, ptr):
+        del self.buffers[ptr.value]
+        return 0
+
+    def cudaStreamCreate(self, stream_ref):
+        stream_ref._obj.value = FAKE_STREAM
+        self.streams.append(FAKE_STREAM)
+        return 0
+
+    def cudaStreamSynchronize(self, stream):
+        assert stream.value == FAKE_STREAM
+        return 0
+
+    def cudaStreamDestroy(self, stream):
+        self.streams.remove(stream.value)
+        return 0
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        assert kind.value in (cudart_mod.MEMCPY_HOST_TO_DEVICE, cudart_mod.MEMCPY_DEVICE_TO_HOST)
+        device = dst.value if kind.value == cudart_mod.MEMCPY_HOST_TO_DEVICE else src.value
+        base = max(a for a in self.buffers if a <= device)
+        assert device + count.value <= base + len(self.buffers[base]), "copy overflows the device allocation"
+        ctypes.memmove(dst.value, src.value, count.value)
+        self.copies.append((kind.value, count.value, stream.value))
+        return 0
+
+    def cudaGetErrorName(self, code):
+        return {2: b"cudaErrorMemoryAllocation", 35: b"cudaErrorInsufficientDriver"}.get(code, b"cudaErrorUnknown")
+
+
+def test_cudart_api_allocates_copies_and_frees_through_the_c_calls():
+    lib = FakeLibcudart()
+    api = cudart_mod.CudartApi(lib)
+    assert api.runtime_version() == "12.6"
+    ptr = api.malloc(64)
+    stream = api.stream_create()
+    assert api.stream_handle(stream) == FAKE_STREAM
+    x = np.arange(16, dtype=np.float32)
+    api.htod(ptr, x, stream)
+    y = np.empty_like(x)
+    api.dtoh(y, ptr, stream)
+    api.stream_sync(stream)
+    np.testing.assert_array_equal(x, y)
+    assert [c[:2] for c in lib.copies] == [(1, 64), (2, 64)] and {c[2] for c in lib.copies} == {FAKE_STREAM}
+    api.free(ptr)
+    api.stream_destroy(stream)
+    assert not lib.buffers and not lib.streams
+
+
+def test_cudart_api_errors_are_named_and_no_gpu_is_refused_at_start():
+    with pytest.raises(CapabilityError, match="cudaErrorMemoryAllocation"):
+        cudart_mod.CudartApi(FakeLibcudart(fail={"cudaMalloc": 2})).malloc(1 << 40)
+    with pytest.raises(CapabilityError, match="cudaErrorInsufficientDriver"):
+        cudart_mod.CudartApi(FakeLibcudart(fail={"cudaGetDeviceCount": 35}))
+    with pytest.raises(CapabilityError, match="no GPU"):
+        cudart_mod.CudartApi(FakeLibcudart(devices=0))
+    with pytest.raises(ImportError, match="not the CUDA runtime"):
+        cudart_mod.CudartApi(object())
+
+
+def test_engine_runs_on_libcudart_when_no_binding_is_installed(tmp_path, monkeypatch):
+    """No cuda-python/CuPy/PyCUDA: load_cuda_api falls to libcudart through ctypes and the engine runs on it."""
+    for mod in ("cuda", "cuda.bindings", "cupy", "pycuda", "pycuda.autoinit", "pycuda.driver"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    lib = FakeLibcudart()
+    monkeypatch.setattr(cudart_mod, "load_libcudart", lambda candidates=None: lib)
+    api = load_cuda_api()
+    assert isinstance(api, cudart_mod.CudartApi) and "ctypes" in api.name
+    eng = write_engine(tmp_path / "m.engine")
+    x = np.random.default_rng(3).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    be = TrtBackend(eng, trt_module=make_fake_trt(api, "tensor"), cuda=api)
+    np.testing.assert_allclose(be.infer(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert "libcudart (ctypes)" in be.describe()
+    be.close()
+    assert not lib.buffers and not lib.streams
+
+
+def test_libcudart_candidates_cover_jetpack_sonames(tmp_path):
+    fake = tmp_path / "cuda" / "lib64"
+    fake.mkdir(parents=True)
+    (fake / "libcudart.so.11.0").write_bytes(b"")
+    (fake / "libcudart_static.a").write_bytes(b"")
+    names = cudart_mod.libcudart_candidates([str(fake / "libcudart*")])
+    assert names[:4] == ["libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"]
+    assert str(fake / "libcudart.so.11.0") in names and not any(n.endswith(".a") for n in names)
+    assert cudart_mod.find_libcudart([str(tmp_path / "nope.so")]) is None
+
+
+# ------------------------------------------------------------------ engine preflight from the build record
+
+
+def write_record(engine, trt_version="10.3.0-fake", cc="8.7", onnx="model_fp16.onnx", sha="ab" * 32, **kw):
+    from edgecls.runtime.backends.engine_record import EngineRecord, record_path
+
+    rec = EngineRecord(engine=engine.name, trt_version=trt_version, compute_capability=cc, precision="fp16",
+                       onnx=onnx, onnx_sha256=sha, onnx_precision="fp16", batch=kw.pop("batch", (1, 1, 8)),
+                       engine_bytes=kw.pop("engine_bytes", engine.stat().st_size), **kw)
+    record_path(engine).write_text(json.dumps(rec.to_dict()))
+    return rec
+
+
+def test_preflight_refuses_an_engine_from_another_tensorrt_before_deserialization(tmp_path):
+    eng = write_engine(tmp_path / "model_fp16.engine")
+    write_record(eng, trt_version="8.5.2.2", onnx="/export/phones/model_fp16.onnx", dla_core=0, gpu_fallback=True,
+                 batch=(1, 1, 1))
+    trt = make_fake_trt(FakeCuda(), "tensor")
+    with pytest.raises(CapabilityError) as e:
+        TrtBackend(eng, trt_module=trt, cuda=FakeCuda(), compute_capability="8.7")
+    msg = str(e.value)
+    assert e.value.exit_code == 4 and trt.deserialized == []  # refused before TensorRT saw the bytes
+    assert "TensorRT 8.5.2.2" in msg and "10.3.0-fake" in msg
+    expected = (f"edgecls build-engine {tmp_path / 'model_fp16.onnx'} --precision fp16 --batch 1,1,1 --dla 0 "
+                f"--gpu-fallback --out {tmp_path}   (copy model_fp16.onnx from the export folder here first)")
+    assert expected in msg
+
+
+def test_preflight_refuses_another_gpu_and_a_stale_onnx(tmp_path):
+    eng = write_engine(tmp_path / "m.engine")
+    write_record(eng, cc="7.2")
+    trt = make_fake_trt(FakeCuda(), "tensor")
+    with pytest.raises(CapabilityError, match=r"compute capability 7\.2 \(sm72\), this GPU is 8\.7"):
+        TrtBackend(eng, trt_module=trt, cuda=FakeCuda(), compute_capability="8.7")
+    onnx = tmp_path / "model_fp16.onnx"
+    onnx.write_bytes(b"re-exported since")
+    write_record(eng)
+    import os
+
+    os.utime(onnx, (eng.stat().st_mtime + 10, eng.stat().st_mtime + 10))
+    with pytest.raises(CapabilityError, match="model_fp16.onnx changed after the engine was built") as e:
+        TrtBackend(eng, trt_module=trt, cuda=FakeCuda(), compute_capability="8.7")
+    assert f"edgecls build-engine {onnx} --precision fp16 --batch 1,1,8 --out {tmp_path}" in str(e.value)
+    assert "copy" not in str(e.value) and trt.deserialized == []
+
+
+def test_preflight_passes_a_matching_record_sets_the_dla_core_and_ignores_a_foreign_record(tmp_path):
+    cuda = FakeCuda()
+    eng = write_engine(tmp_path / "m.engine")
+    write_record(eng, dla_core=1)
+    trt = make_fake_trt(cuda, "tensor")
+    be = TrtBackend(eng, trt_module=trt, cuda=cuda, compute_capability="8.7")
+    assert trt.runtimes[-1].DLA_core == 1 and "DLA core 1" in be.describe()
+    be.close()
+    write_record(eng, trt_version="8.5.2.2", engine_bytes=123)  # describes another file: not used
+    TrtBackend(eng, trt_module=trt, cuda=cuda, compute_capability="8.7").close()
+    (tmp_path / "m.build.json").write_text("{not json")
+    TrtBackend(eng, trt_module=trt, cuda=cuda, compute_capability="8.7").close()
+    assert len(trt.deserialized) == 3
+
+
+def test_engine_that_fails_to_deserialize_names_the_rebuild_command(tmp_path):
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"\x00\x01 serialized by a TensorRT that reports the same version")
+    write_record(eng)
+    with pytest.raises(CapabilityError, match="edgecls build-engine .*model_fp16.onnx --precision fp16"):
+        TrtBackend(eng, trt_module=make_fake_trt(FakeCuda(), "tensor"), cuda=FakeCuda(), compute_capability="8.7")

@@ -1,11 +1,14 @@
-"""Confidence after training: a temperature fitted on val, and a threshold for the positive class.
+"""Confidence after training, fitted on images that did not select the model (honest splits).
 
-Both use ``edgecls.runtime.metrics`` (the one metrics implementation), on the validation logits of the model
-being saved. The results go into the :class:`~edgecls.runtime.spec.ModelSpec` stored in the checkpoint.
+Val is split once per run (per class, seeded, :func:`calibration_mask`): the **selection** images judge every
+epoch and pick the best one; the **calibration** images (``--calib-fraction`` of val, default half) fit what the
+checkpoint carries about its confidence — the temperature, the conformal scores, the OOD threshold and, with a
+positive class, the threshold with its precision guarantee (:mod:`edgecls.runtime.confidence`, the same fitting
+function export runs for every artifact). ``--calib-fraction 0`` fits them on the selection images as before,
+and the summary says the split is not honest.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
@@ -13,8 +16,27 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from edgecls.runtime import metrics as M
+from edgecls.runtime.confidence import ConfidenceSettings, ConfidenceSpec, fit_confidence
 
 log = logging.getLogger(__name__)
+
+T_BOUNDS = (0.05, 20.0)
+
+
+def calibration_mask(y: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+    """Which val images (``y``: their labels) form the calibration split: per class, ``round(n * fraction)`` chosen
+    at random with ``seed``, leaving at least one for selection when the class has two or more."""
+    y = np.asarray(y, dtype=np.int64)
+    mask = np.zeros(y.size, dtype=bool)
+    if fraction <= 0:
+        return mask
+    rng = np.random.default_rng([int(seed), 13])
+    for c in np.unique(y):
+        idx = np.nonzero(y == c)[0]
+        k = int(np.floor(idx.size * float(fraction) + 0.5))
+        k = min(k, idx.size - 1) if idx.size >= 2 else k
+        mask[idx[rng.permutation(idx.size)[:k]]] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -25,14 +47,25 @@ class Calibration:
     nll_before: float
     nll_after: float
     positive: Optional[str] = None
-    threshold: Optional[M.ThresholdChoice] = None
+    threshold: Optional[M.ThresholdChoice] = None  # the deployed threshold and what it does on the calibration images
+    confidence: Optional[ConfidenceSpec] = None
+    images: int = 0  # calibration images
+    honest: bool = True  # fitted on images that did not select the model
 
     @property
     def spec_threshold(self) -> float:
         """The threshold for the ModelSpec (0.5 when there is no positive class)."""
         return float(self.threshold.threshold) if self.threshold is not None else 0.5
 
+    @property
+    def statement(self) -> Optional[str]:
+        g = self.confidence.guarantee if self.confidence is not None else None
+        return g.statement() if g is not None else None
+
     def to_dict(self) -> Dict[str, Any]:
+        conf = self.confidence.to_dict() if self.confidence is not None else None
+        if conf and conf.get("conformal"):  # the scores live in the spec; the summary keeps the fitted numbers
+            conf["conformal"] = {k: v for k, v in conf["conformal"].items() if k != "scores"}
         return {
             "temperature": self.temperature,
             "ece_before": self.ece_before,
@@ -41,21 +74,21 @@ class Calibration:
             "nll_after": self.nll_after,
             "positive": self.positive,
             "threshold": self.threshold.to_dict() if self.threshold is not None else None,
+            "images": self.images,
+            "honest": self.honest,
+            "confidence": conf,
         }
 
 
-T_BOUNDS = (0.05, 20.0)
-
-
-def _with_margin(choice: M.ThresholdChoice, scores: np.ndarray) -> M.ThresholdChoice:
-    """Move the threshold from the lowest accepted val score to midway between it and the highest rejected one.
-
-    Every val decision (so the precision and recall reported) stays the same; new images get a margin instead of
-    a threshold sitting exactly on one val image's score.
-    """
-    below = scores[scores < choice.threshold]
-    low = float(below.max()) if below.size else 0.0
-    return dataclasses.replace(choice, threshold=(low + float(choice.threshold)) / 2.0)
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    t = float(M.fit_temperature(logits, y, bounds=T_BOUNDS))
+    if t <= T_BOUNDS[0] * 1.001 and t < 1.0:
+        # the NLL keeps falling as T -> 0: the images are perfectly separated. Such a temperature only saturates
+        # every probability to 0/1 (and the positive threshold with it), it says nothing about new images.
+        log.warning("the calibration images are perfectly separated: the temperature is not identifiable (fit ran "
+                    "to %.3g); keeping T = 1", t)
+        t = 1.0
+    return t
 
 
 def calibrate(
@@ -64,36 +97,29 @@ def calibrate(
     classes: Sequence[str],
     positive: Optional[str] = None,
     target_precision: float = 0.95,
+    settings: Optional[ConfidenceSettings] = None,
+    source: str = "",
+    honest: bool = True,
 ) -> Calibration:
-    """Fit the temperature on ``(logits, y)``; for ``positive``, the threshold reaching ``target_precision``.
-
-    The threshold is on the calibrated positive probability (``softmax(logits / T)[:, positive]``), the same
-    score the runtime thresholds; among the thresholds with the same val decisions the midpoint is taken.
-    """
+    """Fit the temperature on ``(logits, y)``, then the confidence the checkpoint carries (sets, OOD threshold and,
+    for ``positive``, the threshold with its guarantee for ``target_precision`` — or the visible fallback)."""
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
+    if not y.size:
+        raise ValueError("calibration needs at least one image")
+    settings = settings or ConfidenceSettings(target_precision=target_precision)
     p1 = M.softmax(logits)
-    t = float(M.fit_temperature(logits, y, bounds=T_BOUNDS))
-    if t <= T_BOUNDS[0] * 1.001 and t < 1.0:
-        # the NLL keeps falling as T -> 0: val is perfectly separated. Such a temperature only saturates every
-        # probability to 0/1 (and the positive threshold with it), it says nothing about new images: keep T = 1.
-        log.warning("val is perfectly separated: the temperature is not identifiable (fit ran to %.3g); keeping "
-                    "T = 1", t)
-        t = 1.0
+    t = fit_temperature(logits, y)
     pt = M.softmax(logits, t)
+    conf = fit_confidence(logits, y, classes, temperature=t, positive=positive, settings=settings, source=source)
     choice = None
-    if positive is not None:
-        k = list(classes).index(positive)
-        if not np.any(y == k):
-            log.warning("no %r images in val: threshold left at 0.5", positive)
-        else:
-            choice = _with_margin(M.threshold_for_precision(pt[:, k], y == k, target_precision), pt[:, k])
-            if not choice.achieved:
-                log.warning(
-                    "no threshold reaches precision %.3f for %r on val; using the most precise one %.4f "
-                    "(precision %.3f, recall %.3f)",
-                    target_precision, positive, choice.threshold, choice.precision, choice.recall,
-                )
+    g = conf.guarantee
+    if g is not None:
+        if g.positives == 0:
+            log.warning("no %r images among the calibration images: threshold left at 0.5", positive)
+        elif not g.certified:
+            log.warning("%s", g.statement())
+        choice = M.ThresholdChoice(g.threshold, g.precision, g.recall, g.precision >= g.target - 1e-12, g.target)
     cal = Calibration(
         temperature=t,
         ece_before=float(M.expected_calibration_error(p1, y)),
@@ -102,9 +128,10 @@ def calibrate(
         nll_after=float(M.nll(pt, y)),
         positive=positive,
         threshold=choice,
+        confidence=conf,
+        images=int(y.size),
+        honest=honest,
     )
-    log.info(
-        "temperature %.4f: ECE %.4f -> %.4f, NLL %.4f -> %.4f", t, cal.ece_before, cal.ece_after,
-        cal.nll_before, cal.nll_after,
-    )
+    log.info("temperature %.4f: ECE %.4f -> %.4f, NLL %.4f -> %.4f (%d calibration images)", t, cal.ece_before,
+             cal.ece_after, cal.nll_before, cal.nll_after, y.size)
     return cal

@@ -32,6 +32,14 @@ def train_command(
     target_precision: Optional[float] = typer.Option(
         None, "--target-precision", help="Precision the positive threshold must reach on val [default: 0.95]."
     ),
+    delta: Optional[float] = typer.Option(
+        None, "--delta", help="The precision promise holds with probability 1 - delta [default: 0.1]; refused "
+        "(with the positives it would need) when the calibration images cannot support it."),
+    coverage: Optional[float] = typer.Option(
+        None, "--coverage", help="Default coverage of the conformal sets the model carries [default: 0.9]."),
+    calib_fraction: Optional[float] = typer.Option(
+        None, "--calib-fraction", help="Share of val held out to calibrate (temperature, threshold, sets, unknown), "
+        "never used to pick the epoch [default: 0.5; 0: calibrate on the selection images, not honest]."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 2, seed 25]; 0 = head only (fast)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 8, seed 4]."),
     image_size: Optional[int] = typer.Option(
@@ -67,7 +75,8 @@ def train_command(
 
     if resume is not None:
         given = {"data": data, "arch": arch, "weights": weights, "positive": positive,
-                 "target_precision": target_precision, "batch_size": batch_size, "image_size": image_size,
+                 "target_precision": target_precision, "delta": delta, "coverage": coverage,
+                 "calib_fraction": calib_fraction, "batch_size": batch_size, "image_size": image_size,
                  "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out}
         cfg, last = _resume_config(resume, given, epochs=epochs, patience=patience, workers=workers, device=device,
                                    max_minutes=max_minutes, progress=progress)
@@ -75,7 +84,8 @@ def train_command(
     else:
         result = train(_new_config(
             data=data, recipe=recipe, arch=arch, weights=weights, positive=positive,
-            target_precision=target_precision, epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
+            target_precision=target_precision, delta=delta, coverage=coverage, calib_fraction=calib_fraction,
+            epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
             balance=balance, patience=patience, val_fraction=val_fraction, seed=seed, workers=workers, device=device,
             out=out, name=name, exist_ok=exist_ok, max_minutes=max_minutes, amp=amp, progress=progress,
         ))
@@ -97,9 +107,9 @@ def _resume_config(resume: str, given: Dict[str, Any], **changes: Any):
     return resume_config(resume, **changes)
 
 
-def _new_config(*, data, recipe, arch, weights, positive, target_precision, epochs, batch_size, image_size, lr,
-                balance, patience, val_fraction, seed, workers, device, out, name, exist_ok, max_minutes, amp,
-                progress):
+def _new_config(*, data, recipe, arch, weights, positive, target_precision, delta, coverage, calib_fraction, epochs,
+                batch_size, image_size, lr, balance, patience, val_fraction, seed, workers, device, out, name,
+                exist_ok, max_minutes, amp, progress):
     """The TrainConfig of a new run: the recipe with the options given on the command line."""
     from edgecls.core.errors import InputError
     from edgecls.train.config import TrainConfig, get_recipe
@@ -115,7 +125,8 @@ def _new_config(*, data, recipe, arch, weights, positive, target_precision, epoc
         exist_ok=exist_ok, device=device or "auto", positive=positive, workers=workers,
         max_minutes=max_minutes, amp=amp, progress=progress,
     )
-    for k, v in (("target_precision", target_precision), ("val_fraction", val_fraction), ("seed", seed)):
+    for k, v in (("target_precision", target_precision), ("delta", delta), ("coverage", coverage),
+                 ("calib_fraction", calib_fraction), ("val_fraction", val_fraction), ("seed", seed)):
         if v is not None:
             kwargs[k] = v
     return TrainConfig(**kwargs)

@@ -212,6 +212,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     positive: Optional[str] = None
     target_precision: float = 0.95
+    delta: float = 0.10  # the precision promise may fail with at most this probability
+    coverage: float = 0.90  # default coverage of the conformal sets the checkpoint serves
+    calib_fraction: float = 0.5  # share of val kept for calibration (never used to pick the epoch); 0 = none
     val_fraction: float = 0.2
     seed: int = 0
     workers: Optional[int] = None  # None = auto (0 on small CPU machines)
@@ -223,6 +226,10 @@ class TrainConfig:
         _need(bool(self.data), "--data is required: a folder with train/<class>/ and val/<class>/, or <class>/")
         _need(0.0 < self.target_precision <= 1.0, f"--target-precision must be in (0, 1], got {self.target_precision}")
         _need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        _need(0.0 < self.delta < 1.0, f"--delta must be in (0, 1) (e.g. 0.1 for 90 % confidence), got {self.delta}")
+        _need(0.0 < self.coverage < 1.0, f"--coverage must be in (0, 1) (e.g. 0.9), got {self.coverage}")
+        _need(0.0 <= self.calib_fraction < 1.0,
+              f"--calib-fraction must be in [0, 1) (0: calibrate on the selection images), got {self.calib_fraction}")
         _need(self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
         _need(self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0, got {self.max_minutes}")
         _need(

@@ -24,8 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.core.errors import InputError
-from edgecls.core.images import IMAGE_EXTENSIONS, list_images
-from edgecls.runtime.preprocess import ImageReadError, open_rgb, preprocess_one
+from edgecls.core.images import IMAGE_EXTENSIONS, class_folders, list_images
+from edgecls.runtime.preprocess import ImageReadError, open_rgb, preprocess_one, probe_image
 from edgecls.runtime.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -110,29 +110,20 @@ class DataSplit:
         }
 
 
-def _class_dirs(folder: Path) -> List[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
-
-
 def header_ok(path: str) -> Optional[str]:
-    """None when the file opens as an image (header only, cheap), else the reason it does not."""
-    from PIL import Image
-
+    """None when the file opens as an image the loader accepts (header only, cheap), else the reason it does not."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-        if w < 1 or h < 1:
-            return f"empty image {w}x{h}"
+        probe_image(path)
         return None
-    except Exception as e:  # PIL raises many kinds on garbage
-        return f"{type(e).__name__}: {e}"
+    except ImageReadError as e:
+        return str(e)
 
 
 def _scan_split(folder: Path, split_name: str, check: bool) -> Tuple[Dict[str, List[str]], List[Tuple[str, str]]]:
     """``{class: [abs paths]}`` of one split folder, after the header check."""
     if not folder.is_dir():
         raise DataError(f"{split_name} folder {folder} does not exist; {LAYOUT_HELP}")
-    dirs = _class_dirs(folder)
+    dirs = class_folders(folder)
     if not dirs:
         raise DataError(f"{folder} has no class folders; {LAYOUT_HELP}")
     per_class: Dict[str, List[str]] = {}

@@ -33,6 +33,15 @@ def train_state(setup: RunSetup, state: RunState, epoch: int, optimizer, scaler)
     }
 
 
+def checkpoint_data(setup: RunSetup, bad: BadImages) -> Dict[str, Any]:
+    """The recorded split, with the val images held out for calibration (``calib``: export re-fits each
+    artifact's confidence on them)."""
+    data = setup.data.without(list(bad.paths)).to_checkpoint_data()
+    if setup.calibrating_apart:
+        data["calib"] = [p for (p, _), c in zip(setup.data.val, setup.calib_mask) if c and p not in bad.paths]
+    return data
+
+
 def save_checkpoint(setup: RunSetup, bad: BadImages, path: Path, epoch: int, weights: Dict[str, Any],
                     cal: Calibration, report: M.ClassificationReport, phase: str,
                     train_state: Optional[Dict[str, Any]]) -> None:
@@ -50,7 +59,7 @@ def save_checkpoint(setup: RunSetup, bad: BadImages, path: Path, epoch: int, wei
             "val": report.to_dict(),
             "calibration": cal.to_dict(),
         },
-        data=setup.data.without(list(bad.paths)).to_checkpoint_data(),
+        data=checkpoint_data(setup, bad),
         train_state=train_state,
     )
     save(ckpt, path)

@@ -13,7 +13,7 @@ from edgecls.core.fileio import write_text
 from edgecls.runtime import metrics as M
 from edgecls.train.calibrate import Calibration
 from edgecls.train.history import RunState, jsonable
-from edgecls.train.selection import calibrate_val, calibrated_report, model_spec
+from edgecls.train.selection import calibrate_val, calibrated_report, model_spec, split_summary
 from edgecls.train.session import BadImages, RunSetup
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,32 @@ class TrainResult:
                 f"threshold  {t.threshold:.4f} for {cal.positive!r} at target precision {t.target_precision:.2f}: "
                 f"precision {t.precision:.4f}, recall {t.recall:.4f}" + ("" if t.achieved else "  (TARGET NOT MET)")
             )
+        lines += _confidence_lines(cal, s.get("splits", {}))
         lines += ["", self.report.table(), "", f"best.pt {self.best_path}", f"last.pt {self.last_path}"]
         return "\n".join(lines)
+
+
+def _confidence_lines(cal: Calibration, splits: Dict[str, Any]) -> list:
+    """What the checkpoint can state about its confidence, and which images it was fitted on."""
+    lines = []
+    if splits:
+        sel, c = splits["selection"]["images"], splits["calibration"]["images"]
+        lines.append(f"splits     epoch picked on {sel} val images; calibrated on {c} others" if splits["honest"]
+                     else f"splits     calibrated on the same {c} val images that picked the epoch (NOT an honest "
+                     "split: --calib-fraction 0)")
+    conf = cal.confidence
+    if conf is not None and conf.conformal is not None:
+        q = conf.conformal.quantile()
+        lines.append(f"sets       {100 * conf.conformal.coverage:g} % coverage ({conf.conformal.method.upper()}, "
+                     f"quantile {q:.4g})" if q != float("inf") else
+                     f"sets       {conf.conformal.n} calibration images are too few for "
+                     f"{100 * conf.conformal.coverage:g} % coverage: sets hold every label")
+    if conf is not None and conf.ood is not None:
+        lines.append(f"unknown    {conf.ood.kind} score > {conf.ood.threshold:.4g} (keeps >= "
+                     f"{100 * conf.ood.accept:g} % of in-catalog images)")
+    if cal.statement:
+        lines.append(f"promise    {cal.statement}")
+    return lines
 
 
 def finish(setup: RunSetup, state: RunState, bad: BadImages) -> TrainResult:
@@ -81,6 +105,7 @@ def finish(setup: RunSetup, state: RunState, bad: BadImages) -> TrainResult:
         "stop_reason": state.stop_reason,
         "val": report.to_dict(),
         "calibration": cal.to_dict(),
+        "splits": split_summary(setup, index),
         "elapsed_s": round(state.elapsed(), 3),
         "history": state.history,
         "files": {},

@@ -1,5 +1,9 @@
 """What an epoch's val logits say: the report, the class-balanced val loss, the score the best epoch is chosen by,
-and the calibration (temperature, threshold) every saved checkpoint carries.
+and the calibration (temperature, threshold, conformal sets, unknown, precision guarantee) every saved checkpoint
+carries.
+
+Val is split in two (:func:`edgecls.train.calibrate.calibration_mask`, ``--calib-fraction``): epochs are judged on
+the *selection* images only, and the calibration is fitted on the *calibration* images only.
 """
 from __future__ import annotations
 
@@ -45,7 +49,18 @@ class ValJudgement:
     score: Tuple[float, ...]
 
 
+def split_of(setup: RunSetup, index: np.ndarray, calibration: bool) -> np.ndarray:
+    """Positions in ``index`` (val item indices) of the calibration (or selection) images; all of them when the
+    run calibrates on the selection images (``--calib-fraction 0``)."""
+    if not setup.calibrating_apart:
+        return np.arange(len(index))
+    return np.nonzero(setup.calib_mask[index] == calibration)[0]
+
+
 def judge(setup: RunSetup, logits: np.ndarray, index: np.ndarray) -> ValJudgement:
+    """The epoch on the selection images (the calibration images never pick an epoch)."""
+    keep = split_of(setup, index, calibration=False)
+    logits, index = logits[keep], index[keep]
     y = setup.val_y[index]
     report = M.classification_report(y, M.softmax(logits), setup.classes)
     val_loss = weighted_ce(logits, y, setup.class_weights)  # balanced: imbalance cannot fool it
@@ -59,8 +74,36 @@ def judge(setup: RunSetup, logits: np.ndarray, index: np.ndarray) -> ValJudgemen
 
 
 def calibrate_val(setup: RunSetup, logits: np.ndarray, index: np.ndarray) -> Calibration:
+    """Temperature, threshold and confidence fitted on the calibration images of val."""
+    from edgecls.runtime.confidence import ConfidenceSettings
+
     cfg = setup.config
-    return calibrate(logits, setup.val_y[index], setup.classes, cfg.positive, cfg.target_precision)
+    keep = split_of(setup, index, calibration=True)
+    honest = setup.calibrating_apart
+    source = (f"calibration split of val ({len(keep)} images, never used to pick the epoch), PyTorch checkpoint"
+              if honest else f"val ({len(keep)} images, also used to pick the epoch: not an honest split)")
+    settings = ConfidenceSettings(coverage=cfg.coverage, target_precision=cfg.target_precision, delta=cfg.delta)
+    return calibrate(logits[keep], setup.val_y[index[keep]], setup.classes, cfg.positive, cfg.target_precision,
+                     settings=settings, source=source, honest=honest)
+
+
+def split_summary(setup: RunSetup, index: np.ndarray) -> dict:
+    """Which images did what, for the summary: train, epoch selection, calibration."""
+    cal, sel = split_of(setup, index, calibration=True), split_of(setup, index, calibration=False)
+
+    def count(pos: np.ndarray) -> dict:
+        return {c: int(np.sum(setup.val_y[index[pos]] == k)) for k, c in enumerate(setup.classes)}
+
+    return {
+        "honest": setup.calibrating_apart,
+        "calib_fraction": setup.config.calib_fraction,
+        "train": "fits the weights (and the head's L2 by cross-validation)",
+        "selection": {"images": len(sel), "counts": count(sel), "used_for": "picking the best epoch"},
+        "calibration": {"images": len(cal), "counts": count(cal),
+                        "used_for": "temperature, positive threshold and its guarantee, conformal sets, OOD threshold"
+                        + ("" if setup.calibrating_apart else " (the same images as selection: not honest)"),
+                        "paths": [setup.data.val[int(i)][0] for i in index[cal]]},
+    }
 
 
 def calibrated_report(setup: RunSetup, logits: np.ndarray, index: np.ndarray,
@@ -81,4 +124,5 @@ def model_spec(setup: RunSetup, cal: Calibration) -> ModelSpec:
         positive=setup.config.positive,
         temperature=cal.temperature,
         threshold=cal.spec_threshold,
+        confidence=cal.confidence,
     )

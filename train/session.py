@@ -16,9 +16,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.core.errors import InputError
-from edgecls.core.fileio import write_text
+from edgecls.core.fileio import remove_orphan_temps, write_text
 from edgecls.runtime.spec import PreprocessSpec
 from edgecls.train import distributed as D
+from edgecls.train.calibrate import calibration_mask
 from edgecls.train.config import Recipe, TrainConfig
 from edgecls.train.data import DataSplit, class_weights
 from edgecls.train.rundir import choose_run_dir
@@ -38,6 +39,12 @@ class RunSetup:
     train_y: np.ndarray
     val_y: np.ndarray
     class_weights: np.ndarray  # N / (C * n_c) of train: for the val loss, the head, --balance weights
+    calib_mask: Optional[np.ndarray] = None  # val items held out for calibration (never judge an epoch)
+
+    @property
+    def calibrating_apart(self) -> bool:
+        """Whether calibration has its own images (an honest split), not the ones that select the epoch."""
+        return self.calib_mask is not None and bool(self.calib_mask.any()) and not bool(self.calib_mask.all())
 
     @property
     def recipe(self) -> Recipe:
@@ -145,11 +152,16 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume_from: Optional[Path]
     run_dir = Path(resume_from).parent if ckpt is not None else D.on_rank0(ctx, choose_run_dir, config)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        orphans = remove_orphan_temps(run_dir)  # left by a kill -9 during a checkpoint write (tens of MB each)
+        if orphans:
+            log.warning("removed %d temp file(s) an interrupted write left in %s: %s", len(orphans), run_dir,
+                        ", ".join(p.name for p in orphans))
         write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log.info("run folder %s", run_dir)
     setup = RunSetup(
         config=config, ctx=ctx, data=data, pspec=PreprocessSpec.for_image_size(config.recipe.image_size),
         device=device, use_amp=bool(config.amp and ctx.cuda), run_dir=run_dir, train_y=data.labels("train"),
         val_y=data.labels("val"), class_weights=class_weights(data.counts("train")),
+        calib_mask=calibration_mask(data.labels("val"), config.calib_fraction, config.seed),
     )
     return setup, model, ckpt

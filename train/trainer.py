@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from edgecls.core.errors import InputError
+from edgecls.core.errors import InputError, TrainingDiverged
 from edgecls.train import distributed as D
 from edgecls.train.config import RESUMABLE_CHANGES, TrainConfig
 from edgecls.train.epoch import EpochRunner, FineTune, make_optimizer
@@ -149,6 +149,7 @@ class _Phases:
                   model) -> bool:
         """Judge and record an epoch, save best/last (rank 0); True when the run should stop (early/time)."""
         setup, state = self.setup, self.state
+        check_finite(setup, state, epoch, phase, row, logits)
         j = judge(setup, logits, index)
         improved = state.record(epoch, phase, row, j, logits, index,
                                 skipped=len(setup.data.skipped) + len(self.bad.paths))
@@ -165,6 +166,26 @@ class _Phases:
             write_epoch(setup, state, self.bad, epoch, phase, model, logits, index, improved, self.optimizer,
                         self.scaler)
         return stop
+
+
+def check_finite(setup: RunSetup, state: RunState, epoch: int, phase: str, row: Dict[str, Any],
+                 logits: np.ndarray) -> None:
+    """TrainingDiverged (exit 9) when the train loss or the val logits are NaN/infinite: a clear message instead
+    of a traceback from the metrics, and no checkpoint written from a broken model (the earlier ones stay)."""
+    loss = row.get("train_loss")
+    bad = []
+    if loss is not None and row.get("train_samples") and not np.isfinite(loss):
+        bad.append(f"train loss {loss}")
+    if not np.all(np.isfinite(logits)):
+        bad.append(f"{int(np.sum(~np.isfinite(logits).all(axis=-1)))} of {len(logits)} val logit rows")
+    if not bad:
+        return
+    kept = (f"best.pt (epoch {state.best_epoch}) and last.pt in {setup.run_dir} are from before and intact"
+            if state.best_epoch >= 0 else "no checkpoint was written")
+    raise TrainingDiverged(
+        f"training diverged at epoch {epoch} ({phase}): {' and '.join(bad)} became NaN or infinite. The learning "
+        f"rate is probably too high (--lr {setup.recipe.lr:g}): try 10x lower; {kept}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------- API

@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, List, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,6 +50,25 @@ def temp_path(path: PathLike, suffix: str = "") -> Path:
         pass
     os.close(fd)
     return Path(tmp)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp[^/]*$")  # what temp_path() creates (mkstemp's 8 random chars)
+
+
+def remove_orphan_temps(folder: PathLike) -> List[Path]:
+    """Delete the temp files :func:`temp_path` left in ``folder`` when a process was killed (kill -9, power loss)
+    between writing and renaming — a checkpoint's is tens of MB. Call it only on a folder this process owns, before
+    it writes there; returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        if _TEMP_NAME.match(e.name) and e.is_file(follow_symlinks=False):
+            remove_quietly(e.path)
+            removed.append(Path(e.path))
+    return removed
 
 
 def publish(tmp: PathLike, path: PathLike) -> Path:

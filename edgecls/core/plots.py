@@ -5,6 +5,7 @@
 - ``pr_curve.png``: precision/recall of the positive class, with the operating threshold marked (train, eval)
 - ``reliability.png``: reliability diagram with a confidence histogram; train shows it before and after
   temperature scaling, eval at the model's temperature
+- ``risk_coverage.png``: error rate among the most confident share of images (eval)
 
 Every figure is written atomically (:mod:`edgecls.core.fileio`); :func:`available` tells whether matplotlib is there.
 """
@@ -181,4 +182,26 @@ def plot_reliability(
     axes[1][0].set_ylabel("images")
     axes[0][0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_risk_coverage(
+    coverage: Sequence[float], risk: Sequence[float], path: PathLike, aurc: Optional[float] = None,
+    title: Optional[str] = None, marks: Optional[Sequence[Tuple[float, float, str]]] = None,
+) -> Path:
+    """Risk–coverage curve of selective classification: error rate among the most confident share of images
+    (:func:`edgecls.runtime.confidence.curves.risk_coverage`); ``marks``: ``(coverage, risk, label)`` points."""
+    fig = _figure((5.5, 4.5))
+    ax = fig.subplots()
+    ax.step(coverage, risk, where="post", color="#4c72b0",
+            label=f"top-1 confidence (AURC {aurc:.4f})" if aurc is not None else "top-1 confidence")
+    for c, r, label in marks or ():
+        ax.plot([c], [r], "o", label=label)
+    ax.set_xlabel("coverage (share of images answered, most confident first)")
+    ax.set_ylabel("risk (error rate among them)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, max(0.05, float(np.max(risk)) * 1.1 if len(risk) else 0.05))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "risk-coverage")
     return _save(fig, path)

@@ -19,21 +19,32 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (onnxruntime intra-op / torch)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (engines need a GPU)."),
     out: Optional[str] = typer.Option(
-        None, "--out", help="Folder for eval.json, predictions.csv, reliability.png, pr_curve.png "
+        None, "--out", help="Folder for eval.json, predictions.csv, reliability.png, pr_curve.png, risk_coverage.png "
         "[default: runs/eval/<model name>, a new numbered folder if it exists]."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the result JSON here."),
     no_files: bool = typer.Option(False, "--no-files", help="Write nothing but --json (if given)."),
     workers: int = typer.Option(2, "--workers", help="Image decoding threads."),
+    coverage: Optional[float] = typer.Option(
+        None, "--coverage", help="Conformal sets at this coverage (default: the model's own): measured coverage and "
+        "average set size."),
+    ood_data: Optional[str] = typer.Option(
+        None, "--ood-data", help="Folder of images of products the model does not know: AUROC of its unknown score "
+        "and the share flagged at its threshold."),
+    preprocess: str = typer.Option("standard", "--preprocess", help="standard: the model's resize + centre crop; "
+                                   "deepstream: the whole image scaled to the input size, as DeepStream's nvinfer "
+                                   "does (what the missing crop costs)."),
 ) -> None:
     """Accuracy, balanced accuracy, per-class P/R/F1, confusion matrix, calibration (ECE) and the positive class's
-    precision/recall at the model's threshold, through the same runtime path a deployment uses."""
+    precision/recall at the model's threshold, through the same runtime path a deployment uses; with the confidence
+    the model carries: conformal coverage and set size, risk-coverage (AURC, PNG), unknown-product AUROC."""
     from edgecls.evaluation.evaluate import EvalConfig, evaluate
 
     if out is None and not no_files:
         out = _default_out(model)
     cfg = EvalConfig(
         model=model, data=data, batch=batch, threads=threads, device=device, out=None if no_files else out,
-        json_path=json_path, workers=workers, progress=sys.stderr.isatty(),
+        json_path=json_path, workers=workers, progress=sys.stderr.isatty(), preprocess=preprocess, coverage=coverage,
+        ood_data=ood_data,
     )
     result = evaluate(cfg)
     typer.echo(result.table())

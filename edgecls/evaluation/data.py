@@ -14,7 +14,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 
 from edgecls.core.errors import InputError
-from edgecls.core.images import IMAGE_EXTENSIONS, list_images
+from edgecls.core.images import IMAGE_EXTENSIONS, class_folders, list_images
 from edgecls.evaluation.models import PathLike
 from edgecls.runtime.spec import ModelSpec
 
@@ -41,7 +41,7 @@ def labeled_images(root: PathLike, classes: Sequence[str]) -> List[Tuple[str, in
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--data {os.fspath(root)!r} is not a folder (expected DIR/<class>/*.jpg)")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = class_folders(root)  # visible sub-folders, symbolic-link loops skipped
     if not folders:
         raise InputError(f"--data {os.fspath(root)!r} has no class folders (expected DIR/<class>/*.jpg)")
     _check_class_folders(root, folders, classes)
@@ -57,7 +57,24 @@ def labeled_images(root: PathLike, classes: Sequence[str]) -> List[Tuple[str, in
     return items
 
 
-def _load_batch(items: Sequence[Tuple[str, int]], spec: ModelSpec) -> np.ndarray:
+PREPROCESS_MODES = ("standard", "deepstream")  # standard: the model's resize + centre crop
+
+
+def stretched(images: Sequence, spec: ModelSpec) -> np.ndarray:
+    """DeepStream nvinfer's input (``maintain-aspect-ratio=0``): the whole image scaled to crop x crop — no centre
+    crop, aspect not kept — with the model's filter, then the model's normalization."""
+    import dataclasses
+
+    from PIL import Image
+
+    from edgecls.runtime.preprocess import preprocess
+
+    c = spec.preprocess.crop
+    filt = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[spec.preprocess.interpolation]
+    return preprocess([im.resize((c, c), filt) for im in images], dataclasses.replace(spec.preprocess, resize=c))
+
+
+def _load_batch(items: Sequence[Tuple[str, int]], spec: ModelSpec, mode: str = "standard") -> np.ndarray:
     # open_rgb: the same decoded RGB pixels as load_image, handed to preprocess without a copy into numpy
     from edgecls.runtime.preprocess import ImageReadError, open_rgb, preprocess
 
@@ -67,11 +84,11 @@ def _load_batch(items: Sequence[Tuple[str, int]], spec: ModelSpec) -> np.ndarray
             images.append(open_rgb(p))
         except ImageReadError as e:
             raise InputError(str(e)) from e
-    return preprocess(images, spec.preprocess)
+    return stretched(images, spec) if mode == "deepstream" else preprocess(images, spec.preprocess)
 
 
 def iter_batches(
-    items: Sequence[Tuple[str, int]], spec: ModelSpec, batch: int, workers: int = 2
+    items: Sequence[Tuple[str, int]], spec: ModelSpec, batch: int, workers: int = 2, mode: str = "standard"
 ) -> Iterator[Tuple[int, np.ndarray]]:
     """Preprocessed batches ``(start index, NCHW)`` in order, decoded by ``workers`` threads a few batches ahead."""
     starts = list(range(0, len(items), batch))
@@ -79,10 +96,10 @@ def iter_batches(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {}
         for k, s in enumerate(starts[:ahead]):
-            futures[k] = pool.submit(_load_batch, items[s : s + batch], spec)
+            futures[k] = pool.submit(_load_batch, items[s : s + batch], spec, mode)
         for k, s in enumerate(starts):
             x = futures.pop(k).result()
             nxt = k + ahead
             if nxt < len(starts):
-                futures[nxt] = pool.submit(_load_batch, items[starts[nxt] : starts[nxt] + batch], spec)
+                futures[nxt] = pool.submit(_load_batch, items[starts[nxt] : starts[nxt] + batch], spec, mode)
             yield s, x

@@ -40,8 +40,15 @@ class EvalConfig:
     n_bins: int = 15
     workers: int = 2  # image decoding threads
     progress: bool = False
+    preprocess: str = "standard"  # deepstream: the whole image scaled to the input size, as nvinfer does
+    coverage: Optional[float] = None  # conformal sets at this coverage (default: the model's own)
+    ood_data: Optional[str] = None  # a folder of products the model does not know: OOD AUROC
 
     def __post_init__(self) -> None:
+        from edgecls.evaluation.data import PREPROCESS_MODES
+
+        if self.preprocess not in PREPROCESS_MODES:
+            raise InputError(f"--preprocess {self.preprocess!r} is not one of {', '.join(PREPROCESS_MODES)}")
         if self.batch < 1:
             raise InputError(f"--batch must be >= 1, got {self.batch}")
         if self.n_bins < 1:
@@ -69,6 +76,9 @@ class EvalResult:
     seconds: float
     images_per_second: float
     files: Tuple[str, ...] = field(default_factory=tuple)
+    preprocess: str = "standard"  # or deepstream (whole image scaled, no centre crop)
+    # sets, risk-coverage, unknown products, the precision promise (edgecls.evaluation.confidence)
+    confidence: Optional[Dict[str, Any]] = None
     # per image, in data order (not in to_dict: predictions.csv has them)
     paths: Tuple[str, ...] = field(default=(), repr=False, compare=False)
     labels: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
@@ -101,6 +111,8 @@ class EvalResult:
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
             "files": list(self.files),
+            "preprocess": self.preprocess,
+            "confidence": self.confidence,
         }
 
     def table(self) -> str:
@@ -108,7 +120,9 @@ class EvalResult:
             f"model {self.model}  [{self.kind}, {self.precision}, {self.backend}"
             f"{' ' + '/'.join(self.providers) if self.providers else ''}]\n"
             f"data {self.data}: {self.report.n} images, {self.seconds:.1f} s ({self.images_per_second:.1f} img/s)"
-            f"\ntemperature {self.spec.temperature:.3f} (this data prefers {self.temperature_fit:.3f}; "
+            + (", preprocess deepstream: whole image scaled to the input, no centre crop"
+               if self.preprocess == "deepstream" else "")
+            + f"\ntemperature {self.spec.temperature:.3f} (this data prefers {self.temperature_fit:.3f}; "
             f"ECE at T=1: {self.ece_t1:.4f})\n"
         )
         tail = "".join(f"\nwrote {f}" for f in self.files)
@@ -118,20 +132,30 @@ class EvalResult:
                 f"  {c:<12} " + "  ".join(f"{k} {v:>5d}" for k, v in counts.items())
                 for c, counts in self.decisions.items()
             )
-        return head + "\n" + self.report.table() + dec + ("\n" + tail if tail else "")
+        from edgecls.evaluation.confidence import confidence_lines
+
+        conf = confidence_lines(self.confidence) if self.confidence else []
+        conf_text = ("\n\nconfidence:\n" + "\n".join("  " + line for line in conf)) if conf else ""
+        return head + "\n" + self.report.table() + dec + conf_text + ("\n" + tail if tail else "")
 
 
 # -------------------------------------------------------------------------------------------- evaluation
 
 
 def predict_logits(
-    opened: OpenedModel, items: Sequence[Tuple[str, int]], batch: int, workers: int = 2, progress: bool = False
+    opened: OpenedModel, items: Sequence[Tuple[str, int]], batch: int, workers: int = 2, progress: bool = False,
+    preprocess: str = "standard",
 ) -> np.ndarray:
-    """Logits ``(N, C)`` of every item, in order, through the runtime preprocessing and ``opened``'s backend."""
+    """Logits ``(N, C)`` of every item, in order, through the runtime preprocessing and ``opened``'s backend.
+
+    A model with probabilities in the graph (spec ``output="probs"``) gives ``T · log p``, logits whose
+    ``softmax(· / T)`` is ``p`` again, so every metric reads the same."""
     out = np.empty((len(items), opened.spec.num_classes), dtype=np.float32)
     with progress_bar(total=len(items), unit="img", desc=f"eval {opened.path.name}", enabled=progress) as bar:
-        for start, x in iter_batches(items, opened.spec, batch, workers):
+        for start, x in iter_batches(items, opened.spec, batch, workers, preprocess):
             logits = opened.infer(x)
+            if opened.spec.output == "probs":
+                logits = opened.spec.temperature * np.log(np.maximum(logits, np.finfo(np.float32).tiny))
             if logits.shape != (x.shape[0], opened.spec.num_classes):
                 raise InputError(
                     f"model {opened.path} returned logits of shape {logits.shape}; expected "
@@ -166,6 +190,7 @@ def _positive_class_stats(
 
 def evaluate(config: EvalConfig) -> EvalResult:
     """Run ``config.model`` over ``config.data`` and compute every metric; write files when asked."""
+    from edgecls.evaluation.confidence import confidence_metrics
     from edgecls.runtime import metrics as M
 
     opened = open_model(config.model, config.device, config.threads)
@@ -174,8 +199,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
         items = labeled_images(config.data, spec.classes)
         log.info("evaluating %s (%s) on %d images from %s", opened.path, opened.kind, len(items), config.data)
         t0 = time.perf_counter()
-        logits = predict_logits(opened, items, config.batch, config.workers, config.progress)
+        logits = predict_logits(opened, items, config.batch, config.workers, config.progress, config.preprocess)
         seconds = time.perf_counter() - t0
+        ood_logits = None
+        if config.ood_data is not None:
+            from edgecls.evaluation.confidence import ood_logits_of
+
+            ood_logits = ood_logits_of(opened, config.ood_data, config.batch, config.workers, config.preprocess)
     finally:
         opened.close()
     y = np.array([label for _, label in items], dtype=np.int64)
@@ -202,6 +232,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
         decisions=decisions,
         seconds=seconds,
         images_per_second=len(items) / seconds if seconds > 0 else float("inf"),
+        preprocess=config.preprocess,
+        confidence=confidence_metrics(spec, logits, y, config.coverage, ood_logits),
         paths=tuple(p for p, _ in items),
         labels=y,
         logits=logits,
@@ -232,6 +264,10 @@ def _write_plots(result: EvalResult, out: Path) -> List[str]:
         return []
     title = f"{Path(result.model).name} ({result.precision})"
     files = [str(plots.plot_reliability(result.reliability, None, None, out / "reliability.png", title=title))]
+    if result.confidence:
+        from edgecls.evaluation.confidence import write_risk_coverage
+
+        files.append(write_risk_coverage(result.confidence, out, title))
     point = result.report.positive_metrics
     if result.pr is not None and point is not None:
         files.append(str(plots.plot_pr(

@@ -5,6 +5,7 @@
   checked after the session is created).
 - ``tensorrt.py``: :class:`~edgecls.runtime.backends.tensorrt.TrtBackend` for serialized engines, and
   :func:`~edgecls.runtime.backends.tensorrt.import_tensorrt`.
+- ``triton.py``: :class:`~edgecls.runtime.backends.triton.TritonBackend`, inference on a Triton/KServe v2 server.
 - ``cuda.py``: the CUDA bindings a TensorRT engine needs for its copies (cuda-python, CuPy, PyCUDA).
 
 :func:`load_backend` picks the backend from the model file.
@@ -32,13 +33,21 @@ def load_backend(
     threads: Optional[int] = None,
     allow_fallback: bool = False,
     spec: Optional[ModelSpec] = None,
+    remote: Optional[str] = None,
     **ort_options: Any,
 ) -> Backend:
     """The backend for a model file: ``.onnx`` → ``OrtBackend``, ``.engine``/``.plan`` → ``TrtBackend``.
 
-    ``ort_options`` go to ``OrtBackend`` (``trt_cache_dir``, ``session_config``).
+    ``ort_options`` go to ``OrtBackend`` (``trt_cache_dir``, ``session_config``). ``remote="triton://host:port/name"``:
+    inference on that server (:class:`~edgecls.runtime.backends.triton.TritonBackend`), checked against ``spec``.
     """
     p = check_model_file(path)
+    if remote is not None:
+        from edgecls.runtime.backends.triton import TritonBackend, is_triton_url
+
+        if not is_triton_url(remote):
+            raise InputError(f"--backend {remote!r}: the only remote backend is triton://HOST:PORT/MODEL")
+        return TritonBackend(remote, spec=spec)
     dev, _ = parse_device(device)
     if model_kind(p) == "onnx":
         return OrtBackend(p, device=device, threads=threads, allow_fallback=allow_fallback, spec=spec, **ort_options)

@@ -60,22 +60,7 @@ class TrtBackend(Backend):
         self.trt = trt
         self._ptrs: List[int] = []
         self.stream = None
-        # before anything is loaded: does the engine's build record match this TensorRT and GPU?
-        record = preflight(self.path, _trt_version(trt), compute_capability or gpu_compute_capability())
-        self.dla_core = record.dla_core if record is not None else None
-        self.cuda = cuda if cuda is not None else load_cuda_api()
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        if self.dla_core is not None:
-            self.runtime.DLA_core = int(self.dla_core)
-        data = self.path.read_bytes()
-        self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            how = rebuild_command(record, self.path) if record is not None else "edgecls build-engine MODEL.onnx"
-            raise CapabilityError(
-                f"TensorRT {_trt_version(trt)} could not load the engine {self.path}: engines only run with the "
-                f"TensorRT version and GPU they were built with; rebuild it on this device:\n  {how}"
-            )
+        self._load(trt, cuda, compute_capability)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise CapabilityError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)")
@@ -125,6 +110,23 @@ class TrtBackend(Backend):
             "TensorRT %s (%s API, %s): %s, batch %d..%d",
             _trt_version(trt), self.api, self.cuda.name, self.path.name, self.min_batch, self.max_batch,
         )
+
+    def _load(self, trt: Any, cuda: Optional[CudaApi], compute_capability: Optional[str]) -> None:
+        """Preflight from the build record (before anything is loaded), the CUDA runtime, then deserialization."""
+        record = preflight(self.path, _trt_version(trt), compute_capability or gpu_compute_capability())
+        self.dla_core = record.dla_core if record is not None else None
+        self.cuda = cuda if cuda is not None else load_cuda_api()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        if self.dla_core is not None:
+            self.runtime.DLA_core = int(self.dla_core)  # a DLA engine runs on the core it was built for
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            how = rebuild_command(record, self.path) if record is not None else "edgecls build-engine MODEL.onnx"
+            raise CapabilityError(
+                f"TensorRT {_trt_version(trt)} could not load the engine {self.path}: engines only run with the "
+                f"TensorRT version and GPU they were built with; rebuild it on this device:\n  {how}"
+            )
 
     def _malloc(self, nbytes: int) -> int:
         ptr = self.cuda.malloc(nbytes)

@@ -5,9 +5,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgecls.runtime.decision import NO, UNCERTAIN, YES, Prediction
+from edgecls.runtime.decision import NO, UNCERTAIN, UNKNOWN, YES, Prediction
 
-DECISION_COLORS = {YES: (40, 200, 60), NO: (200, 200, 200), UNCERTAIN: (255, 165, 0)}
+DECISION_COLORS = {YES: (40, 200, 60), NO: (200, 200, 200), UNCERTAIN: (255, 165, 0), UNKNOWN: (230, 60, 60)}
 
 
 def overlay_text(pred: Optional[Prediction], fps: Optional[float] = None) -> List[str]:
@@ -17,6 +17,10 @@ def overlay_text(pred: Optional[Prediction], fps: Optional[float] = None) -> Lis
             lines.append(f"{pred.positive}: {pred.decision} ({pred.p_positive:.2f})")
         lines.append(f"{pred.label} {pred.confidence:.2f}" if pred.label != UNCERTAIN else
                      f"uncertain ({pred.class_name} {pred.confidence:.2f})")
+        if pred.unknown:
+            lines.append(f"unknown product (OOD score {pred.ood_score:.2f})")
+        elif pred.set is not None and len(pred.set) != 1:
+            lines.append("set: " + (", ".join(pred.set[:4]) + (" ..." if len(pred.set) > 4 else "") or "(empty)"))
     if fps is not None:
         lines.append(f"{fps:.1f} FPS")
     return lines

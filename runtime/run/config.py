@@ -6,6 +6,9 @@ from typing import Optional, Tuple
 
 from edgecls.core.errors import InputError
 from edgecls.runtime.decision import check_threshold
+from edgecls.runtime.preprocess import DEFAULT_MAX_PIXELS
+from edgecls.runtime.sources.live import RetryPolicy
+from edgecls.runtime.sources.options import SourceOptions
 
 FORMATS = ("jsonl", "csv", "table")
 
@@ -21,6 +24,7 @@ class RunConfig:
     threads: Optional[int] = None  # onnxruntime intra-op threads (None: onnxruntime's default)
     batch: int = 1  # images per inference call for files/videos (live sources: always 1)
     threshold: Optional[float] = None  # None: the model's
+    coverage: Optional[float] = None  # conformal sets' coverage; None: the model's (when it carries calibration)
     topk: int = 3
     smooth: int = 1  # average probabilities over the last N frames of a video/live source
     fmt: str = "jsonl"
@@ -30,8 +34,16 @@ class RunConfig:
     max_frames: Optional[int] = None  # per source
     workers: Optional[int] = None  # decode/preprocess threads (None: half the CPUs, 1 to 4)
     retries: int = 5  # reopen attempts for a dropped stream
+    open_timeout: Optional[float] = 20.0  # s an open (and a live source's first frame) may take; None: no bound
+    rtsp_latency: int = 200  # ms, rtspsrc latency of the hardware-decode RTSP pipeline
+    rtsp_codec: str = "h264"  # what rtsp:// cameras send (h264 | h265), for the hardware-decode pipeline
+    loop: bool = False  # replay video files / image folders from the start when they end
     probs: bool = False  # add every class probability to the records
     summary: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header before decoding (0: no bound)
+    backend: Optional[str] = None  # triton://host:port/model: inference on a Triton server (preprocessing here)
+    metrics_port: Optional[int] = None  # Prometheus metrics of the run on this port (0: any free port)
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))
@@ -44,11 +56,22 @@ class RunConfig:
                 raise InputError(f"--{name} must be an integer >= 1, got {v!r}")
         if self.threshold is not None:
             check_threshold(self.threshold, "--threshold")
+        if self.coverage is not None and not 0.0 < float(self.coverage) < 1.0:
+            raise InputError(f"--coverage must be in (0, 1), e.g. 0.9, got {self.coverage!r}")
         for name in ("threads", "workers", "max_frames"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"--retries must be an integer >= 0, got {self.retries!r}")
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 0:
+            raise InputError(f"--max-pixels must be an integer >= 0 (0: no bound), got {self.max_pixels!r}")
+        if self.metrics_port is not None and not (isinstance(self.metrics_port, int) and 0 <= self.metrics_port <= 65535):
+            raise InputError(f"--metrics-port must be in 0..65535 (0: any free port), got {self.metrics_port!r}")
+        self.source_options()  # validates --open-timeout, --rtsp-latency, --rtsp-codec
         if not self.sources and not self.cameras:
             raise InputError("no source: give image files, folders, globs, videos, streams, csi://N or --camera N")
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(RetryPolicy(retries=self.retries), self.open_timeout, self.rtsp_latency, self.rtsp_codec,
+                             self.loop)

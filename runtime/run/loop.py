@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from edgecls.core.errors import EXIT_TERMINATED
 from edgecls.runtime.decision import Prediction, Smoother
 from edgecls.runtime.run.config import RunConfig
 from edgecls.runtime.run.output import AnnotatedOutput
@@ -32,7 +33,7 @@ from edgecls.runtime.run.viewer import Viewer
 from edgecls.runtime.run.writers import make_writer
 from edgecls.runtime.sources.files import ImageSource, read_image
 from edgecls.runtime.sources.frame import Frame
-from edgecls.runtime.sources.live import LiveSource, RetryPolicy
+from edgecls.runtime.sources.live import LiveSource
 from edgecls.runtime.sources.parse import parse_sources
 from edgecls.runtime.sources.video import VideoFileSource
 
@@ -94,7 +95,7 @@ class _Loop:
         return frame, chw, ms
 
     def _read_and_prepare(self, task: Tuple[str, int, Path, str]) -> Item:
-        return self._prepare(read_image(*task))
+        return self._prepare(read_image(*task, max_pixels=self.cfg.max_pixels))
 
     # -- emitting --------------------------------------------------------------------------------------------
     def _emit_error(self, frame: Frame) -> None:
@@ -115,13 +116,15 @@ class _Loop:
     def _decide(self, frames: List[Frame], logits: np.ndarray, sequence: bool) -> List[Prediction]:
         d = self.clf.decider
         probs = d.probabilities(logits)
+        ood = d.ood_scores(logits)  # per frame (None when the model carries no OOD threshold)
         preds = []
-        for f, row in zip(frames, probs):
+        for i, (f, row) in enumerate(zip(frames, probs)):
+            score = None if ood is None else float(ood[i])
             if self.smoother is not None and sequence:
                 avg, n = self.smoother.update(f.source, row)
-                preds.append(d.from_probs(avg, smoothed=n))
+                preds.append(d.from_probs(avg, smoothed=n, ood_score=score))
             else:
-                preds.append(d.from_probs(row))
+                preds.append(d.from_probs(row, ood_score=score))
         return preds
 
     def _timed_infer(self, batch: np.ndarray) -> Tuple[np.ndarray, float]:
@@ -214,7 +217,8 @@ class _Loop:
                 if f is None:
                     if s.finished:
                         active.remove(s)
-                        if s.end_reason:
+                        if s.end_reason:  # lost after its reopen attempts: exit 7 at the end
+                            self.stats.lost += 1
                             self.stats.notes.append(f"{s.name}: {s.end_reason}")
                     continue
                 item = self._prepare(f)
@@ -266,6 +270,8 @@ def _start_live(sources: Sequence[Any], notify: threading.Event, started: List[L
 def _warn_unused_options(config: RunConfig, sources: Sequence[Any]) -> None:
     if config.batch > 1 and any(s.live for s in sources):
         log.info("--batch applies to files and videos; live sources are classified one frame at a time")
+    if config.loop and all(s.live for s in sources):
+        log.warning("--loop has no effect: it replays video files and image folders, and every source here is live")
     if config.smooth > 1 and not any(s.live or isinstance(s, VideoFileSource) for s in sources):
         log.warning("--smooth %d has no effect: it averages over frames of videos and live sources", config.smooth)
 
@@ -279,6 +285,9 @@ def _run_groups(loop: _Loop, sources: Sequence[Any], notify: threading.Event, st
             loop.run_sequence(g.name, g.tasks(), loop._read_and_prepare, sequence=False)
         else:
             loop.run_sequence(g.name, g.frames(), loop._prepare, sequence=True)
+            if getattr(g, "end_reason", None):  # a truncated or corrupt video: exit 6 at the end
+                stats.incomplete += 1
+                stats.notes.append(f"{g.name}: {g.end_reason}")
         if loop.stopped:
             break
 
@@ -292,8 +301,11 @@ class _Open:
     saver: Optional[Saver] = None
     viewer: Optional[Viewer] = None
     stats: Optional[RunStats] = None
+    metrics: Optional[Any] = None  # --metrics-port server
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         for s in self.started:
             s.close()
         if self.loop is not None:
@@ -324,13 +336,14 @@ def run(
     owns = classifier is None
     clf = classifier or Classifier.load(
         config.model, device=config.device, threads=config.threads, allow_fallback=config.allow_fallback,
-        threshold=config.threshold, topk=config.topk,
+        threshold=config.threshold, topk=config.topk, max_pixels=config.max_pixels, coverage=config.coverage,
+        **({"remote": config.backend} if config.backend else {}),
     )
     load_s = time.perf_counter() - t0
     opened = _Open()
     try:
         if sources is None:
-            sources = parse_sources(config.sources, config.cameras, RetryPolicy(retries=config.retries))
+            sources = parse_sources(config.sources, config.cameras, config.source_options())
         notify = threading.Event()
         _start_live(sources, notify, opened.started)
         _warn_unused_options(config, sources)
@@ -341,13 +354,20 @@ def run(
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
+        if config.metrics_port is not None:
+            from edgecls.runtime.run.prometheus import MetricsServer
+
+            opened.metrics = MetricsServer(stats, sources, config.metrics_port, config.metrics_host)
+            err.write(f"edgecls run: metrics on {opened.metrics.url}\n")
+            err.flush()
         output = AnnotatedOutput(opened.saver, opened.viewer, stats)
         output.sources = {s.name: s for s in sources}
         opened.loop = _Loop(clf, config, writer, output, stats)
         try:
             _run_groups(opened.loop, sources, notify, stats)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (edgecls.core.errors.Terminated): a clean stop
             stats.interrupted = True
+            stats.signal = "SIGTERM" if getattr(e, "exit_code", None) == EXIT_TERMINATED else None
         writer.close()
     finally:
         opened.close()

@@ -5,17 +5,37 @@ import json
 import os
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from edgecls.core.errors import EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
 from edgecls.core.fileio import write_text
 from edgecls.runtime.decision import Prediction
+from edgecls.runtime.run.quantiles import LatencySketch
 from edgecls.runtime.run.records import rounded
 
+MAX_NOTES = 50  # a run that lasts weeks keeps the first notes and counts the rest
 
-def _pct(values: Sequence[float], q: float) -> Optional[float]:
+
+def _pct(values: Any, q: float) -> Optional[float]:
+    if isinstance(values, LatencySketch):
+        return values.percentile(q)
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+
+
+class BoundedNotes(list):
+    """The run's notes: the first :data:`MAX_NOTES` kept, later ones only counted (``more``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.more = 0
+
+    def append(self, note: str) -> None:
+        if len(self) < MAX_NOTES:
+            super().append(note)
+        else:
+            self.more += 1
 
 
 class RunStats:
@@ -25,6 +45,8 @@ class RunStats:
         self.positive = decider.spec.positive
         self.threshold = decider.threshold
         self.decision_names = decider.decision_names()
+        rule = getattr(decider, "confidence", None)  # sets / unknown / precision promise the model carries
+        self.confidence: List[str] = rule.describe(decider.threshold) if rule is not None else []
         self.backend_desc = backend_desc
         self.batch = batch
         self.load_s = load_s
@@ -34,16 +56,21 @@ class RunStats:
         self.errors = 0
         self.dropped = 0
         self.sources = 0
-        self.decode: List[float] = []
-        self.preprocess: List[float] = []
-        self.infer_batch: List[float] = []
-        self.infer_image: List[float] = []
-        self.latency: List[float] = []
-        self.notes: List[str] = []
+        # fixed-size latency statistics (exact percentiles up to 4096 values, within 0.5 % beyond): flat memory
+        self.decode = LatencySketch()
+        self.preprocess = LatencySketch()
+        self.infer_batch = LatencySketch()
+        self.infer_image = LatencySketch()
+        self.latency = LatencySketch()
+        self.notes: List[str] = BoundedNotes()
         self.saved: List[str] = []
+        self.incomplete = 0  # video files that ended early (truncated or corrupt)
+        self.lost = 0  # live sources lost after their reopen attempts
         self.interrupted = False
+        self.signal: Optional[str] = None  # "SIGTERM" when a SIGTERM stopped the run (else Ctrl-C)
         self.t0 = time.perf_counter()
         self.t1: Optional[float] = None
+        self.t_last: Optional[float] = None
 
     @property
     def elapsed(self) -> float:
@@ -54,12 +81,40 @@ class RunStats:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
     def add(self, pred: Prediction) -> None:
+        self.t_last = time.perf_counter()  # the last classified frame (--metrics-port: last-frame age)
         self.frames += 1
         self.decisions[pred.decision] += 1
         self.labels[pred.label] += 1
 
     def finish(self) -> None:
         self.t1 = time.perf_counter()
+
+    def exit_code(self) -> int:
+        """What ``edgecls run`` exits with (:mod:`edgecls.core.errors`): 130/143 interrupted, 7 nothing classified
+        or a live source lost, 6 some inputs failed (error records, a truncated video), else 0."""
+        if self.interrupted:
+            return EXIT_TERMINATED if self.signal == "SIGTERM" else EXIT_INTERRUPTED
+        if self.lost or self.frames == 0:
+            return EXIT_NOTHING
+        if self.errors or self.incomplete:
+            return EXIT_PARTIAL
+        return EXIT_OK
+
+    def status(self) -> str:
+        """One line saying what :meth:`exit_code` means for this run."""
+        code = self.exit_code()
+        if code == EXIT_OK:
+            return "ok: every input classified"
+        if self.interrupted:
+            return f"interrupted by {self.signal or 'Ctrl-C'}"
+        if self.lost:
+            return f"{self.lost} live source(s) lost after their reopen attempts"
+        if code == EXIT_NOTHING:
+            return f"nothing classified: every input failed ({self.errors} error records)"
+        parts = [f"{self.errors} of {self.frames + self.errors} inputs failed"] if self.errors else []
+        if self.incomplete:
+            parts.append(f"{self.incomplete} video(s) ended early")
+        return "partial: " + ", ".join(parts)
 
     def stages(self) -> Dict[str, Dict[str, Optional[float]]]:
         out = {}
@@ -87,8 +142,12 @@ class RunStats:
             "labels": dict(sorted(self.labels.items())),
             "latency_ms": self.stages(),
             "interrupted": self.interrupted,
+            "exit_code": self.exit_code(),
+            "status": self.status(),
             "saved": self.saved,
             "notes": self.notes,
+            "notes_not_shown": getattr(self.notes, "more", 0),
+            "confidence": self.confidence,
         }
 
     def format(self) -> str:
@@ -113,7 +172,12 @@ class RunStats:
                 lines.append(f"  {names[k]:<20}{v['p50']:>9.2f}{v['p95']:>9.2f}")
         for s in self.saved:
             lines.append(f"saved: {s}")
+        lines.extend(f"confidence: {c}" for c in self.confidence)
         lines.extend(f"note: {n}" for n in self.notes)
+        if getattr(self.notes, "more", 0):
+            lines.append(f"note: ... and {self.notes.more} more")
+        if self.exit_code() != EXIT_OK:
+            lines.append(f"exit {self.exit_code()}: {self.status()}")
         return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ class JsonlWriter:
 class CsvWriter:
     COLUMNS = (
         "source", "index", "frame", "path", "label", "confidence", "decision", "positive", "p_positive", "topk",
-        "decode_ms", "preprocess_ms", "infer_ms", "latency_ms", "error",
+        "set", "unknown", "decode_ms", "preprocess_ms", "infer_ms", "latency_ms", "error",
     )
 
     def __init__(self, stream: TextIO) -> None:
@@ -33,6 +33,8 @@ class CsvWriter:
         t = rec.get("timings_ms", {})
         row = dict(rec)
         row["topk"] = "|".join(f"{k['label']}:{k['p']:.4f}" for k in rec.get("topk", []))
+        if "set" in rec:
+            row["set"] = "|".join(rec["set"])
         row.update({"decode_ms": t.get("decode"), "preprocess_ms": t.get("preprocess"), "infer_ms": t.get("infer"),
                     "latency_ms": t.get("latency")})
         self.w.writerow(["" if row.get(c) is None else row.get(c) for c in self.COLUMNS])

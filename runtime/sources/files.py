@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 from edgecls.runtime.preprocess import ImageReadError, open_rgb
 from edgecls.runtime.sources.frame import Frame
@@ -16,27 +16,34 @@ class ImageSource:
     live = False
     kind = "images"
 
-    def __init__(self, name: str, items: Sequence[Tuple[Path, str]]) -> None:
+    def __init__(self, name: str, items: Sequence[Tuple[Path, str]], loop: bool = False) -> None:
         self.name = name
         self.items = list(items)  # (path, save_name)
+        self.loop = loop  # --loop: start again from the first image after the last (indices keep counting)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def tasks(self) -> Iterator[Tuple[str, int, Path, str]]:
-        for i, (path, save_name) in enumerate(self.items):
-            yield self.name, i, path, save_name
+        i = 0
+        while True:
+            for path, save_name in self.items:
+                yield self.name, i, path, save_name
+                i += 1
+            if not (self.loop and self.items):
+                return
 
     def close(self) -> None:
         pass
 
 
-def read_image(source: str, index: int, path: Path, save_name: str) -> Frame:
-    """Decode one image file (Pillow, RGB) into a Frame; an unreadable file gives a Frame with ``error``."""
+def read_image(source: str, index: int, path: Path, save_name: str, max_pixels: Optional[int] = None) -> Frame:
+    """Decode one image file (the one loader: upright RGB, at most ``max_pixels``) into a Frame; an unreadable file
+    gives a Frame with ``error``."""
     # a decoded PIL image goes to preprocessing without a round trip through numpy (same pixels)
     t0 = time.perf_counter()
     try:
-        image = open_rgb(path)
+        image = open_rgb(path, max_pixels)
         error = None
     except ImageReadError as e:
         image, error = None, str(e)

@@ -1,7 +1,10 @@
 """Live sources: a capture read on a background thread into a one-frame slot, reopened with bounded backoff.
 
 The consumer always takes the newest frame (never a stale buffered one); frames it did not take in time are counted
-as dropped. A stream that drops is reopened per :class:`RetryPolicy`, then the source ends cleanly.
+as dropped. A stream that drops is reopened per :class:`RetryPolicy`, then the source ends cleanly. With an
+``open_timeout`` every open runs on a helper thread and is abandoned after that many seconds, and the first frame
+must arrive within the same time: a server that accepts the connection but never answers (or never sends a frame)
+fails the run with :class:`SourceError` instead of hanging it.
 """
 from __future__ import annotations
 
@@ -110,6 +113,7 @@ class LiveSource:
         hint: str = "",
         sleep: Optional[Callable[[float], Any]] = None,
         notify: Optional[threading.Event] = None,
+        open_timeout: Optional[float] = None,
     ) -> None:
         self.name = name
         self.opener = opener
@@ -125,13 +129,44 @@ class LiveSource:
         self.end_reason: Optional[str] = None
         self.reconnects = 0
         self.captured = 0
+        self.open_timeout = open_timeout
+        self.decoder: Optional[str] = None  # what decodes a stream, when it matters (e.g. "nvv4l2decoder")
+        self._first = threading.Event()  # set at the first frame, or when the reader ends
 
     def set_notify(self, event: threading.Event) -> None:
         self.slot.notify = event
 
+    def _open(self) -> Any:
+        """``opener()``, bounded by ``open_timeout`` (then SourceError; a capture that opens later is released)."""
+        if self.open_timeout is None:
+            return self.opener()
+        box: dict = {}
+        abandoned = threading.Event()
+
+        def attempt() -> None:
+            try:
+                box["cap"] = self.opener()
+            except BaseException as e:  # handed to the caller below
+                box["error"] = e
+            if abandoned.is_set() and box.get("cap") is not None:
+                box["cap"].release()
+
+        t = threading.Thread(target=attempt, name=f"edgecls-open:{self.name}", daemon=True)
+        t.start()
+        t.join(self.open_timeout)
+        if t.is_alive():
+            abandoned.set()
+            raise SourceError(
+                f"cannot open {self.name}: no answer within {self.open_timeout:g} s (--open-timeout){self.hint}"
+            )
+        if "error" in box:
+            raise box["error"]
+        return box.get("cap")
+
     def start(self) -> LiveSource:
+        t0 = time.monotonic()
         try:
-            cap = self.opener()
+            cap = self._open()
         except (CapabilityError, SourceError):
             raise
         except Exception as e:
@@ -145,6 +180,14 @@ class LiveSource:
         self.fps = fps
         self._thread = threading.Thread(target=self._loop, name=f"edgecls-live:{self.name}", daemon=True)
         self._thread.start()
+        if self.open_timeout is not None:
+            left = max(0.0, self.open_timeout - (time.monotonic() - t0))
+            if not self._first.wait(left):
+                self.close(join=0.2)
+                raise SourceError(
+                    f"cannot open {self.name}: it opened but sent no frame within {self.open_timeout:g} s "
+                    f"(--open-timeout){self.hint}"
+                )
         return self
 
     def _reopen(self) -> Any:
@@ -153,7 +196,7 @@ class LiveSource:
             if self._sleep(delay) is True or self._stop.is_set():
                 return None
             try:
-                cap = self.opener()
+                cap = self._open()
             except Exception as e:
                 log.warning("%s: reopen failed: %s", self.name, e)
                 continue
@@ -188,6 +231,7 @@ class LiveSource:
                         return
                     continue
                 self.captured += 1
+                self._first.set()
                 self.slot.put(
                     Frame(
                         source=self.name, index=seq, image=img, bgr=self.bgr, frame=seq, t_capture=t0,
@@ -203,6 +247,7 @@ class LiveSource:
                     pass
             self._cap = None
             self.slot.close()
+            self._first.set()
 
     def get(self, timeout: Optional[float] = None) -> Optional[Frame]:
         return self.slot.get(timeout)
@@ -216,11 +261,11 @@ class LiveSource:
     def dropped(self) -> int:
         return self.slot.overwritten
 
-    def close(self) -> None:
+    def close(self, join: float = 2.0) -> None:
         self._stop.set()
         self.slot.close(discard=True)
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=join)
 
 
 def _read(cap: Any) -> Tuple[bool, Any, float, float]:

@@ -1,4 +1,5 @@
-"""SOURCE arguments → sources: a file, a folder, a glob, a video, ``--camera N``, ``csi://N``, ``v4l2://``, a stream."""
+"""SOURCE arguments → sources: a file, a folder, a glob, a video, ``--camera N``, ``csi://N``, ``v4l2://``, a stream,
+``gst://PIPELINE``."""
 from __future__ import annotations
 
 import glob as globmod
@@ -14,11 +15,12 @@ from edgecls.runtime.sources.cameras import (
     STREAM_SCHEMES,
     camera_source,
     csi_source,
+    gst_source,
     stream_source,
     v4l2_source,
 )
 from edgecls.runtime.sources.files import ImageSource
-from edgecls.runtime.sources.live import RetryPolicy
+from edgecls.runtime.sources.options import SourceOptions
 from edgecls.runtime.sources.video import VIDEO_EXTS, VideoFileSource
 
 log = logging.getLogger(__name__)
@@ -28,58 +30,61 @@ def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def parse_source(arg: str, retry: RetryPolicy = RetryPolicy()):
+def parse_source(arg: str, options: SourceOptions = SourceOptions()):
     """One SOURCE argument → an :class:`ImageSource`, :class:`VideoFileSource` or (unstarted) :class:`LiveSource`."""
     text = str(arg)
     low = text.lower()
+    if low.startswith("gst://"):
+        return gst_source(text, options)
     if low.startswith("csi://"):
-        return csi_source(text, retry)
+        return csi_source(text, options)
     if low.startswith("v4l2://"):
-        return v4l2_source(text, retry)
+        return v4l2_source(text, options)
     scheme = low.split("://", 1)[0] if "://" in low else ""
     if scheme in STREAM_SCHEMES:
-        return stream_source(text, retry)
+        return stream_source(text, options)
     if scheme:
         raise InputError(
             f"source {text!r}: unknown scheme {scheme!r}; valid: csi://N, v4l2:///dev/videoN, "
-            f"{', '.join(s + '://' for s in STREAM_SCHEMES)}, a file, a folder or a glob"
+            f"{', '.join(s + '://' for s in STREAM_SCHEMES)}, gst://PIPELINE, a file, a folder or a glob"
         )
     if re.fullmatch(r"/dev/video\d+", text):
-        return v4l2_source(text, retry)
+        return v4l2_source(text, options)
     p = Path(text)
     if p.is_dir():
         images = list_images(p)
         if not images:
             raise InputError(f"folder {text!r} holds no images (looked recursively for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         base = p.resolve().name or "images"
-        return ImageSource(text, [(f, (Path(base) / f.relative_to(p)).as_posix()) for f in images])
+        return ImageSource(text, [(f, (Path(base) / f.relative_to(p)).as_posix()) for f in images], loop=options.loop)
     if p.is_file():
         if p.suffix.lower() in VIDEO_EXTS:
-            return VideoFileSource(p, name=text)
-        return ImageSource(text, [(p, p.name)])
+            return VideoFileSource(p, name=text, loop=options.loop)
+        return ImageSource(text, [(p, p.name)], loop=options.loop)
     if _is_glob(text):
         matches = sorted(Path(m) for m in globmod.glob(text, recursive=True))
         files = [m for m in matches if m.is_file()]
         videos = [m for m in files if m.suffix.lower() in VIDEO_EXTS]
         images = [m for m in files if is_image_file(m)]
         if videos and not images:
-            return [VideoFileSource(v, name=os.fspath(v)) for v in videos]
+            return [VideoFileSource(v, name=os.fspath(v), loop=options.loop) for v in videos]
         if not images:
             raise InputError(f"the glob {text!r} matches no image or video files")
         if videos:
             log.warning("the glob %r matches videos too; give them separately (using its %d images)", text, len(images))
-        return ImageSource(text, [(m, m.name) for m in images])
-    raise InputError(f"source {text!r} does not exist (valid: a file, a folder, a glob, --camera N, csi://N, rtsp://…)")
+        return ImageSource(text, [(m, m.name) for m in images], loop=options.loop)
+    raise InputError(f"source {text!r} does not exist (valid: a file, a folder, a glob, --camera N, csi://N, rtsp://…, "
+                     "gst://PIPELINE)")
 
 
-def parse_sources(args: Sequence[str], cameras: Sequence[int] = (), retry: RetryPolicy = RetryPolicy()) -> list:
+def parse_sources(args: Sequence[str], cameras: Sequence[int] = (), options: SourceOptions = SourceOptions()) -> list:
     """All SOURCE arguments and ``--camera`` indices, in the order given (cameras last)."""
     out: list = []
     for a in args:
-        s = parse_source(a, retry)
+        s = parse_source(a, options)
         out.extend(s if isinstance(s, list) else [s])
     for c in cameras:
-        out.append(camera_source(int(c), retry))
+        out.append(camera_source(int(c), options))
     if not out:
         raise InputError("no source: give image files, folders, globs, videos, streams, csi://N or --camera N")
     return out

@@ -1,4 +1,5 @@
-"""A video file read in order on a background thread (bounded queue: nothing dropped, memory bounded)."""
+"""A video file read in order on a background thread (bounded queue: nothing dropped, memory bounded);
+with ``loop`` it starts again from the first frame when it ends (frame numbers keep counting)."""
 from __future__ import annotations
 
 import logging
@@ -25,11 +26,14 @@ class VideoFileSource:
     live = False
     kind = "video"
 
-    def __init__(self, path: Path, name: Optional[str] = None, queue_size: int = 8) -> None:
+    def __init__(self, path: Path, name: Optional[str] = None, queue_size: int = 8, loop: bool = False) -> None:
         self.path = Path(path)
         self.name = name or os.fspath(path)
         self.queue_size = queue_size
+        self.loop = loop
+        self.passes = 0  # completed passes over the file (--loop)
         self.fps: Optional[float] = None
+        self.end_reason: Optional[str] = None  # set when the file ended before its frame count (truncated/corrupt)
         self._stop = threading.Event()
 
     def frames(self) -> Iterator[Frame]:
@@ -45,13 +49,24 @@ class VideoFileSource:
         q: queue.Queue[Optional[Frame]] = queue.Queue(maxsize=self.queue_size)
 
         def reader() -> None:
+            nonlocal cap
             i = 0
+            start = 0  # index of this pass's first frame
             try:
                 while not self._stop.is_set():
                     t0 = time.perf_counter()
                     ok, img = cap.read()
                     if not ok or img is None:
-                        break
+                        if not (self.loop and i > start) or self._stop.is_set():
+                            break
+                        self.passes += 1
+                        start = i
+                        cap.release()
+                        cap = cv2.VideoCapture(os.fspath(self.path))
+                        if not cap.isOpened():
+                            log.warning("%s: cannot reopen the video for --loop; stopping", self.name)
+                            break
+                        continue
                     f = Frame(
                         source=self.name, index=i, image=img, bgr=True, frame=i, t_capture=t0,
                         decode_ms=(time.perf_counter() - t0) * 1e3, save_name=self.path.stem,
@@ -65,8 +80,9 @@ class VideoFileSource:
                     i += 1
             finally:
                 cap.release()
-                if expected and i < expected - 1 and not self._stop.is_set():
-                    log.warning("%s: read %d of %d frames (truncated or corrupt video?)", self.name, i, expected)
+                if expected and i - start < expected - 1 and not self._stop.is_set():
+                    self.end_reason = f"read {i - start} of {expected} frames (truncated or corrupt video?)"
+                    log.warning("%s: %s", self.name, self.end_reason)
                 while True:  # the end marker must arrive even if the queue is full
                     try:
                         q.put(None, timeout=0.1)

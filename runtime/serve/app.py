@@ -1,0 +1,207 @@
+"""The FastAPI app of ``edgecls serve``: :func:`create_app` (see the package docstring for the endpoints).
+
+The model loads in the background after startup (``/v2/health/live`` answers at once, ``/v2/health/ready`` is
+503 until the model is in); decoding and preprocessing run on a thread pool, inference on the micro-batcher's
+thread, so the event loop only moves bytes. Whatever a client sends, it gets JSON: a 4xx naming what was wrong
+for a bad request, 503 while loading or shutting down; the server keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from edgecls.core.errors import CapabilityError
+from edgecls.runtime.serve.batching import MicroBatcher
+from edgecls.runtime.serve.config import DEFAULT_MAX_BATCH, ServeConfig
+from edgecls.runtime.serve.uploads import UploadError, decode_image, image_from_multipart, read_limited
+
+log = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 64 * 1024  # form headers and boundaries on top of --max-bytes
+
+
+def import_fastapi():
+    try:
+        import fastapi
+    except ImportError as e:
+        raise CapabilityError("edgecls serve needs FastAPI and uvicorn: pip install 'edgecls[serve]'") from e
+    return fastapi
+
+
+class ServeState:
+    """The loaded model, the batcher, the pools and the counters of one app."""
+
+    def __init__(self, config: ServeConfig, load: Callable[[], Any], metrics: Any,
+                 on_load_error: Optional[Callable[[BaseException], None]] = None) -> None:
+        from edgecls.runtime.run.loop import usable_cpus
+
+        self.cfg = config
+        self._load = load
+        self.metrics = metrics
+        self.on_load_error = on_load_error
+        self.clf: Any = None
+        self.batcher: Optional[MicroBatcher] = None
+        self.load_error: Optional[str] = None
+        self.ready = False
+        self.count = 0
+        workers = config.workers or max(1, min(4, usable_cpus() // 2))
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="edgecls-serve-prep")
+
+    @property
+    def max_batch(self) -> int:
+        be = self.clf.backend
+        fixed = be.input_shape[0] if be.input_shape else None
+        limit = fixed or getattr(be, "max_batch", None)
+        want = self.cfg.max_batch or limit or DEFAULT_MAX_BATCH
+        return min(want, limit) if limit else want
+
+    async def load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            clf = await asyncio.get_running_loop().run_in_executor(self.pool, self._load)
+        except BaseException as e:  # noqa: B902 - any load failure makes the server unready, with the reason
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("model %s could not be loaded: %s", self.cfg.model, self.load_error)
+            if self.on_load_error is not None:
+                self.on_load_error(e)
+            return
+        self.clf = clf
+        self.batcher = MicroBatcher(clf.infer, self.max_batch, self.cfg.max_wait_ms,
+                                    on_batch=lambda n, ms: self.metrics.batch.observe(n))
+        self.batcher.start()
+        spec = clf.spec
+        sha = await asyncio.get_running_loop().run_in_executor(self.pool, _model_sha, self.cfg.model)
+        self.metrics.set_model(self.cfg.model_name, spec.arch, spec.precision, sha, spec.source_sha256 or "",
+                               clf.backend.describe())
+        self.metrics.ready.set(1)
+        self.ready = True
+        log.info("model %s loaded in %.2f s (%s, max batch %d, max wait %g ms)", self.cfg.model,
+                 time.perf_counter() - t0, clf.backend.describe(), self.max_batch, self.cfg.max_wait_ms)
+
+    async def close(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            await self.batcher.close()  # everything already queued is served first
+        self.pool.shutdown(wait=True)
+        if self.clf is not None:
+            self.clf.close()
+
+    def not_ready(self) -> UploadError:
+        if self.load_error:
+            return UploadError(503, f"the model could not be loaded: {self.load_error}")
+        return UploadError(503, "the model is loading; retry when /v2/health/ready says ready")
+
+    # -- the work of one image ---------------------------------------------------------------------------
+    def decode_and_prepare(self, data: bytes) -> Tuple[np.ndarray, float, float]:
+        t0 = time.perf_counter()
+        image = decode_image(data, self.cfg.max_pixels)
+        t1 = time.perf_counter()
+        try:
+            chw = self.clf.prepare(image)
+        except (ValueError, OSError) as e:
+            raise UploadError(400, f"cannot preprocess the image: {e}") from None
+        return chw, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+    async def classify(self, data: bytes, filename: Optional[str], probs: bool, t_start: float) -> Dict[str, Any]:
+        from edgecls.runtime.run.records import prediction_record
+        from edgecls.runtime.sources.frame import Frame
+
+        loop = asyncio.get_running_loop()
+        chw, decode_ms, pre_ms = await loop.run_in_executor(self.pool, self.decode_and_prepare, data)
+        res = await self.batcher.submit(chw)
+        d = self.clf.decider
+        pred = d.from_probs(d.probabilities(res.output[None, :])[0])
+        frame = Frame(source="http", index=self.count, path=filename, decode_ms=decode_ms)
+        self.count += 1
+        total = (time.perf_counter() - t_start) * 1e3
+        rec = prediction_record(frame, pred, pre_ms, res.infer_ms, res.batch, probs, total)
+        rec["timings_ms"]["queue"] = round(res.queue_ms, 3)
+        self.metrics.observe_stages({"decode": decode_ms, "preprocess": pre_ms, "queue": res.queue_ms,
+                                     "infer": res.infer_ms, "total": total})
+        self.metrics.decisions.labels(pred.decision).inc()
+        return rec
+
+
+def _model_sha(path: str) -> str:
+    from edgecls.core.fileio import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return ""
+
+
+def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
+    def load():
+        from edgecls.runtime.classifier import Classifier
+
+        options = {"remote": cfg.backend} if cfg.backend else {}
+        return Classifier.load(cfg.model, device=cfg.device, threads=cfg.threads, allow_fallback=cfg.allow_fallback,
+                               threshold=cfg.threshold, topk=cfg.topk, **options)
+
+    return load
+
+
+def create_app(config: ServeConfig, classifier: Any = None,
+               on_load_error: Optional[Callable[[BaseException], None]] = None):
+    """The FastAPI app serving ``config.model`` (or an already loaded ``classifier``: tests, the Python API)."""
+    fastapi = import_fastapi()
+    from edgecls.runtime.serve.metrics import ServeMetrics
+    from edgecls.runtime.serve.routes import add_routes
+
+    metrics = ServeMetrics()
+    load = (lambda: classifier) if classifier is not None else default_loader(config)
+    state = ServeState(config, load, metrics, on_load_error)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.get_running_loop().create_task(state.load())
+        try:
+            yield
+        finally:
+            if not task.done():
+                await task  # a load in progress finishes (a thread cannot be interrupted), then everything closes
+            await state.close()
+
+    app = fastapi.FastAPI(title="edgecls serve", version=_version(), lifespan=lifespan, docs_url=None,
+                          redoc_url=None, openapi_url=None)
+    app.state.edgecls = state
+    add_routes(app, state, MULTIPART_OVERHEAD)
+    return app
+
+
+def _version() -> str:
+    from edgecls import __version__
+
+    return __version__
+
+
+def is_multipart(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
+async def upload_bytes(request: Any, state: ServeState, overhead: int) -> Tuple[bytes, Optional[str]]:
+    """The image bytes of a ``/predict`` request: the raw body, or the one file of a multipart form."""
+    ctype = request.headers.get("content-type", "")
+    limit = state.cfg.max_bytes + (overhead if is_multipart(ctype) else 0)
+    body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
+    if is_multipart(ctype):
+        data, filename = await image_from_multipart(request.headers, body, state.cfg.max_bytes)
+        if len(data) > state.cfg.max_bytes:
+            raise UploadError(413, f"image is {len(data)} bytes; this server accepts at most "
+                                   f"{state.cfg.max_bytes} (--max-bytes)")
+        return data, (os.path.basename(filename) if filename else None)
+    base = ctype.split(";", 1)[0].strip().lower()
+    if base == "application/json":  # any other type is taken as image bytes (curl --data-binary sends a form type)
+        raise UploadError(415, f"Content-Type {base!r} is not an image: POST the image bytes "
+                               "(e.g. curl --data-binary @photo.jpg) or a multipart form with one file "
+                               "(curl -F file=@photo.jpg); preprocessed tensors go to /v2/models/<name>/infer")
+    return body, None

@@ -1,0 +1,155 @@
+"""The endpoints of ``edgecls serve`` (added to the app by :func:`add_routes`).
+
+- ``POST /predict[?probs=true]``: image bytes, or a multipart form with one file → the record ``edgecls run``
+  prints (plus ``timings_ms.queue``, the time spent waiting for a batch).
+- KServe v2: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (503 until loaded), ``/v2/models/<name>``
+  (metadata), ``/v2/models/<name>/ready``, ``POST /v2/models/<name>[/versions/1]/infer`` (:mod:`.kserve`).
+- ``GET /metrics``: Prometheus text (:mod:`.metrics`).
+
+Every error is JSON ``{"error": "..."}``: 4xx for what the client sent, 503 while loading or shutting down.
+(No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations, e.g. ``Request``.)
+"""
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from edgecls.runtime.serve import kserve
+from edgecls.runtime.serve.batching import BatcherClosed
+from edgecls.runtime.serve.uploads import UploadError, read_limited
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "edgecls"
+
+
+def add_routes(app: Any, state: Any, overhead: int) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    metrics = state.metrics
+
+    def reply(endpoint: str, status: int, content: Any, kind: str = "") -> Any:
+        metrics.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            metrics.errors.labels(kind or ("client" if status < 500 else "server")).inc()
+            content = {"error": content}
+        return JSONResponse(content, status_code=status)
+
+    async def guarded(endpoint: str, work) -> Any:
+        """Run ``work()``; map every failure to a JSON status (the server keeps serving)."""
+        metrics.inflight.inc()
+        try:
+            if not state.ready:
+                raise state.not_ready()
+            return await work()
+        except UploadError as e:
+            kind = {503: "unavailable", 404: "client", 422: "client"}.get(e.status, "upload")
+            return reply(endpoint, e.status, e.message, kind)
+        except BatcherClosed as e:
+            return reply(endpoint, 503, str(e), "unavailable")
+        except ClientDisconnect:
+            return reply(endpoint, 400, "the client disconnected before the upload was complete", "upload")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the model or backend failed: a server error, logged with its traceback
+            log.exception("%s failed", endpoint)
+            return reply(endpoint, 500, f"inference failed: {type(e).__name__}: {e}", "inference")
+        finally:
+            metrics.inflight.dec()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        detail = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return reply(request.url.path, 422, f"invalid request: {detail}", "client")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.post("/predict")
+    async def predict(request: Request, probs: bool = False):
+        t0 = time.perf_counter()
+
+        async def work():
+            from edgecls.runtime.serve.app import upload_bytes
+
+            data, filename = await upload_bytes(request, state, overhead)
+            return reply("/predict", 200, await state.classify(data, filename, probs, t0))
+
+        return await guarded("/predict", work)
+
+    @app.get("/v2")
+    async def server_metadata():
+        from edgecls import __version__
+
+        return {"name": "edgecls", "version": __version__, "extensions": ["classification", "binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        if state.ready:
+            return {"ready": True}
+        return JSONResponse({"ready": False, "error": state.not_ready().message}, status_code=503)
+
+    def check_name(name: str) -> None:
+        if name != state.cfg.model_name:
+            raise UploadError(404, f"unknown model {name!r}; this server serves {state.cfg.model_name!r}")
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str = "1"):
+        async def work():
+            check_name(name)
+            return reply("/v2/models/metadata", 200, kserve.model_metadata(name, state.clf.spec, PLATFORM))
+
+        return await guarded("/v2/models/metadata", work)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str):
+        if name != state.cfg.model_name:
+            return JSONResponse({"error": f"unknown model {name!r}"}, status_code=404)
+        return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str = "1"):
+        async def work():
+            check_name(name)
+            return await _infer(state, request, Response)
+
+        return await guarded("/v2/models/infer", work)
+
+    @app.get("/metrics")
+    async def prometheus():
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+
+async def _infer(state: Any, request: Any, response_cls: Any) -> Any:
+    from edgecls.runtime.metrics import softmax
+
+    clf = state.clf
+    spec = clf.spec
+    limit = state.cfg.max_bytes
+    body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
+    req = await asyncio.get_running_loop().run_in_executor(
+        state.pool, kserve.parse_infer_request, body, request.headers.get(kserve.HEADER_LENGTH),
+        spec.input_name, spec.output_name, spec.preprocess.crop)
+    results = await asyncio.gather(*(state.batcher.submit(x) for x in req.batch))
+    outputs = np.stack([r.output for r in results]).astype(np.float32)
+    probs = outputs.astype(np.float64) if spec.output == "probs" else softmax(outputs, spec.temperature)
+    body, headers = kserve.infer_response(state.cfg.model_name, req, spec.output_name, outputs, probs, spec.classes)
+    state.metrics.requests.labels("/v2/models/infer", "200").inc()
+    return response_cls(body, status_code=200, headers=headers)
+
+
+__all__ = ["add_routes"]

@@ -1,0 +1,32 @@
+"""How sources are opened: reconnects, the open timeout, the RTSP pipeline's latency and codec, looping files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgecls.core.errors import InputError
+from edgecls.runtime.sources.live import RetryPolicy
+
+RTSP_CODECS = ("h264", "h265")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """``retry``: reopening a dropped stream; ``open_timeout``: seconds an open (and the first frame) may take
+    (None: wait as long as OpenCV does); ``rtsp_latency``: ms of jitter buffer in the hardware-decode RTSP pipeline
+    (``rtspsrc latency``); ``rtsp_codec``: what the RTSP camera sends (h264 | h265); ``loop``: replay video files
+    and image folders from the start when they end."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    open_timeout: Optional[float] = None
+    rtsp_latency: int = 200
+    rtsp_codec: str = "h264"
+    loop: bool = False
+
+    def __post_init__(self) -> None:
+        if self.open_timeout is not None and not (isinstance(self.open_timeout, (int, float)) and self.open_timeout > 0):
+            raise InputError(f"--open-timeout must be a number of seconds > 0, got {self.open_timeout!r}")
+        if not isinstance(self.rtsp_latency, int) or self.rtsp_latency < 0:
+            raise InputError(f"--rtsp-latency must be an integer number of milliseconds >= 0, got {self.rtsp_latency!r}")
+        if self.rtsp_codec not in RTSP_CODECS:
+            raise InputError(f"--rtsp-codec {self.rtsp_codec!r} is not one of {', '.join(RTSP_CODECS)}")

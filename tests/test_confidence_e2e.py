@@ -1,0 +1,160 @@
+"""A confidence you can state, end to end on a tiny model: train (honest split) → export (each artifact re-fits
+its own confidence on its own outputs) → run / Python API (sets, unknown) → eval (coverage, risk–coverage, AUROC).
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def conf_data(tmp_path_factory) -> Path:
+    from edgecls.synthetic import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("conf_data"), counts={"mobile": 24, "other": 32},
+                             val_counts={"mobile": 20, "other": 24}, size=48, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(conf_data, tmp_path_factory):
+    from edgecls.train.config import RECIPES, TrainConfig
+    from edgecls.train.trainer import train
+
+    cfg = TrainConfig(data=str(conf_data), arch="resnet18", weights="none", positive="mobile", progress=False,
+                      out=str(tmp_path_factory.mktemp("run") / "run"),
+                      recipe=RECIPES["fast"].for_weights(False).override(epochs=1, image_size=32, batch_size=8))
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from edgecls.export.deploy import DeployConfig
+    from edgecls.export.pipeline import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("export")
+    res = export_checkpoint(ExportConfig(trained.best_path, out=out, fp16=True, int8=True, int8_forms=("int8-cpu",),
+                                         calib_count=16, deploy=DeployConfig(variants=("probs",))))
+    res.raise_for_status()
+    return out
+
+
+def _onnx_outputs(path: Path, paths, pspec) -> np.ndarray:
+    """The artifact's outputs computed here with a bare onnxruntime session (not edgecls's backend)."""
+    import onnxruntime as ort
+
+    from edgecls.runtime.preprocess import load_image, preprocess
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = preprocess([load_image(p) for p in paths], pspec)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float64)
+
+
+def test_training_calibrates_on_images_that_did_not_pick_the_epoch(trained):
+    from edgecls.reference.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(trained.best_path)
+    splits = trained.summary["splits"]
+    assert splits["honest"] and splits["calibration"]["images"] == 22 and splits["selection"]["images"] == 22
+    assert splits["calibration"]["counts"] == {"mobile": 10, "other": 12}
+    calib = set(ck.data["calib"])
+    assert calib == set(splits["calibration"]["paths"]) and calib < {p for p, _ in ck.items("val")}
+    conf = ck.spec.confidence
+    assert conf.n == 22 and "calibration split" in conf.source and conf.temperature == ck.spec.temperature
+    assert conf.conformal.n == 22 and conf.ood is not None
+    g = conf.guarantee  # 10 phones cannot certify 95 % (45 needed even without a miss): a visible refusal
+    assert g.positives == 10 and not g.certified and ck.spec.threshold == pytest.approx(g.threshold)
+    assert "NOT GUARANTEED" in g.statement() and "NOT GUARANTEED" in trained.table()
+    assert "splits     epoch picked on 22 val images; calibrated on 22 others" in trained.table()
+
+
+def test_every_artifact_carries_confidence_fitted_on_its_own_outputs(exported, trained):
+    from edgecls.reference.checkpoint import load_checkpoint
+    from edgecls.runtime.confidence import nonconformity
+    from edgecls.runtime.confidence.conformal import round_up
+    from edgecls.runtime.metrics import softmax
+    from edgecls.runtime.model_io import load_model_spec
+
+    ck = load_checkpoint(trained.best_path)
+    calib = ck.data["calib"]
+    y = np.array([lab for p, lab in ck.items("val") if p in set(calib)])
+    order = [p for p, _ in ck.items("val") if p in set(calib)]
+    parity = json.loads((exported / "parity.json").read_text())
+    for name in ("model.onnx", "model_fp16.onnx", "model_int8_cpu.onnx", "model_probs.onnx"):
+        spec = load_model_spec(exported / name)
+        conf = spec.confidence
+        assert conf is not None and conf.n == 22 and f"outputs of {name}" in conf.source
+        assert "calibration split recorded in the checkpoint" in conf.source
+        out = _onnx_outputs(exported / name, order, spec.preprocess)
+        probs = out if spec.output == "probs" else softmax(out, spec.temperature)
+        assert conf.conformal.scores == pytest.approx(round_up(nonconformity(probs, y, "lac")), abs=2e-6), name
+        assert conf.ood.kind == ("msp" if spec.output == "probs" else "energy")
+        assert parity["artifacts"][name]["confidence"]["source"] == conf.source
+
+
+def test_run_records_and_api_expose_sets_and_unknown(exported, conf_data, tmp_path):
+    from PIL import Image
+
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.run.config import RunConfig
+    from edgecls.runtime.run.loop import run
+
+    out, err = io.StringIO(), io.StringIO()
+    stats = run(RunConfig(model=str(exported / "model_int8_cpu.onnx"), sources=(str(conf_data / "val"),),
+                          coverage=0.8), out=out, err=err)
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(recs) == 44 and all("set" in r and "unknown" in r and "ood_score" in r for r in recs)
+    assert all(set(r["set"]) <= {"mobile", "other"} for r in recs)
+    assert "confidence: sets: 80 % coverage (LAC, 22 calibration images" in err.getvalue()
+    assert "NOT GUARANTEED" in err.getvalue() and stats.to_dict()["confidence"]
+    noise = tmp_path / "noise.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)
+    with Classifier.load(exported / "model.onnx", device="cpu", coverage=0.9) as clf:
+        p = clf.predict(str(noise))
+        assert p.set is not None and isinstance(p.unknown, bool) and p.ood_score is not None
+        assert (p.decision == "unknown") == p.unknown
+
+
+def test_eval_reports_coverage_risk_coverage_and_ood_auroc(exported, conf_data, tmp_path):
+    from PIL import Image
+
+    from edgecls.evaluation.evaluate import EvalConfig, evaluate
+
+    ood = tmp_path / "unknown"
+    ood.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(ood / f"{i}.jpg")
+    res = evaluate(EvalConfig(model=str(exported / "model.onnx"), data=str(conf_data / "val"),
+                              out=str(tmp_path / "eval"), ood_data=str(ood), coverage=0.9))
+    c = res.confidence
+    assert c["conformal"]["target"] == 0.9 and 0 <= c["conformal"]["coverage"] <= 1
+    assert 0 <= c["conformal"]["average_size"] <= 2 and c["risk_coverage"]["coverage"][-1] == 1.0
+    assert 0 <= c["ood"]["auroc"] <= 1 and c["ood"]["unknown_images"] == 12
+    assert c["guarantee"]["certified"] is False
+    assert (tmp_path / "eval" / "risk_coverage.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["confidence"]["ood"]["auroc"] == pytest.approx(c["ood"]["auroc"])
+    assert "sets (LAC, target 90 %)" in res.table() and "AUROC" in res.table()
+
+
+def test_old_artifact_runs_as_before_and_refuses_coverage(tmp_path, tiny_data, capsys):
+    from models_helpers import make_tiny_checkpoint, plain_onnx
+
+    from edgecls.cli import main
+
+    ck = make_tiny_checkpoint(tiny_data, tmp_path / "old.pt")
+    onnx_path = plain_onnx(ck, tmp_path / "old.onnx")  # a spec without confidence, as before issue 13
+    img = str(sorted((tiny_data / "val" / "mobile").glob("*.jpg"))[0])
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(onnx_path), img, "--no-summary", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "set" not in json.loads(out.splitlines()[0])
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(onnx_path), img, "--coverage", "0.9", "--device", "cpu"])
+    assert e.value.code == 2 and "--coverage needs a model that carries" in capsys.readouterr().err
