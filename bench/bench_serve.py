@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Load benchmark of ``edgecls serve`` on this machine (loopback only), against ``edgecls run`` on the same images.
 
-1. ``edgecls run MODEL IMAGES --batch B`` (the real command; its steady-state frames/s from ``--summary-json``,
-   model load excluded) — before and after the load test, the better of the two is the reference.
-2. ``edgecls serve MODEL --port 0`` in a subprocess; a real HTTP client (``http.client``, one keep-alive connection
-   per thread) sends ``--requests`` image uploads, ``--concurrency`` at a time, cycling over the same images:
-   errors, p50/p99 latency, images/s, the ratio to ``edgecls run`` (the aim: >= 0.8), and whether every answer
-   equals the record ``edgecls run`` printed for that image (label, decision, confidence within 1e-6).
+1. ``edgecls serve MODEL --port 0`` in a subprocess; a real HTTP client (``http.client``, one keep-alive connection
+   per thread) sends ``--requests`` image uploads, ``--concurrency`` at a time, cycling over the images, in
+   ``--rounds`` rounds; before each round ``edgecls run MODEL IMAGES --batch B`` (the real command; its
+   steady-state frames/s from ``--summary-json``, model load excluded) runs over the same images, so load drift on
+   a shared machine hits both alike. Printed: errors, p50/p99 latency, images/s, the ratio to ``edgecls run``
+   (the aim: >= 0.8), and whether every answer equals the record ``edgecls run`` printed for that image (label,
+   decision, confidence within 1e-6).
 3. ``--garbage`` bad uploads (random bytes, truncated JPEG, empty, JSON, too large, too many pixels, broken and
    multi-file multipart, ...): every one must get a 4xx, and the server must still be ready and still classify.
 4. SIGTERM with ``--concurrency`` requests in flight: every one must be answered, then the server exits (uvicorn
@@ -56,6 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--max-bytes", type=int, default=4 * 2**20, help="serve --max-bytes (the garbage test sends more)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--ratio", type=float, default=0.8, help="required images/s ratio serve / run")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of [edgecls run, requests/rounds uploads]")
     return ap.parse_args(argv)
 
 
@@ -149,10 +151,13 @@ def post(conn: http.client.HTTPConnection, body: bytes, ctype: str = "applicatio
     return r.status, r.read()
 
 
-def load(server: Server, bodies: List[Tuple[str, bytes]], n: int, concurrency: int, timeout: float):
-    """``n`` uploads from ``concurrency`` threads: (latencies s, errors, answers {index: record}, wall s)."""
+def load(server: Server, bodies: List[Tuple[str, bytes]], n: int, concurrency: int, timeout: float,
+         offset: int = 0):
+    """Uploads ``offset .. offset + n - 1`` (cycling over ``bodies``) from ``concurrency`` threads:
+    (latencies s, errors, answers {index: record}, wall s)."""
     lock = threading.Lock()
-    nxt = [0]
+    nxt = [offset]
+    n += offset
     lat: List[float] = []
     errors: List[str] = []
     answers: Dict[int, dict] = {}
@@ -299,6 +304,86 @@ def sigterm_in_flight(server: Server, body: bytes, n: int, timeout: float) -> Tu
 # ------------------------------------------------------------------------------------------------ main
 
 
+def measure(model: Path, folder: Path, bodies: List[Tuple[str, bytes]], args: argparse.Namespace,
+            tmp: Path) -> Dict:
+    """Rounds of [`edgecls run` over the folder, then requests/rounds uploads to the server] (interleaved, so load
+    drift on a shared machine hits both alike), then the garbage, the checks after it and SIGTERM."""
+    m: Dict = {"run_fps": [], "serve": [], "lat": [], "errors": [], "answers": {}}
+    server = Server(model, args)
+    try:
+        load(server, bodies, min(2 * args.concurrency, args.requests), args.concurrency, args.timeout)  # warm-up
+        per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
+        done = 0
+        for r, n in enumerate(per_round):
+            fps, records = edgecls_run(model, folder, args, tmp)
+            m["run_fps"].append(fps)
+            m.setdefault("records", records)
+            lat, errors, answers, wall = load(server, bodies, n, args.concurrency, args.timeout, offset=done)
+            done += n
+            m["serve"].append((len(lat), wall))
+            m["lat"] += lat
+            m["errors"] += errors
+            m["answers"].update(answers)
+            print(f"round {r + 1}: edgecls run {fps:.1f} images/s, edgecls serve {len(lat) / wall:.1f} images/s "
+                  f"(load {open('/proc/loadavg').read().split()[0]})", file=sys.stderr)
+        m["garbage"] = send_garbage(server, garbage_requests(bodies[0][1], args.max_bytes, args.garbage), args.timeout)
+        m["ready"] = server.get("/v2/health/ready")[0]
+        m["after"] = post(server.connection(args.timeout), bodies[0][1])[0]
+        m["metrics"] = server.get("/metrics")[1].decode()
+        m["sigterm"] = sigterm_in_flight(server, bodies[0][1], args.concurrency, args.timeout)
+    finally:
+        server.kill()
+    return m
+
+
+def report(m: Dict, bodies: List[Tuple[str, bytes]], args: argparse.Namespace) -> List[str]:
+    """Print the table; the failed acceptance checks."""
+    served = sum(n for n, _ in m["serve"])
+    ips = served / sum(w for _, w in m["serve"])
+    run_mean = float(np.mean(m["run_fps"]))
+    ratios = [(n / w) / f for (n, w), f in zip(m["serve"], m["run_fps"])]
+    ms = np.asarray(m["lat"]) * 1e3
+    p50, p99 = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99))) if len(ms) else (float("nan"),) * 2
+    mismatches = same_as_run(m["answers"], bodies, m["records"])
+    garbage, (statuses, rc) = m["garbage"], m["sigterm"]
+    g4xx = sum(c for k in garbage.values() for s, c in k.items() if 400 <= s < 500)
+    rows = [
+        ("requests answered 200 / sent", f"{served} / {args.requests}"),
+        ("errors", f"{len(m['errors'])}"),
+        ("latency p50 / p99 (ms)", f"{p50:.1f} / {p99:.1f}"),
+        ("edgecls serve images/s", f"{ips:.1f}"),
+        ("edgecls run images/s (mean of rounds)", f"{run_mean:.1f}"),
+        ("ratio serve / run (per round)", " ".join(f"{r:.2f}" for r in ratios)),
+        ("ratio serve / run (all rounds)", f"{ips / run_mean:.3f}"),
+        ("answers differing from edgecls run", f"{mismatches}"),
+        ("garbage uploads answered 4xx / sent", f"{g4xx} / {args.garbage}"),
+        ("ready after garbage / a good upload after", f"{m['ready']} / {m['after']}"),
+        ("SIGTERM: in-flight answered 200 / exit code", f"{statuses.count(200)}/{len(statuses)} / {rc}"),
+    ]
+    print(f"\n| {'what':<44} | {'value':>24} |")
+    print(f"|{'-' * 46}|{'-' * 26}|")
+    for k, v in rows:
+        print(f"| {k:<44} | {v:>24} |")
+    print("\ngarbage by kind: " + "; ".join(f"{k}: {dict(v)}" for k, v in garbage.items()))
+    print("server batches: " + ", ".join(x for x in m["metrics"].splitlines()
+                                         if x.startswith(("edgecls_batch_size_sum", "edgecls_batch_size_count"))))
+    failures = []
+    if m["errors"] or served != args.requests:
+        failures.append(f"{len(m['errors'])} errors, e.g. {m['errors'][:3]}")
+    if ips < args.ratio * run_mean:
+        failures.append(f"throughput {ips:.1f} < {args.ratio} x edgecls run {run_mean:.1f}")
+    if mismatches:
+        failures.append(f"{mismatches} answers differ from edgecls run")
+    bad = {k: v for k, v in garbage.items() if any(not 400 <= s < 500 for s in v)}
+    if bad:
+        failures.append(f"garbage not answered 4xx: {bad}")
+    if m["ready"] != 200 or m["after"] != 200:
+        failures.append(f"after the garbage: ready {m['ready']}, a good upload {m['after']}")
+    if statuses.count(200) != len(statuses) or rc not in (0, -signal.SIGTERM):  # uvicorn re-raises SIGTERM
+        failures.append(f"SIGTERM: statuses {statuses}, exit code {rc}")
+    return failures
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from edgecls.core.images import list_images
@@ -307,68 +392,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     folder = Path(args.images) if args.images else SHARED_VAL
     if not folder.is_dir():
         raise SystemExit(f"no images: {folder} is absent (pass --images DIR)")
-    files = list_images(folder)
-    bodies = [(str(p), p.read_bytes()) for p in files]
-    print(f"model {model}; images {folder} ({len(files)}); {args.requests} requests, {args.concurrency} concurrent; "
-          f"batch {args.batch}; threads {args.threads or 'onnxruntime default'}; CPUs {os.cpu_count()}; "
-          f"load {open('/proc/loadavg').read().split()[:3]}")
-    failures: List[str] = []
+    if not 1 <= args.rounds <= args.requests:
+        raise SystemExit("--rounds must be in 1..--requests")
+    bodies = [(str(p), p.read_bytes()) for p in list_images(folder)]
+    print(f"model {model}; images {folder} ({len(bodies)}); {args.requests} requests, {args.concurrency} concurrent, "
+          f"in {args.rounds} rounds interleaved with `edgecls run`; batch {args.batch}; threads "
+          f"{args.threads or 'onnxruntime default'}; CPUs {os.cpu_count()}; load "
+          f"{open('/proc/loadavg').read().split()[:3]}")
     with tempfile.TemporaryDirectory() as td:
-        run_fps, records = edgecls_run(model, folder, args, Path(td))
-        print(f"edgecls run: {run_fps:.1f} images/s", file=sys.stderr)
-        server = Server(model, args)
-        try:
-            load(server, bodies, min(2 * args.concurrency, args.requests), args.concurrency, args.timeout)  # warm-up
-            lat, errors, answers, wall = load(server, bodies, args.requests, args.concurrency, args.timeout)
-            mismatches = same_as_run(answers, bodies, records)
-            garbage = send_garbage(server, garbage_requests(bodies[0][1], args.max_bytes, args.garbage), args.timeout)
-            ready = server.get("/v2/health/ready")[0]
-            after = post(server.connection(args.timeout), bodies[0][1])[0]
-            _, metrics = server.get("/metrics")
-            statuses, rc = sigterm_in_flight(server, bodies[0][1], args.concurrency, args.timeout)
-        finally:
-            server.kill()
-        run_fps2, _ = edgecls_run(model, folder, args, Path(td))
-    run_best = max(run_fps, run_fps2)
-    ips = len(lat) / wall if wall > 0 else 0.0
-    ms = np.asarray(lat) * 1e3
-    p50, p99 = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99))) if len(ms) else (float("nan"),) * 2
-    print()
-    print(f"| {'what':<44} | {'value':>24} |")
-    print(f"|{'-' * 46}|{'-' * 26}|")
-    rows = [
-        ("requests answered 200 / sent", f"{len(lat)} / {args.requests}"),
-        ("errors", f"{len(errors)}"),
-        ("latency p50 / p99 (ms)", f"{p50:.1f} / {p99:.1f}"),
-        ("edgecls serve images/s", f"{ips:.1f}"),
-        ("edgecls run images/s (before / after)", f"{run_fps:.1f} / {run_fps2:.1f}"),
-        ("ratio serve / best run", f"{ips / run_best:.3f}"),
-        ("answers differing from edgecls run", f"{mismatches}"),
-        ("garbage uploads answered 4xx / sent", f"{sum(c for k in garbage.values() for s, c in k.items() if 400 <= s < 500)}"
-                                                 f" / {args.garbage}"),
-        ("ready after garbage / a good upload after", f"{ready} / {after}"),
-        ("SIGTERM: in-flight answered 200 / exit code", f"{statuses.count(200)}/{len(statuses)} / {rc}"),
-    ]
-    for k, v in rows:
-        print(f"| {k:<44} | {v:>24} |")
-    print("\ngarbage by kind: " + "; ".join(f"{k}: {dict(v)}" for k, v in garbage.items()))
-    batches = [ln for ln in metrics.decode().splitlines() if ln.startswith(("edgecls_batch_size_sum",
-                                                                            "edgecls_batch_size_count"))]
-    print("server batches: " + ", ".join(batches))
+        m = measure(model, folder, bodies, args, Path(td))
+    failures = report(m, bodies, args)
     print(f"load after: {open('/proc/loadavg').read().split()[:3]}")
-    if errors:
-        failures.append(f"{len(errors)} errors, e.g. {errors[:3]}")
-    if ips < args.ratio * run_best:
-        failures.append(f"throughput {ips:.1f} < {args.ratio} x edgecls run {run_best:.1f}")
-    if mismatches:
-        failures.append(f"{mismatches} answers differ from edgecls run")
-    bad = {k: v for k, v in garbage.items() if any(not 400 <= s < 500 for s in v)}
-    if bad:
-        failures.append(f"garbage not answered 4xx: {bad}")
-    if ready != 200 or after != 200:
-        failures.append(f"after the garbage: ready {ready}, a good upload {after}")
-    if statuses.count(200) != len(statuses) or rc not in (0, -signal.SIGTERM):  # uvicorn re-raises SIGTERM
-        failures.append(f"SIGTERM: statuses {statuses}, exit code {rc}")
     print("\n" + ("PASS" if not failures else "FAIL:\n  " + "\n  ".join(failures)))
     return 0 if not failures else 1
 

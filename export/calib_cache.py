@@ -8,9 +8,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from edgecls.export.calib_ranges import CalibConfig, CalibrationImages, compute_ranges, tensors_to_calibrate
+from edgecls.export.calib_ranges import (
+    CalibConfig,
+    CalibrationImages,
+    compute_ranges_multi,
+    tensors_to_calibrate,
+)
 from edgecls.runtime.spec import PreprocessSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,16 +87,38 @@ def calibrate(
 ) -> Calibration:
     """Ranges from the cache when model, image set, preprocessing, method and options are unchanged; else
     measured and saved (atomically)."""
+    return calibrate_many(model, images, [config], cache_dir, progress)[config.method]
+
+
+def passes_needed(configs: Sequence[CalibConfig]) -> int:
+    return 2 if any(c.method != "minmax" for c in configs) else 1
+
+
+def calibrate_many(
+    model: onnx.ModelProto, images: CalibrationImages, configs: Sequence[CalibConfig], cache_dir: PathLike,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Calibration]:
+    """:func:`calibrate` for several methods: the cached ones are reused, the others measured in one go (the same
+    two passes over the images serve every method) and each saved in its own cache file."""
     mh, ih = model_sha256(model), images.sha256
-    key = cache_key(mh, ih, images.spec, config)
-    path = cache_file(cache_dir, config.method, key)
     names = tensors_to_calibrate(model)
-    ranges = load_cache(path, key, names)
-    if ranges is not None:
-        log.info("calibration (%s): reusing cached ranges %s", config.method, path)
-        return Calibration(ranges, config.method, path, True, len(images), ih, mh)
-    log.info("calibration (%s) on %d images ...", config.method, len(images))
-    ranges = compute_ranges(model, images, config, progress)
-    save_cache(path, key, ranges, {"method": config.method, "options": config.options(), "model_sha256": mh,
-                                   "images_sha256": ih, "images": len(images)})
-    return Calibration(ranges, config.method, path, False, len(images), ih, mh)
+    out: Dict[str, Calibration] = {}
+    missing: List[Tuple[CalibConfig, str, Path]] = []
+    for config in configs:
+        key = cache_key(mh, ih, images.spec, config)
+        path = cache_file(cache_dir, config.method, key)
+        ranges = load_cache(path, key, names)
+        if ranges is not None:
+            log.info("calibration (%s): reusing cached ranges %s", config.method, path)
+            out[config.method] = Calibration(ranges, config.method, path, True, len(images), ih, mh)
+        else:
+            missing.append((config, key, path))
+    if missing:
+        log.info("calibration (%s) on %d images ...", ", ".join(c.method for c, _, _ in missing), len(images))
+        measured = compute_ranges_multi(model, images, [c for c, _, _ in missing], progress)
+        for config, key, path in missing:
+            ranges = measured[config.method]
+            save_cache(path, key, ranges, {"method": config.method, "options": config.options(),
+                                           "model_sha256": mh, "images_sha256": ih, "images": len(images)})
+            out[config.method] = Calibration(ranges, config.method, path, False, len(images), ih, mh)
+    return {c.method: out[c.method] for c in configs}

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+CALIB_CHOICES = ("auto",) + CALIB_METHODS  # auto: all three measured in one pass, the selection split chooses
 
 
 @dataclass(frozen=True)
@@ -212,12 +213,26 @@ def compute_ranges(
     model: onnx.ModelProto, images: CalibrationImages, config: CalibConfig,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Dict[str, Tuple[float, float]]:
-    """``{tensor: (low, high)}`` for every float activation, by ``config.method``.
+    """``{tensor: (low, high)}`` for every float activation, by ``config.method``."""
+    return compute_ranges_multi(model, images, [config], progress)[config.method]
+
+
+def compute_ranges_multi(
+    model: onnx.ModelProto, images: CalibrationImages, configs: Sequence[CalibConfig],
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Dict[str, Tuple[float, float]]]:
+    """``{method: {tensor: (low, high)}}`` for each config (one method each), from the same two passes.
 
     Pass 1 records min/max; percentile and entropy add pass 2: |x| histograms over the fixed range [0, amax]
     (so batches add up exactly, with no rebinning), without exact zeros (a ReLU's zeros are exact at any scale,
     and their spike would drag the entropy threshold far down). NaN/inf in an activation is an error.
     """
+    if len({c.method for c in configs}) != len(configs) or not configs:
+        raise ValueError("compute_ranges_multi: one config per method")
+    binned = [c for c in configs if c.method != "minmax"]
+    if len({c.num_bins for c in binned}) > 1:
+        raise ValueError("compute_ranges_multi: percentile and entropy must share num_bins")
+    batch_size = configs[0].batch_size
     names = tensors_to_calibrate(model)
     input_name = model.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="edgecls-calib-") as tmp:
@@ -228,7 +243,7 @@ def compute_ranges(
         hi = {n: -np.inf for n in names}
         if input_name in lo:
             lo[input_name], hi[input_name] = float(images.data.min()), float(images.data.max())
-        for batch in images.batches(config.batch_size):
+        for batch in images.batches(batch_size):
             outs = dict(zip(out_names, sess.run(None, {input_name: batch})))
             for n in wanted:
                 a = outs[n]
@@ -241,29 +256,33 @@ def compute_ranges(
             if progress:
                 progress(len(batch))
         ranges = {n: (float(lo[n]), float(hi[n])) for n in names if np.isfinite(lo[n]) and np.isfinite(hi[n])}
-        if config.method == "minmax":
-            return ranges
+        if not binned:
+            return {"minmax": ranges}
+        num_bins = binned[0].num_bins
         amax = {n: max(abs(a), abs(b)) for n, (a, b) in ranges.items()}
-        hists = {n: np.zeros(config.num_bins, dtype=np.int64) for n in ranges if amax[n] > 0}
-        for batch in images.batches(config.batch_size):
+        hists = {n: np.zeros(num_bins, dtype=np.int64) for n in ranges if amax[n] > 0}
+        for batch in images.batches(batch_size):
             outs = dict(zip(out_names, sess.run(None, {input_name: batch})))
             outs.setdefault(input_name, batch)
             for n, h in hists.items():
                 a = np.abs(np.asarray(outs[n], dtype=np.float32)).ravel()
                 a = a[a != 0]  # exact zeros (ReLU) are representable at any scale: they must not pull it down
-                idx = np.minimum((a * (config.num_bins / amax[n])).astype(np.int64), config.num_bins - 1)
-                h += np.bincount(idx, minlength=config.num_bins)
+                idx = np.minimum((a * (num_bins / amax[n])).astype(np.int64), num_bins - 1)
+                h += np.bincount(idx, minlength=num_bins)
             if progress:
                 progress(len(batch))
-    result = {}
-    for n, (a, b) in ranges.items():
-        if n not in hists:
-            result[n] = (a, b)
-            continue
-        edges = np.linspace(0.0, amax[n], config.num_bins + 1)
-        if config.method == "percentile":
-            t = percentile_threshold(hists[n], edges, config.percentile)
-        else:
-            t = float(edges[entropy_threshold_bin(hists[n], config.num_quantized_bins)])
-        result[n] = (max(a, -t), min(b, t))
-    return result
+    out: Dict[str, Dict[str, Tuple[float, float]]] = {"minmax": ranges} if len(binned) < len(configs) else {}
+    for config in binned:
+        result = {}
+        for n, (a, b) in ranges.items():
+            if n not in hists:
+                result[n] = (a, b)
+                continue
+            edges = np.linspace(0.0, amax[n], num_bins + 1)
+            if config.method == "percentile":
+                t = percentile_threshold(hists[n], edges, config.percentile)
+            else:
+                t = float(edges[entropy_threshold_bin(hists[n], config.num_quantized_bins)])
+            result[n] = (max(a, -t), min(b, t))
+        out[config.method] = result
+    return out

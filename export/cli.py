@@ -38,15 +38,23 @@ def export_command(
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images [default: calib_images/ if it "
                                          "has images, else a stratified sample of the checkpoint's training images]."),
     calib_count: int = typer.Option(256, "--calib-count", help="Calibration images to use (warns below 100)."),
-    calib_method: str = typer.Option("entropy", "--calib-method", help="minmax | percentile | entropy."),
+    calib_method: str = typer.Option("auto", "--calib-method", help="auto (all three measured in one pass, the "
+                                     "selection split chooses per INT8 form) | minmax | percentile | entropy."),
     calib_percentile: float = typer.Option(99.99, "--calib-percentile", help="Percentile of |x| for --calib-method "
                                            "percentile."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache folder "
                                                "[default: <out>/calib_cache]."),
-    int8_keep_fp32: str = typer.Option("auto", "--int8-keep-fp32", help="none: quantize every layer; ends: keep the "
-                                       "first and last layer FP32; depthwise: keep depthwise convs FP32; "
-                                       "depthwise+ends; auto: full INT8 first, then each of those in turn until "
-                                       "parity passes (reported in the table and parity.json)."),
+    int8_keep_fp32: str = typer.Option("auto", "--int8-keep-fp32", help="auto: full INT8 unless it misses a gate "
+                                       "on the selection split, then the fewest most sensitive layers (per-layer "
+                                       "SQNR) kept in FP32; none: every layer INT8; ends: first and last layer "
+                                       "FP32; depthwise; depthwise+ends. The layers kept are printed."),
+    int8_max_keep: float = typer.Option(25.0, "--int8-max-keep", help="auto keeps at most this % of the weighted "
+                                        "layers in FP32 before falling back to QAT."),
+    qat: Optional[bool] = typer.Option(None, "--qat/--no-qat", help="--qat: fine-tune the fake-quantized model "
+                                       "briefly on the checkpoint's train split (CUDA when present) before INT8; "
+                                       "--no-qat: never. Default: only when PTQ misses the gates on the selection "
+                                       "split (announced)."),
+    qat_images: int = typer.Option(512, "--qat-images", help="Training images QAT sees (one pass)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 parses on TensorRT 8.5 / JetPack 5)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Keep the exporter's graph as it is."),
     parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Held-out images for parity "
@@ -55,7 +63,11 @@ def export_command(
     tol_fp32: float = typer.Option(1e-4, "--tol-fp32", help="FP32: max |Δlogit| <= this × max(1, max |logit|)."),
     tol_fp16_agreement: float = typer.Option(99.5, "--tol-fp16-agreement", help="FP16: min top-1 agreement, %."),
     tol_int8_agreement: float = typer.Option(99.0, "--tol-int8-agreement", help="INT8: min top-1 agreement, %."),
-    tol_int8_acc_drop: float = typer.Option(1.0, "--tol-int8-acc-drop", help="INT8: max accuracy drop, points."),
+    tol_int8_acc_drop: float = typer.Option(0.5, "--tol-int8-acc-drop", help="INT8: max accuracy drop, points."),
+    tol_int8_ece: float = typer.Option(0.02, "--tol-int8-ece", help="INT8 confidence check: max ECE of the artifact "
+                                       "at its own re-fitted temperature."),
+    tol_int8_p99_prob: float = typer.Option(0.05, "--tol-int8-p99-prob", help="INT8 confidence check: max p99 "
+                                            "over images of |Δprob| vs PyTorch."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Also build TensorRT engines: fp16 | int8 | fp16,int8 "
                                          "(needs tensorrt and a GPU; else exit 4 with the trtexec command)."),
     batch: str = typer.Option("1,1,8", "--batch", help="Engine batch profile MIN,OPT,MAX (or MAX)."),
@@ -81,6 +93,7 @@ def export_command(
     """Export a checkpoint to ONNX FP32 (+ FP16, calibrated INT8, TensorRT engines); every artifact must pass
     parity against PyTorch (exit 3 if one fails; it is kept as <name>.failed, earlier good files stay)."""
     from edgecls.export.deploy import DeployConfig
+    from edgecls.export.int8_flow import Int8Settings
     from edgecls.export.parity import Tolerances
     from edgecls.export.pipeline import ExportConfig, export_checkpoint
     from edgecls.export.trt_plan import BatchProfile
@@ -91,11 +104,15 @@ def export_command(
         fp16_agreement=_pct_fraction(tol_fp16_agreement, "--tol-fp16-agreement"),
         int8_agreement=_pct_fraction(tol_int8_agreement, "--tol-int8-agreement"),
         int8_accuracy_drop=_pct_fraction(tol_int8_acc_drop, "--tol-int8-acc-drop"),
+        int8_ece=tol_int8_ece, int8_p99_prob=tol_int8_p99_prob,
     )
     cfg = ExportConfig(
         checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, int8_forms=_split(int8_forms), calib=calib,
         calib_count=calib_count, calib_method=calib_method, calib_percentile=calib_percentile,
-        calib_cache=calib_cache, int8_keep_fp32=int8_keep_fp32, opset=opset, simplify=not no_simplify,
+        calib_cache=calib_cache, int8_keep_fp32=int8_keep_fp32,
+        int8_settings=Int8Settings(max_keep=_pct_fraction(int8_max_keep, "--int8-max-keep"),
+                                   qat={None: "auto", True: "on", False: "off"}[qat], qat_images=qat_images),
+        opset=opset, simplify=not no_simplify,
         parity_data=parity_data, parity_count=parity_count, tolerances=tol, engines=_split(engine),
         batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
         force_engine=force_engine, threads=threads, seed=seed, progress=sys.stderr.isatty(),
@@ -163,13 +180,8 @@ def build_engine_command(
 def _engine_parity(res, onnx: Path, parity_data: Path, parity_count: Optional[int]) -> None:
     from edgecls.core.errors import ParityError
     from edgecls.export.metadata import read_sidecar
-    from edgecls.export.parity import (
-        Tolerances,
-        check_artifact,
-        parity_data_from_folder,
-        reference_from,
-        table,
-    )
+    from edgecls.export.parity import Tolerances, check_artifact, parity_data_from_folder, reference_from
+    from edgecls.export.parity_table import table
     from edgecls.runtime.backends import load_backend
     from edgecls.runtime.model_io import load_model_spec
 

@@ -1,9 +1,11 @@
 """Parity: every artifact against the PyTorch model, on the same preprocessed held-out images.
 
-Per artifact: max |Δlogit|, max |Δprob| (softmax at the spec's temperature), top-1 agreement, and — when labels
-are known — accuracy and per-class recall (positive-class recall at the spec's threshold). NaN/inf always fails.
-Tolerances by precision (overridable): FP32 max |Δlogit| <= 1e-4 · max(1, max |logit|); FP16 top-1 agreement
->= 99.5%; INT8 top-1 agreement >= 99% and accuracy drop <= 1 point.
+Per artifact: max |Δlogit|, max and p99 |Δprob| (each side at its own temperature: the artifact's spec, the
+checkpoint's for PyTorch — the confidence each states), top-1 agreement, and — when labels are known — accuracy,
+expected calibration error (ECE, 15 bins) and per-class recall (positive-class recall at the spec's threshold).
+NaN/inf always fails. Tolerances by precision (overridable): FP32 max |Δlogit| <= 1e-4 · max(1, max |logit|); FP16
+top-1 agreement >= 99.5%; INT8 top-1 agreement >= 99%, accuracy drop <= 0.5 point and the confidence check: ECE
+<= 0.02 and p99 |Δprob| <= 0.05.
 
 The artifact is run through the runtime's own backend (:func:`edgecls.runtime.backends.load_backend`), so parity
 tests what users deploy.
@@ -34,10 +36,12 @@ class Tolerances:
     fp32_logit_rel: float = 1e-4
     fp16_agreement: float = 0.995
     int8_agreement: float = 0.99
-    int8_accuracy_drop: float = 0.01
+    int8_accuracy_drop: float = 0.005
+    int8_ece: float = 0.02  # the confidence check: ECE of the artifact at its own temperature
+    int8_p99_prob: float = 0.05  # ... and p99 over images of max |Δprob| vs PyTorch
 
     def __post_init__(self) -> None:
-        for name in ("fp16_agreement", "int8_agreement"):
+        for name in ("fp16_agreement", "int8_agreement", "int8_ece", "int8_p99_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"tolerance {name} must be a fraction in [0, 1], got {v}")
@@ -46,7 +50,8 @@ class Tolerances:
 
     def to_dict(self) -> Dict[str, float]:
         return {"fp32_logit_rel": self.fp32_logit_rel, "fp16_agreement": self.fp16_agreement,
-                "int8_agreement": self.int8_agreement, "int8_accuracy_drop": self.int8_accuracy_drop}
+                "int8_agreement": self.int8_agreement, "int8_accuracy_drop": self.int8_accuracy_drop,
+                "int8_ece": self.int8_ece, "int8_p99_prob": self.int8_p99_prob}
 
 
 def precision_family(precision: str) -> str:
@@ -107,6 +112,9 @@ class Reference:
     positive_recall: Optional[float]
     per_class_recall: Dict[str, float]
     seconds: float
+    temperature: Optional[float] = None  # the checkpoint's (None: the compared artifact's)
+    ece: Optional[float] = None
+    threshold: Optional[float] = None  # the checkpoint's (None: the compared artifact's)
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,10 @@ class ParityReport:
     seconds: float
     notes: Tuple[str, ...] = ()
     decision_agreement: Optional[float] = None  # positive-class decisions at the spec threshold that match
+    p99_abs_prob: Optional[float] = None
+    ece: Optional[float] = None
+    temperature: Optional[float] = None  # the artifact's own (its spec's)
+    threshold: Optional[float] = None  # the artifact's own positive-class threshold (its spec's)
 
     @property
     def passed(self) -> bool:
@@ -158,7 +170,8 @@ class ParityReport:
             "nonfinite_outputs": self.nonfinite, "checks": [c.to_dict() for c in self.checks],
             "status": "passed" if self.passed else "failed", "failures": list(self.failures),
             "seconds": round(self.seconds, 3), "notes": list(self.notes),
-            "decision_agreement": _finite(self.decision_agreement),
+            "decision_agreement": _finite(self.decision_agreement), "p99_abs_prob": _finite(self.p99_abs_prob),
+            "ece": _finite(self.ece), "temperature": self.temperature, "threshold": self.threshold,
         }
 
 
@@ -265,7 +278,26 @@ def reference_from(backend, data: ParityData, spec: ModelSpec) -> Reference:
     if not np.all(np.isfinite(logits)):
         raise RuntimeError("the PyTorch reference itself produced NaN/inf logits on the parity images")
     acc, pos, per = _label_metrics(data.y, logits, spec)
-    return Reference(logits, acc, pos, per, secs)
+    ece = _ece(data.y, logits, spec.temperature)
+    return Reference(logits, acc, pos, per, secs, spec.temperature, ece, spec.threshold)
+
+
+def _ece(y: Optional[np.ndarray], logits: np.ndarray, temperature: float) -> Optional[float]:
+    if y is None or logits.shape[0] == 0:
+        return None
+    from edgecls.runtime.metrics import expected_calibration_error
+
+    return float(expected_calibration_error(_probs(logits, temperature), y))
+
+
+def reference_subset(reference: Reference, data: ParityData, index: np.ndarray, spec: ModelSpec) -> Reference:
+    """The reference restricted to the images ``index`` of ``data`` (metrics recomputed on them)."""
+    logits = reference.logits[index]
+    y = None if data.y is None else data.y[index]
+    acc, pos, per = _label_metrics(y, logits, spec)
+    t = reference.temperature if reference.temperature is not None else spec.temperature
+    return Reference(logits, acc, pos, per, reference.seconds * len(index) / max(data.n, 1), t, _ece(y, logits, t),
+                     reference.threshold)
 
 
 def compare(
@@ -273,7 +305,8 @@ def compare(
     spec: ModelSpec, tolerances: Tolerances, providers: Sequence[str] = (), seconds: float = 0.0,
     notes: Sequence[str] = (),
 ) -> ParityReport:
-    """Metrics and pass/fail of one artifact's logits against the reference."""
+    """Metrics and pass/fail of one artifact's logits against the reference (``spec``: the artifact's, with its
+    own temperature and threshold; the reference's are the checkpoint's)."""
     fam = precision_family(precision)
     ref = reference.logits
     logits = np.asarray(logits)
@@ -296,13 +329,16 @@ def compare(
                             tuple(failures), seconds, tuple(notes))
     logits = logits.astype(np.float32)
     max_logit = float(np.abs(logits - ref).max()) if ref.size else 0.0
-    max_prob = float(np.abs(_probs(logits, spec.temperature) - _probs(ref, spec.temperature)).max()) if ref.size else 0.0
+    t_ref = reference.temperature if reference.temperature is not None else spec.temperature
+    dprob = np.abs(_probs(logits, spec.temperature) - _probs(ref, t_ref)).max(axis=1) if ref.size else np.zeros(1)
+    max_prob, p99_prob = float(dprob.max()), float(np.percentile(dprob, 99))
+    ece = _ece(data.y, logits, spec.temperature)
     agreement = float(np.mean(np.argmax(logits, 1) == np.argmax(ref, 1))) if ref.size else 1.0
     decisions = None
     if spec.positive_index is not None and ref.size:
         k = spec.positive_index
         mine = _probs(logits, spec.temperature)[:, k] >= spec.threshold
-        theirs = _probs(ref, spec.temperature)[:, k] >= spec.threshold
+        theirs = _probs(ref, t_ref)[:, k] >= (reference.threshold if reference.threshold is not None else spec.threshold)
         decisions = float(np.mean(mine == theirs))
     acc, pos, per = _label_metrics(data.y, logits, spec)
 
@@ -319,11 +355,14 @@ def compare(
     else:
         check("top-1 agreement", agreement, ">=", tolerances.int8_agreement)
         if acc is not None and reference.accuracy is not None:
-            check("accuracy drop", reference.accuracy - acc, "<=", tolerances.int8_accuracy_drop)
+            check("accuracy drop", reference.accuracy - acc, "<=", tolerances.int8_accuracy_drop + 1e-12)
+        if ece is not None:  # the confidence check: the probability it states must still be true ...
+            check("ECE", ece, "<=", tolerances.int8_ece)
+        check("p99 |Δprob|", p99_prob, "<=", tolerances.int8_p99_prob)  # ... and PyTorch's, image by image
     return ParityReport(
         artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
         acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
-        decisions,
+        decisions, p99_prob, ece, spec.temperature, spec.threshold if spec.positive is not None else None,
     )
 
 
@@ -353,42 +392,3 @@ def check_artifact(
                             time.perf_counter() - t0, tuple(notes))
     return compare(artifact, path, precision, logits, reference, data, spec, tolerances, providers,
                    time.perf_counter() - t0, notes)
-
-
-# ------------------------------------------------------------------------------------------------ table
-
-
-def _pct(v: Optional[float]) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
-
-
-def _size(n: int) -> str:
-    if n <= 0:
-        return "-"
-    return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 1024:.1f} KB"
-
-
-def table(reports: Sequence[ParityReport], reference: Reference, spec: ModelSpec, data: ParityData) -> str:
-    """The printed parity table: one row per artifact plus the PyTorch reference row."""
-    pos = spec.positive or "positive"
-    rows = [("artifact", "precision", "size", "top-1 agree", "max|Δprob|", "max|Δlogit|", "accuracy",
-             f"{pos} recall", "status")]
-    rows.append(("pytorch (reference)", "fp32", "-", "-", "-", "-", _pct(reference.accuracy),
-                 _pct(reference.positive_recall), "-"))
-    for r in reports:
-        rows.append((r.artifact, r.precision, _size(r.size_bytes), _pct(r.agreement),
-                     "-" if r.max_abs_prob is None else _fmt(r.max_abs_prob),
-                     "-" if r.max_abs_logit is None else _fmt(r.max_abs_logit), _pct(r.accuracy),
-                     _pct(r.positive_recall), r.status))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"parity on {data.source}" + (f"; {pos} recall at threshold {spec.threshold:.2f}" if spec.positive else "")]
-    for j, row in enumerate(rows):
-        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    for r in reports:
-        for f in r.failures:
-            lines.append(f"  {r.artifact}: FAILED — {f}")
-        for n in r.notes:
-            lines.append(f"  {r.artifact}: {n}")
-    return "\n".join(lines)

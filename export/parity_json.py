@@ -68,6 +68,7 @@ def write_parity_json(
     out: Path, *, checkpoint: Path, sha: str, data: ParityData, reference: Reference, tolerances: Tolerances,
     reports: Sequence[ParityReport], extra: Mapping[str, Dict[str, Any]], timings: Mapping[str, float],
     calib_set=None, calibration=None, engines: Sequence[Any] = (), engine_error: Optional[str] = None,
+    selection: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write ``out/parity.json`` atomically (merged with the earlier one) and return its path."""
     from edgecls import __version__
@@ -83,11 +84,14 @@ def write_parity_json(
         "data": {"source": data.source, "n": data.n, "labelled": data.y is not None},
         "tolerances": tolerances.to_dict(),
         "reference": {"accuracy": reference.accuracy, "positive_recall": reference.positive_recall,
-                      "per_class_recall": reference.per_class_recall},
+                      "per_class_recall": reference.per_class_recall, "ece": reference.ece,
+                      "temperature": reference.temperature},
         "passed": all(reports),
         "artifacts": dict(sorted(artifacts.items())),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+    if selection is not None:  # the images that chose the INT8 recipe, apart from the ones reported above
+        doc["selection"] = selection
     if calib_set is not None and calibration is not None:
         doc["calibration"] = {
             "source": calib_set.source, "images": calib_set.count, "groups": calib_set.groups,

@@ -17,12 +17,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from edgecls.core import fileio as atomic
 from edgecls.core.errors import CapabilityError, InputError, ParityError
-from edgecls.core.progress import progress
 from edgecls.export import ARTIFACT_NAMES
 from edgecls.export.calib import DEFAULT_CALIB_COUNT, CalibSet
 from edgecls.export.calib_cache import Calibration
-from edgecls.export.calib_ranges import CALIB_METHODS
+from edgecls.export.calib_ranges import CALIB_CHOICES
 from edgecls.export.deploy import DeployConfig
+from edgecls.export.int8_flow import Int8Settings
 from edgecls.export.onnx_export import DEFAULT_OPSET
 from edgecls.export.parity import ParityData, ParityReport, Reference, Tolerances
 from edgecls.export.parity_json import write_parity_json
@@ -43,11 +43,12 @@ class ExportConfig:
     int8_forms: Tuple[str, ...] = INT8_FORMS
     calib: Optional[Path] = None
     calib_count: int = DEFAULT_CALIB_COUNT
-    calib_method: str = "entropy"
+    calib_method: str = "auto"
     calib_percentile: float = 99.99
     calib_cache: Optional[Path] = None
     calib_default_dir: Path = Path("calib_images")
     int8_keep_fp32: str = "auto"
+    int8_settings: Int8Settings = field(default_factory=Int8Settings)  # --int8-max-keep, --qat
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     parity_data: Optional[Path] = None
@@ -70,8 +71,8 @@ class ExportConfig:
         if bad or not forms:
             raise InputError(f"--int8-forms {','.join(forms)!r}: valid forms are {', '.join(INT8_FORMS)}")
         object.__setattr__(self, "int8_forms", forms)
-        if self.calib_method not in CALIB_METHODS:
-            raise InputError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIB_METHODS)}")
+        if self.calib_method not in CALIB_CHOICES:
+            raise InputError(f"--calib-method {self.calib_method!r} is not one of {', '.join(CALIB_CHOICES)}")
         if self.int8_keep_fp32 not in KEEP_FP32_CHOICES:
             raise InputError(f"--int8-keep-fp32 {self.int8_keep_fp32!r} is not one of {', '.join(KEEP_FP32_CHOICES)}")
         engines = tuple(self.engines)
@@ -110,7 +111,7 @@ class ExportResult:
         return [r for r in self.reports if not r]
 
     def table(self) -> str:
-        from edgecls.export.parity import table
+        from edgecls.export.parity_table import table
 
         return table(self.reports, self.reference, self.spec, self.data)
 
@@ -231,6 +232,15 @@ class _Exporter:
         forms = cfg.int8_forms if cfg.int8 else ("int8-qdq",) if want_int8 else ()
         if "int8" in cfg.engines and "int8-qdq" not in forms:
             forms = forms + ("int8-qdq",)
+        self.split = None
+        if forms:  # the images that choose the INT8 recipe are not the ones reported (edgecls.export.select_split)
+            from edgecls.export.confidence import ArtifactRefit
+            from edgecls.export.select_split import split_select_report
+
+            self.split = split_select_report(self.data, self.reference, ckpt.spec, ckpt.data)
+            log.info("parity images split: %s", self.split.rule)
+            self._confidence_refit = ArtifactRefit(ckpt.data, self.split.select, cfg.threads)  # fits on select
+            self.data, self.reference = self.split.report, self.split.report_reference
 
         from edgecls.export.onnx_export import export_onnx
 
@@ -262,7 +272,8 @@ class _Exporter:
         parity_json = write_parity_json(
             self.out, checkpoint=cfg.checkpoint, sha=self.sha, data=self.data, reference=self.reference,
             tolerances=cfg.tolerances, reports=self.reports, extra=self.extra, timings=self.timings,
-            calib_set=calib_set, calibration=calibration, engines=engines, engine_error=engine_error)
+            calib_set=calib_set, calibration=calibration, engines=engines, engine_error=engine_error,
+            selection=self.split.to_dict() if self.split is not None else None)
         return ExportResult(self.out, ckpt.spec, self.sha, self.data, self.reference, tuple(self.reports),
                             dict(self.timings), parity_json, calib_set, calibration, tuple(engines),
                             tuple(self.warnings), engine_error, tuple(deployed))
@@ -286,50 +297,9 @@ class _Exporter:
                                  cfg.calib_default_dir)
 
     def int8(self, fp32, forms: Sequence[str]):
-        from edgecls.export.calib_cache import calibrate
-        from edgecls.export.calib_ranges import CalibConfig, CalibrationImages
-        from edgecls.export.quantize import keep_fp32_ladder, preprocess_for_quantization, quantize
+        from edgecls.export.int8_flow import run_int8
 
-        cfg = self.cfg
-        calib_set = self.calib_set if getattr(self, "calib_set", None) is not None else self.resolve_calib()
-        for w in calib_set.warnings():
-            log.warning("%s", w)
-            self.warnings.append(w)
-        overlap = set(os.path.realpath(p) for p in calib_set.paths) & set(os.path.realpath(p) for p in self.data.paths)
-        if overlap:
-            w = (f"{len(overlap)} calibration images are also parity images (e.g. {sorted(overlap)[0]}); "
-                 "calibrate on training or deployment images, not on the held-out set")
-            log.warning("%s", w)
-            self.warnings.append(w)
-        pre = self.timed("quant pre-process", lambda: preprocess_for_quantization(fp32))
-        images = self.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, self.spec.preprocess))
-        ccfg = CalibConfig(method=cfg.calib_method, percentile=cfg.calib_percentile)
-        cache_dir = Path(cfg.calib_cache) if cfg.calib_cache is not None else self.out / "calib_cache"
-        passes = 1 if ccfg.method == "minmax" else 2
-        with progress(total=passes * len(images), desc=f"calibrating ({ccfg.method})", unit="img",
-                      enabled=cfg.progress) as bar:
-            calibration = self.timed("calibration", lambda: calibrate(pre, images, ccfg, cache_dir, bar.update))
-        ladder = keep_fp32_ladder(pre, cfg.int8_keep_fp32)
-        for form in forms:
-            name = ARTIFACT_NAMES[form]
-            notes: List[str] = []
-            report = qinfo = None
-            for i, (label, exclude) in enumerate(ladder):
-                last = i == len(ladder) - 1
-                q, qinfo = self.timed(f"quantize {form}", quantize, pre, calibration, form, exclude)
-                n = list(notes)
-                if exclude:
-                    n.append(f"{label}" + (f": {', '.join(exclude)}" if len(exclude) <= 4 else ""))
-                report = self.publish(name, q, form, notes=n, keep_failed=last)
-                if report or last:
-                    break
-                notes.append(f"{label} failed parity ({'; '.join(report.failures)}); retrying with "
-                             f"{ladder[i + 1][0]} (--int8-keep-fp32 auto)")
-                log.warning("%s: %s", name, notes[-1])
-            self.extra.setdefault(name, {}).update({"form": form, "calib_method": calibration.method,
-                                                     "kept_fp32": list(qinfo.excluded), "ops": qinfo.op_counts})
-            self.reports.append(report)
-        return calib_set, calibration
+        return run_int8(self, fp32, forms)
 
     def engines(self) -> Tuple[List[EngineResult], Optional[str]]:
         from edgecls.export.parity import check_artifact

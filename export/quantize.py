@@ -228,14 +228,20 @@ class QuantizeInfo:
 
 def quantize(
     model: onnx.ModelProto, calibration: Calibration, form: str, exclude: Sequence[str] = (),
+    keep_activations: bool = False,
 ) -> tuple[onnx.ModelProto, QuantizeInfo]:
-    """``model`` (already through :func:`preprocess_for_quantization`) → the INT8 Q/DQ model of ``form``."""
+    """``model`` (already through :func:`preprocess_for_quantization`) → the INT8 Q/DQ model of ``form``.
+
+    ``keep_activations``: keep the Relu/Clip that a uint8 QuantizeLinear makes redundant (the deployed CPU form
+    drops them; :mod:`edgecls.export.sensitivity` needs them to see each layer's true float input)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     quantize_static = _require_cache_support()
     opts = _form_options(form)
+    if keep_activations:
+        opts["extra_options"] = dict(opts["extra_options"], QDQKeepRemovableActivations=True)
     method = getattr(CalibrationMethod, _ORT_METHODS[calibration.method])
     data = {
         n: TensorData(lowest=np.array(a, dtype=np.float32), highest=np.array(b, dtype=np.float32))

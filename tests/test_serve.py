@@ -350,3 +350,41 @@ def stats_decider(model):
     from edgecls.runtime.model_io import load_model_spec
 
     return Decider(load_model_spec(model))
+
+
+@pytest.mark.slow
+def test_edgecls_serve_process_answers_in_flight_requests_on_sigterm(model, images):
+    """The real command: port 0 announced on stderr, ready, then SIGTERM with requests in flight."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "serve", str(model), "--port", "0", "--device", "cpu",
+                             "--max-wait-ms", "1000"], stderr=subprocess.PIPE, text=True)
+    try:
+        base = None
+        deadline = time.monotonic() + 120
+        while base is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if line.startswith("edgecls serve: http://"):
+                base = line.split()[2]
+            elif not line and proc.poll() is not None:
+                break
+        assert base, "no URL announced"
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep the pipe drained
+        wait_ready(base)
+        statuses = []
+        threads = [threading.Thread(target=lambda: statuses.append(
+            request("POST", base + "/predict", Path(images[0]).read_bytes())[0])) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # connected, waiting up to 1 s for their batch
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its graceful shutdown
+        assert statuses == [200] * 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

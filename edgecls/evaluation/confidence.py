@@ -84,14 +84,16 @@ def _ood(spec: ModelSpec, logits: np.ndarray, ood_logits: Optional[np.ndarray]) 
     return out
 
 
-def _guarantee(spec: ModelSpec, probs: np.ndarray, y: np.ndarray) -> Optional[Dict[str, Any]]:
+def _guarantee(spec: ModelSpec, probs: np.ndarray, y: np.ndarray, logits: np.ndarray) -> Optional[Dict[str, Any]]:
     from edgecls.runtime.confidence.bounds import cp_lower
 
     g = spec.confidence.guarantee if spec.confidence is not None else None
     if g is None or spec.positive is None:
         return None
     k = spec.positive_index
-    accepted = probs[:, k] >= spec.threshold
+    accepted = probs[:, k] >= spec.threshold  # the runtime's "yes": at or above the threshold, and not unknown
+    if spec.confidence.ood is not None:
+        accepted &= ~spec.confidence.ood.unknown(_ood_scores(spec, logits))
     tp, n = int(np.sum(accepted & (y == k))), int(np.sum(accepted))
     return {
         "statement": g.statement(), "certified": g.certified, "target": g.target, "delta": g.delta,
@@ -114,7 +116,7 @@ def confidence_metrics(spec: ModelSpec, logits: np.ndarray, y: np.ndarray, cover
         "conformal": _conformal(spec, probs, y, coverage),
         "risk_coverage": risk_coverage(probs, y),
         "ood": _ood(spec, logits, ood_logits),
-        "guarantee": _guarantee(spec, probs, y),
+        "guarantee": _guarantee(spec, probs, y, logits),
     }
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from edgecls.runtime.confidence.conformal import ConformalFit
 from edgecls.runtime.confidence.fitted import ConfidenceSettings, ConfidenceSpec
 from edgecls.runtime.confidence.guarantee import certify_threshold
-from edgecls.runtime.confidence.ood import OODFit
+from edgecls.runtime.confidence.ood import OODFit, ood_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgecls.runtime.spec import ModelSpec
@@ -34,7 +34,10 @@ def fit_confidence(
     positive: Optional[str] = None, settings: Optional[ConfidenceSettings] = None, source: str = "",
 ) -> ConfidenceSpec:
     """Conformal scores, OOD threshold and (with ``positive``) the precision guarantee, from ``outputs`` (logits,
-    or probabilities for ``output="probs"``) of labelled calibration images ``y``."""
+    or probabilities for ``output="probs"``) of labelled calibration images ``y``.
+
+    The guarantee is certified for what the runtime answers "yes": ``p >= threshold`` *and* not unknown (an image
+    beyond the OOD threshold is never a yes), so the OOD threshold is fitted first (from scores only, no labels)."""
     s = settings or ConfidenceSettings()
     z = np.asarray(outputs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64).ravel()
@@ -47,7 +50,9 @@ def fit_confidence(
     guarantee = None
     if positive is not None:
         k = list(classes).index(positive)
-        guarantee = certify_threshold(probs[:, k], y == k, s.target_precision, s.delta, positive)
+        unknown = ood.unknown(ood_scores(z, kind, output, temperature))
+        yes_score = np.where(unknown, -1.0, probs[:, k])  # below every threshold: never accepted
+        guarantee = certify_threshold(yes_score, y == k, s.target_precision, s.delta, positive)
         log.info("%s", guarantee.statement())
     return ConfidenceSpec(temperature=float(temperature), n=int(y.size), source=source, conformal=conformal,
                           ood=ood, guarantee=guarantee)

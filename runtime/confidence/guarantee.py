@@ -13,6 +13,9 @@ The scan starts at the highest threshold that accepts at least ``m0`` calibratio
 accepted images that could certify the target at all (all positive: ``ceil(log δ / log target)``, 45 for 95 % at
 δ = 0.1). That count looks at scores only, never at labels.
 
+:func:`edgecls.runtime.confidence.fit.fit_confidence` certifies what the runtime answers "yes": images beyond
+the OOD threshold get a score of -1 here (never accepted), as the runtime never says "yes" for an unknown product.
+
 When no threshold is certified, the result refuses: it says how many labelled positives the promise would take
 (at the precision and recall of the point-estimate threshold) and the threshold falls back to that point estimate,
 marked as not guaranteed.
@@ -114,7 +117,7 @@ def point_threshold(scores: np.ndarray, y: np.ndarray, target: float):
     from edgecls.runtime.metrics import threshold_for_precision
 
     choice = threshold_for_precision(scores, y, target)
-    below = scores[scores < choice.threshold]
+    below = scores[(scores < choice.threshold) & (scores >= 0.0)]  # negative scores: never-accepted images
     low = float(below.max()) if below.size else 0.0
     return (low + float(choice.threshold)) / 2.0, float(choice.precision), float(choice.recall)
 

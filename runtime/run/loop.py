@@ -109,9 +109,10 @@ class _Loop:
         self.stats.add(pred)
         self.stats.decode.append(frame.decode_ms)
         self.stats.preprocess.append(pre_ms)
-        self.writer.write(prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency))
+        record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency)
         if self.keep_images and frame.image is not None and not self.output.emit(frame, pred):
             self.stopped = True
+        self.writer.write(record)  # after --save/--show: a record out (then Ctrl-C/SIGTERM) means its frame is saved
 
     def _decide(self, frames: List[Frame], logits: np.ndarray, sequence: bool) -> List[Prediction]:
         d = self.clf.decider

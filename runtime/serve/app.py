@@ -66,7 +66,7 @@ class ServeState:
         t0 = time.perf_counter()
         try:
             clf = await asyncio.get_running_loop().run_in_executor(self.pool, self._load)
-        except BaseException as e:  # noqa: B902 - any load failure makes the server unready, with the reason
+        except Exception as e:  # any load failure makes the server unready, with the reason
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("model %s could not be loaded: %s", self.cfg.model, self.load_error)
             if self.on_load_error is not None:

@@ -175,5 +175,6 @@ def model_metadata(name: str, spec, platform: str) -> Dict[str, Any]:
         "inputs": [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, 3, c, c]}],
         "outputs": [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}],
         "parameters": {"classes": list(spec.classes), "output": spec.output, "temperature": spec.temperature,
-                       "threshold": spec.threshold, "positive": spec.positive},
+                       "threshold": spec.threshold, "positive": spec.positive,
+                       "preprocess": spec.preprocess.to_dict()},
     }

@@ -25,48 +25,58 @@ log = logging.getLogger(__name__)
 PLATFORM = "edgecls"
 
 
-def add_routes(app: Any, state: Any, overhead: int) -> None:
-    from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
+class Responder:
+    """JSON replies counted in the metrics, and the guard that maps every failure to a JSON status."""
 
-    metrics = state.metrics
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.metrics = state.metrics
 
-    def reply(endpoint: str, status: int, content: Any, kind: str = "") -> Any:
-        metrics.requests.labels(endpoint, str(status)).inc()
+    def reply(self, endpoint: str, status: int, content: Any, kind: str = "") -> Any:
+        from fastapi.responses import JSONResponse
+
+        self.metrics.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
-            metrics.errors.labels(kind or ("client" if status < 500 else "server")).inc()
+            self.metrics.errors.labels(kind or ("client" if status < 500 else "server")).inc()
             content = {"error": content}
         return JSONResponse(content, status_code=status)
 
-    async def guarded(endpoint: str, work) -> Any:
-        """Run ``work()``; map every failure to a JSON status (the server keeps serving)."""
-        metrics.inflight.inc()
+    async def guarded(self, endpoint: str, work) -> Any:
+        """Run ``work()`` (once the model is loaded); every failure becomes a JSON status, the server keeps serving."""
+        from starlette.requests import ClientDisconnect
+
+        self.metrics.inflight.inc()
         try:
-            if not state.ready:
-                raise state.not_ready()
+            if not self.state.ready:
+                raise self.state.not_ready()
             return await work()
         except UploadError as e:
             kind = {503: "unavailable", 404: "client", 422: "client"}.get(e.status, "upload")
-            return reply(endpoint, e.status, e.message, kind)
+            return self.reply(endpoint, e.status, e.message, kind)
         except BatcherClosed as e:
-            return reply(endpoint, 503, str(e), "unavailable")
+            return self.reply(endpoint, 503, str(e), "unavailable")
         except ClientDisconnect:
-            return reply(endpoint, 400, "the client disconnected before the upload was complete", "upload")
-        except asyncio.CancelledError:
-            raise
+            return self.reply(endpoint, 400, "the client disconnected before the upload was complete", "upload")
         except Exception as e:  # the model or backend failed: a server error, logged with its traceback
             log.exception("%s failed", endpoint)
-            return reply(endpoint, 500, f"inference failed: {type(e).__name__}: {e}", "inference")
+            return self.reply(endpoint, 500, f"inference failed: {type(e).__name__}: {e}", "inference")
         finally:
-            metrics.inflight.dec()
+            self.metrics.inflight.dec()
+
+
+def add_routes(app: Any, state: Any, overhead: int) -> None:
+    """Every endpoint of the module docstring, and JSON for FastAPI's own errors (422, 404, 405)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    resp = Responder(state)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         detail = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return reply(request.url.path, 422, f"invalid request: {detail}", "client")
+        return resp.reply(request.url.path, 422, f"invalid request: {detail}", "client")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
@@ -80,9 +90,16 @@ def add_routes(app: Any, state: Any, overhead: int) -> None:
             from edgecls.runtime.serve.app import upload_bytes
 
             data, filename = await upload_bytes(request, state, overhead)
-            return reply("/predict", 200, await state.classify(data, filename, probs, t0))
+            return resp.reply("/predict", 200, await state.classify(data, filename, probs, t0))
 
-        return await guarded("/predict", work)
+        return await resp.guarded("/predict", work)
+
+    _health_routes(app, state)
+    _kserve_routes(app, state, resp)
+
+
+def _health_routes(app: Any, state: Any) -> None:
+    from fastapi.responses import JSONResponse, Response
 
     @app.get("/v2")
     async def server_metadata():
@@ -100,6 +117,22 @@ def add_routes(app: Any, state: Any, overhead: int) -> None:
             return {"ready": True}
         return JSONResponse({"ready": False, "error": state.not_ready().message}, status_code=503)
 
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str):
+        if name != state.cfg.model_name:
+            return JSONResponse({"error": f"unknown model {name!r}"}, status_code=404)
+        return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        body, ctype = state.metrics.render()
+        return Response(body, media_type=ctype)
+
+
+def _kserve_routes(app: Any, state: Any, resp: Responder) -> None:
+    from fastapi import Request
+    from fastapi.responses import Response
+
     def check_name(name: str) -> None:
         if name != state.cfg.model_name:
             raise UploadError(404, f"unknown model {name!r}; this server serves {state.cfg.model_name!r}")
@@ -109,15 +142,9 @@ def add_routes(app: Any, state: Any, overhead: int) -> None:
     async def model_metadata(name: str, version: str = "1"):
         async def work():
             check_name(name)
-            return reply("/v2/models/metadata", 200, kserve.model_metadata(name, state.clf.spec, PLATFORM))
+            return resp.reply("/v2/models/metadata", 200, kserve.model_metadata(name, state.clf.spec, PLATFORM))
 
-        return await guarded("/v2/models/metadata", work)
-
-    @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
-        if name != state.cfg.model_name:
-            return JSONResponse({"error": f"unknown model {name!r}"}, status_code=404)
-        return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
+        return await resp.guarded("/v2/models/metadata", work)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
@@ -126,12 +153,7 @@ def add_routes(app: Any, state: Any, overhead: int) -> None:
             check_name(name)
             return await _infer(state, request, Response)
 
-        return await guarded("/v2/models/infer", work)
-
-    @app.get("/metrics")
-    async def prometheus():
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
+        return await resp.guarded("/v2/models/infer", work)
 
 
 async def _infer(state: Any, request: Any, response_cls: Any) -> Any:

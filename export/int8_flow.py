@@ -1,0 +1,308 @@
+"""``edgecls export --int8``: choose each INT8 form's recipe on the selection images, then publish it.
+
+Per form (``int8-qdq`` for TensorRT, ``int8-cpu`` for onnxruntime's CPU provider):
+
+1. **calibration method** (``--calib-method auto``): minmax, percentile and entropy ranges (one measurement, two
+   passes) each quantize the full model; the selection split keeps the one closest to PyTorch (mean KL).
+2. **layers kept in higher precision** (``--int8-keep-fp32 auto``): if full INT8 misses a gate on the selection
+   split, the layers are ranked by their own quantization error (SQNR, :mod:`edgecls.export.sensitivity`) and the
+   fewest most sensitive ones are kept in FP32 (at most ``--int8-max-keep`` of them).
+3. **QAT** (``--qat``, or announced automatically when 1–2 miss the gate): a brief fine-tuning of the
+   fake-quantized model (:mod:`edgecls.export.qat`), then 1–2 again on its weights.
+
+Every candidate is judged as the artifact would be: run through the runtime backend, its confidence re-fitted on
+its own logits (:mod:`edgecls.export.refit`), then the INT8 gates — all on the *selection* split only. The chosen
+model is then published by the pipeline and gated on the *report* split, which chose nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgecls.core.errors import InputError
+from edgecls.core.fileio import remove_quietly
+from edgecls.export import ARTIFACT_NAMES
+from edgecls.export.calib_ranges import CALIB_METHODS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgecls.export.parity import ParityReport
+    from edgecls.export.quantize import QuantizeInfo
+    from edgecls.export.refit import RefitRecord
+    from edgecls.export.sensitivity import LayerSensitivity
+    from edgecls.runtime.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+QAT_CHOICES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the INT8 recipe is chosen (``edgecls export`` options)."""
+
+    max_keep: float = 0.25  # auto may keep at most this share of the weighted layers in FP32
+    qat: str = "auto"  # on: always; off: never; auto: when PTQ misses the gate on the selection split (announced)
+    qat_images: int = 512  # training images seen by QAT (one pass)
+    qat_lr: float = 1e-4
+    sensitivity_images: int = 32
+    latency: bool = True  # time FP32 / full INT8 / chosen INT8 CPU form (b1) to print the cost of kept layers
+
+    def __post_init__(self) -> None:
+        if self.qat not in QAT_CHOICES:
+            raise InputError(f"--qat {self.qat!r} is not one of {', '.join(QAT_CHOICES)}")
+        if not 0.0 <= self.max_keep <= 1.0:
+            raise InputError(f"--int8-max-keep must be a fraction in [0, 1], got {self.max_keep}")
+        if self.qat_images < 1 or self.sensitivity_images < 1:
+            raise InputError("QAT and sensitivity image counts must be >= 1")
+
+
+@dataclass
+class Candidate:
+    form: str
+    method: str
+    exclude: Tuple[str, ...]
+    model: Any  # onnx.ModelProto
+    info: QuantizeInfo
+    report: ParityReport  # on the selection split
+    spec: ModelSpec  # with its own re-fitted confidence
+    refit: Optional[RefitRecord]
+    score: float  # mean KL(PyTorch || artifact) on the selection split, each at its own temperature
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report)
+
+    def summary(self) -> str:
+        r = self.report
+        parts = [f"agreement {100 * r.agreement:.2f}%" if r.agreement is not None else "",
+                 f"acc {100 * r.accuracy:.2f}%" if r.accuracy is not None else "",
+                 f"ECE {r.ece:.3f}" if r.ece is not None else "",
+                 f"p99|Δp| {r.p99_abs_prob:.3f}" if r.p99_abs_prob is not None else "", f"KL {self.score:.2e}"]
+        return ", ".join(p for p in parts if p) + (" pass" if self.passed else " FAIL")
+
+
+@dataclass
+class FormResult:
+    best: Candidate
+    tried: List[str] = field(default_factory=list)
+    ranking: List[LayerSensitivity] = field(default_factory=list)
+    full: Optional[Candidate] = None  # the best full-INT8 candidate (for the cost of the layers kept)
+    qat: bool = False
+
+
+def _mean_kl(ref_logits: np.ndarray, t_ref: float, logits: np.ndarray, t: float) -> float:
+    from edgecls.runtime.metrics import log_softmax
+
+    lp, lq = log_softmax(ref_logits, t_ref), log_softmax(logits, t)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
+
+
+class Int8Chooser:
+    """Chooses and publishes the INT8 artifacts for one export (``exporter``: the pipeline's ``_Exporter``)."""
+
+    def __init__(self, exporter, settings: Int8Settings) -> None:
+        self.ex = exporter
+        self.s = settings
+        self.sel = exporter.split.select
+        self.sel_ref = exporter.split.select_reference
+        self.tmp = Path(tempfile.mkdtemp(prefix="edgecls-int8-"))
+
+    # -- one candidate ---------------------------------------------------------------------------------------
+    def evaluate(self, pre, calibration, form: str, exclude: Sequence[str] = ()) -> Candidate:
+        from edgecls.export.metadata import artifact_spec
+        from edgecls.export.parity import compare
+        from edgecls.export.quantize import quantize
+        from edgecls.export.refit import refit_with_record
+        from edgecls.runtime.backends import load_backend
+
+        ex = self.ex
+        q, info = ex.timed(f"quantize {form}", quantize, pre, calibration, form, tuple(exclude))
+        path = self.tmp / f"{form}-{len(exclude)}.onnx"
+        path.write_bytes(q.SerializeToString())
+        spec = artifact_spec(ex.spec, form, ex.sha)
+        t0 = time.perf_counter()
+        with load_backend(path, device="cpu", threads=ex.cfg.threads, allow_fallback=False, spec=spec) as be:
+            logits = np.asarray(be.infer(self.sel.x), dtype=np.float32)
+        record = None
+        if self.sel.y is not None and np.all(np.isfinite(logits)):
+            spec, record = refit_with_record(spec, logits, self.sel.y, f"selection split; {form} logits",
+                                             self.sel_ref.logits, self.sel_ref.temperature)
+        report = compare(ARTIFACT_NAMES[form], path, form, logits, self.sel_ref, self.sel, spec, ex.cfg.tolerances,
+                         seconds=time.perf_counter() - t0)
+        t_ref = self.sel_ref.temperature or ex.spec.temperature
+        score = _mean_kl(self.sel_ref.logits, t_ref, logits, spec.temperature) if report.agreement is not None \
+            else float("inf")
+        ex.timings["int8 selection runs"] = ex.timings.get("int8 selection runs", 0.0) + time.perf_counter() - t0
+        remove_quietly(path)
+        return Candidate(form, calibration.method, tuple(exclude), q, info, report, spec, record, score)
+
+    # -- one form --------------------------------------------------------------------------------------------
+    def choose(self, pre, calibrations: Dict[str, Any], form: str, images) -> FormResult:
+        from edgecls.export.quantize import fixed_keep_set, quantize, weighted_nodes
+        from edgecls.export.sensitivity import fewest_passing, layer_sensitivity
+
+        keep_choice = self.ex.cfg.int8_keep_fp32
+        exclude: Tuple[str, ...] = () if keep_choice == "auto" else fixed_keep_set(pre, keep_choice)[1]
+        tried: List[str] = []
+        cands = [self.evaluate(pre, cal, form, exclude) for cal in calibrations.values()]
+        for c in cands:
+            tried.append(f"{c.method}, {len(c.exclude)} kept: {c.summary()}")
+        best = min(cands, key=lambda c: (not c.passed, c.score))
+        result = FormResult(best, tried, full=best)
+        if best.passed or keep_choice != "auto":
+            return result
+        cal = calibrations[best.method]
+        qa, _ = self.ex.timed(f"sensitivity {form}", quantize, pre, cal, form, (), True)
+        x = images.data[: self.s.sensitivity_images]
+        ranking = self.ex.timed(f"sensitivity {form}", layer_sensitivity, pre, qa, x, self.ex.spec.preprocess.crop)
+        result.ranking = ranking
+        order = [r.name for r in ranking]
+        limit = min(len(order), max(1, int(round(self.s.max_keep * len(weighted_nodes(pre))))))
+        seen: Dict[int, Candidate] = {0: best}
+
+        def passes(k: int) -> bool:
+            if k not in seen:
+                seen[k] = self.evaluate(pre, cal, form, order[:k])
+                tried.append(f"{cal.method}, {k} kept: {seen[k].summary()}")
+                log.info("%s: %d most sensitive layer(s) in FP32: %s", form, k, seen[k].summary())
+            return seen[k].passed
+
+        found = fewest_passing(passes, limit)
+        if found.keep is not None:
+            result.best = seen[found.keep]
+        else:
+            result.best = min(seen.values(), key=lambda c: (not c.passed, c.score))
+        return result
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _calibrate(ex, pre, images) -> Dict[str, Any]:
+    from edgecls.core.progress import progress
+    from edgecls.export.calib_cache import calibrate_many, passes_needed
+    from edgecls.export.calib_ranges import CalibConfig
+
+    cfg = ex.cfg
+    methods = CALIB_METHODS if cfg.calib_method == "auto" else (cfg.calib_method,)
+    configs = [CalibConfig(method=m, percentile=cfg.calib_percentile) for m in methods]
+    cache_dir = Path(cfg.calib_cache) if cfg.calib_cache is not None else ex.out / "calib_cache"
+    with progress(total=passes_needed(configs) * len(images), desc=f"calibrating ({', '.join(methods)})",
+                  unit="img", enabled=cfg.progress) as bar:
+        return ex.timed("calibration", calibrate_many, pre, images, configs, cache_dir, bar.update)
+
+
+def _calib_set(ex):
+    calib_set = ex.calib_set if getattr(ex, "calib_set", None) is not None else ex.resolve_calib()
+    for w in calib_set.warnings():
+        log.warning("%s", w)
+        ex.warnings.append(w)
+    parity = set(os.path.realpath(p) for p in ex.split.select.paths + ex.split.report.paths)
+    overlap = set(os.path.realpath(p) for p in calib_set.paths) & parity
+    if overlap:
+        w = (f"{len(overlap)} calibration images are also parity images (e.g. {sorted(overlap)[0]}); "
+             "calibrate on training or deployment images, not on the held-out set")
+        log.warning("%s", w)
+        ex.warnings.append(w)
+    return calib_set
+
+
+def run_int8(ex, fp32, forms: Sequence[str]):
+    """Choose, then publish, each INT8 form; returns ``(calib_set, calibration of the first form's method)``."""
+    import shutil
+
+    from edgecls.export.calib_ranges import CalibrationImages
+    from edgecls.export.quantize import preprocess_for_quantization
+
+    s: Int8Settings = ex.cfg.int8_settings
+    calib_set = _calib_set(ex)
+    pre = ex.timed("quant pre-process", preprocess_for_quantization, fp32)
+    images = ex.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, ex.spec.preprocess))
+    cals = _calibrate(ex, pre, images)
+    chooser = Int8Chooser(ex, s)
+    try:
+        results: Dict[str, FormResult] = {}
+        if s.qat != "on":
+            results = {f: chooser.choose(pre, cals, f, images) for f in forms}
+        qat_forms = list(forms) if s.qat == "on" else \
+            [f for f in forms if not results[f].best.passed] if s.qat == "auto" else []
+        if qat_forms:
+            _with_qat(ex, chooser, qat_forms, results, images, s)
+        for form in forms:
+            _publish(ex, form, results[form], fp32)
+    finally:
+        shutil.rmtree(chooser.tmp, ignore_errors=True)
+    first = results[forms[0]].best.method
+    return calib_set, cals.get(first) or next(iter(cals.values()))
+
+
+def _with_qat(ex, chooser: Int8Chooser, qat_forms: Sequence[str], results: Dict[str, FormResult], images,
+              s: Int8Settings) -> None:
+    from edgecls.export.onnx_export import export_onnx
+    from edgecls.export.qat import QatConfig, qat_finetune
+    from edgecls.export.quantize import preprocess_for_quantization
+
+    if s.qat == "auto":
+        msg = (f"PTQ missed the INT8 gates on the selection split for {', '.join(qat_forms)} "
+               f"(best: {'; '.join(results[f].best.summary() for f in qat_forms)}): falling back to QAT "
+               "(--qat off to stop here)")
+        log.warning("%s", msg)
+        ex.warnings.append(msg)
+    cfg = QatConfig(images=s.qat_images, lr=s.qat_lr, seed=ex.cfg.seed, progress=ex.cfg.progress)
+    model, qinfo = ex.timed("qat", qat_finetune, ex.ckpt, ex.spec, cfg)
+    fp32_q, _ = ex.timed("qat export", export_onnx, model, ex.spec, ex.cfg.opset, ex.cfg.simplify)
+    pre_q = ex.timed("quant pre-process", preprocess_for_quantization, fp32_q)
+    cals_q = _calibrate(ex, pre_q, images)
+    for f in qat_forms:
+        r = chooser.choose(pre_q, cals_q, f, images)
+        r.qat = True
+        r.tried = [f"PTQ: {t}" for t in (results[f].tried if f in results else [])] + [f"QAT: {t}" for t in r.tried]
+        prev = results.get(f)
+        if prev is None or r.best.passed or (not prev.best.passed and r.best.score < prev.best.score):
+            results[f] = r
+        else:
+            prev.tried = r.tried
+    ex.extra.setdefault("qat", {}).update(qinfo.to_dict())
+
+
+def _publish(ex, form: str, res: FormResult, fp32) -> None:
+    from edgecls.export.int8_cost import kept_cost
+
+    c = res.best
+    name = ARTIFACT_NAMES[form]
+    kept = [r for r in res.ranking if r.name in set(c.exclude)] or c.exclude
+    cost = kept_cost(ex, form, c, res.full, fp32, res.ranking)
+    notes = [f"recipe chosen on {ex.split.select.n} selection images (not the {ex.split.report.n} reported): "
+             f"{c.method} calibration, " + (f"{len(c.exclude)} layer(s) kept in FP32" if c.exclude else "full INT8")
+             + (", after QAT" if res.qat else "")]
+    if c.exclude or "latency_ms_b1" in cost:
+        notes.append(cost["line"])
+    if c.refit is not None:
+        r = c.refit
+        notes.append(f"confidence re-fitted on its own selection-split logits: T {r.temperature_before:.3f} -> "
+                     f"{r.temperature:.3f}" + (f", threshold {r.threshold_before:.3f} -> {r.threshold:.3f}"
+                                               if ex.spec.positive is not None else ""))
+    if not c.passed:
+        notes.append("no recipe passed the INT8 gates on the selection split either: " + c.summary())
+    report = ex.publish(name, c.model, form, notes=notes, spec=c.spec)
+    entry = ex.extra.setdefault(name, {})
+    entry.update({
+        "form": form, "calib_method": c.method, "kept_fp32": list(c.exclude), "ops": c.info.op_counts,
+        "float_outputs": {"qdq_pairs_removed_after_last_layer": c.info.float_outputs},
+        "qat": res.qat, "selection": {"images": ex.split.select.n, "passed": c.passed, "tried": res.tried,
+                                      "report": c.report.to_dict()},
+        "kept_layers": [k.to_dict() if hasattr(k, "to_dict") else {"name": k} for k in kept],
+        "sensitivity": [r.to_dict() for r in res.ranking[:12]],
+        "cost": {k: v for k, v in cost.items() if k != "line"},
+        "refit": c.refit.to_dict() if c.refit is not None else None,
+    })
+    if c.exclude or not c.passed:
+        log.warning("%s: %s", name, "; ".join(notes))
+    ex.reports.append(report)

@@ -1,0 +1,54 @@
+"""The printed parity table: one row per artifact plus the PyTorch reference row, failures and notes below."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+from edgecls.export.parity import ParityData, ParityReport, Reference, _fmt
+from edgecls.runtime.spec import ModelSpec
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def _num(v: Optional[float], digits: int = 3) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _size(n: int) -> str:
+    if n <= 0:
+        return "-"
+    return f"{n / 2**20:.2f} MB" if n >= 2**20 else f"{n / 1024:.1f} KB"
+
+
+def table(reports: Sequence[ParityReport], reference: Reference, spec: ModelSpec, data: ParityData) -> str:
+    """Columns: size, the artifact's own temperature, top-1 agreement, p99 / max |Δprob| (each side at its own
+    temperature), max |Δlogit|, accuracy, ECE, positive recall at the artifact's own threshold, status."""
+    pos = spec.positive
+    head = ["artifact", "precision", "size", "T", "top-1 agree", "p99|Δprob|", "max|Δprob|", "max|Δlogit|",
+            "accuracy", "ECE"] + ([f"{pos} recall", "thr"] if pos else []) + ["status"]
+    t_ref = reference.temperature if reference.temperature is not None else spec.temperature
+    thr_ref = reference.threshold if reference.threshold is not None else spec.threshold
+    ref_row = ["pytorch (reference)", "fp32", "-", _num(t_ref, 3), "-", "-", "-", "-", _pct(reference.accuracy),
+               _num(reference.ece)] + ([_pct(reference.positive_recall), _num(thr_ref, 3)] if pos else []) + ["-"]
+    rows = [head, ref_row]
+    for r in reports:
+        rows.append([r.artifact, r.precision, _size(r.size_bytes), _num(r.temperature, 3), _pct(r.agreement),
+                     "-" if r.p99_abs_prob is None else _fmt(r.p99_abs_prob),
+                     "-" if r.max_abs_prob is None else _fmt(r.max_abs_prob),
+                     "-" if r.max_abs_logit is None else _fmt(r.max_abs_logit), _pct(r.accuracy), _num(r.ece)]
+                    + ([_pct(r.positive_recall), _num(r.threshold, 3)] if pos else []) + [r.status])
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = [f"parity on {data.source}" + (f"; {pos} recall at each artifact's own threshold" if pos else "")]
+    for j, row in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for r in reports:
+        for f in r.failures:
+            lines.append(f"  {r.artifact}: FAILED — {f}")
+        for n in r.notes:
+            lines.append(f"  {r.artifact}: {n}")
+    return "\n".join(lines)

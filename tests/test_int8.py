@@ -1,0 +1,259 @@
+"""INT8 building blocks on tiny hand-made graphs (fast): float outputs, per-layer SQNR, the fewest-layers search,
+the confidence re-fit, the confidence gate, the select/report split, one-pass calibration of every method."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from edgecls.core.errors import InputError  # noqa: E402
+from edgecls.runtime.spec import ModelSpec, PreprocessSpec  # noqa: E402
+
+CROP = 8
+
+
+def _graph(outlier: bool = False, seed: int = 0):
+    """input → Conv(3→8) → Relu → Conv(8→8, "hard") → Relu → GAP → Flatten → Gemm(8→3) = logits.
+
+    ``outlier``: one input channel of the second conv is 1000× larger than the rest, so a per-tensor INT8 scale
+    for that conv's input crushes the other channels (its SQNR collapses)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
+    b1 = np.zeros(8, np.float32)
+    if outlier:
+        w1[0] *= 1000.0
+    w2 = rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)
+    w3 = rng.normal(0, 0.5, (3, 8)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"),
+                                                          (np.zeros(3, np.float32), "b3"))]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
+    ]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, CROP, CROP])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _images(n: int = 48, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 3, CROP, CROP)).astype(np.float32)
+
+
+def _calibration(model, x, method="minmax"):
+    from edgecls.export.calib_cache import Calibration
+    from edgecls.export.calib_ranges import CalibConfig, compute_ranges_multi
+
+    class Images:  # the CalibrationImages interface compute_ranges needs
+        data = x
+
+        def batches(self, b):
+            for i in range(0, len(x), b):
+                yield x[i:i + b]
+
+    ranges = compute_ranges_multi(model, Images(), [CalibConfig(method=m) for m in ("minmax", "percentile", "entropy")])
+    return Calibration(ranges[method], method, None, False, len(x), "", ""), ranges
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"input": x})[0]
+
+
+# ------------------------------------------------------------------------------------------- float outputs
+
+
+@pytest.mark.parametrize("form", ["int8-qdq", "int8-cpu"])
+def test_logits_are_not_quantized_and_probabilities_take_many_values(form):
+    from edgecls.export.quantize import quantize, quantized_tail
+    from edgecls.runtime.metrics import softmax
+
+    model, x = _graph(), _images()
+    cal, _ = _calibration(model, x)
+    q, info = quantize(model, cal, form)
+    assert info.float_outputs == 1  # quantize_static had put the Gemm output through a Q/DQ pair: removed
+    assert quantized_tail(q) == [] and q.graph.output[0].name == "logits"
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert producer["logits"].op_type == "Gemm"  # the logits come straight out of the last layer
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # ... and the rest is INT8
+    x = _images(300, seed=7)
+    probs = softmax(_run(q, x), 1.0)[:, 0]
+    assert len(np.unique(probs)) >= 0.95 * len(x)  # every image its own probability, not a handful of levels
+
+
+def test_float_outputs_keeps_the_output_name_and_values():
+    from edgecls.export.quantize import float_outputs, quantize
+
+    model, x = _graph(), _images(8)
+    cal, _ = _calibration(model, x)
+    q, _ = quantize(model, cal, "int8-cpu")
+    assert float_outputs(q) == 0  # idempotent
+    assert not [t.name for t in q.graph.initializer if t.name.startswith("logits_")]  # its scale/zp went too
+
+
+# ---------------------------------------------------------------------------------------------- sensitivity
+
+
+def test_sqnr_finds_the_layer_that_quantization_hurts():
+    from edgecls.export.quantize import quantize
+    from edgecls.export.sensitivity import layer_sensitivity
+
+    model, x = _graph(outlier=True), _images()
+    cal, _ = _calibration(model, x)
+    qa, _ = quantize(model, cal, "int8-cpu", keep_activations=True)
+    ranking = layer_sensitivity(model, qa, x, CROP)
+    assert [r.name for r in ranking][0] == "conv2", ranking
+    by = {r.name: r for r in ranking}
+    assert by["conv2"].sqnr_db < by["conv1"].sqnr_db - 10
+    assert by["conv2"].macs == 8 * 8 * 9 * CROP * CROP and by["fc"].macs == 3 * 8 and by["fc"].weight_params == 24
+    # keeping conv2 in FP32 removes its error: the model's logits get closer to FP32
+    ref = _run(model, x)
+    full, _ = quantize(model, cal, "int8-cpu")
+    kept, _ = quantize(model, cal, "int8-cpu", ("conv2",))
+    assert np.abs(_run(kept, x) - ref).mean() < np.abs(_run(full, x) - ref).mean()
+
+
+def test_fewest_passing_search_finds_the_smallest_k_and_tries_few():
+    from edgecls.export.sensitivity import fewest_passing
+
+    for need in (0, 1, 3, 5, 13, 16):
+        calls = []
+        res = fewest_passing(lambda k: calls.append(k) or k >= need, 16)
+        assert res.keep == need and len(calls) == len(set(calls)) <= 9, (need, calls)
+    res = fewest_passing(lambda k: False, 5)
+    assert res.keep is None and max(res.tried) == 5
+
+
+def test_fixed_keep_sets():
+    from edgecls.export.quantize import fixed_keep_set
+
+    model = _graph()
+    assert fixed_keep_set(model, "none") == ("full INT8", ())
+    assert fixed_keep_set(model, "ends")[1] == ("conv1", "fc")
+    assert fixed_keep_set(model, "depthwise")[1] == ()
+    with pytest.raises(InputError, match="--int8-keep-fp32"):
+        fixed_keep_set(model, "everything")
+
+
+# -------------------------------------------------------------------------------------------- calibration
+
+
+def test_one_pass_calibrates_every_method_as_each_would_alone():
+    from edgecls.export.calib_ranges import CalibConfig, compute_ranges
+
+    model, x = _graph(), _images(16)
+    _, multi = _calibration(model, x)
+
+    class Images:
+        data = x
+
+        def batches(self, b):
+            for i in range(0, len(x), b):
+                yield x[i:i + b]
+
+    for m in ("minmax", "percentile", "entropy"):
+        assert compute_ranges(model, Images(), CalibConfig(method=m)) == multi[m]
+    assert multi["minmax"] != multi["entropy"]
+
+
+# ------------------------------------------------------------------------------------------------- re-fit
+
+
+def _spec(**kw):
+    kw.setdefault("preprocess", PreprocessSpec.for_image_size(CROP))
+    return ModelSpec(arch="resnet18", classes=kw.pop("classes", ("a", "b", "c")), **kw)
+
+
+def test_refit_matches_the_reference_confidence_when_logits_shrink():
+    from edgecls.export.refit import refit_with_record
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 3, (200, 3))
+    y = ref.argmax(1)
+    spec = _spec(temperature=1.5)
+    shrunk = 0.6 * ref + rng.normal(0, 0.01, ref.shape)  # an artifact whose logits came out 40% smaller
+    new, rec = refit_with_record(spec, shrunk, y, "test", ref, 1.5)
+    assert new.temperature == pytest.approx(0.9, rel=0.02) and rec.temperature_before == 1.5
+    assert rec.method == "match" and new.confidence is not None and new.confidence.temperature == new.temperature
+    same, _ = refit_with_record(spec, ref, y, "test", ref, 1.5)
+    assert same.temperature == pytest.approx(1.5, rel=1e-3)  # a faithful artifact keeps the checkpoint's
+    nll, rec2 = refit_with_record(spec, ref, y, "test")  # no reference: NLL on the labels
+    assert rec2.method == "nll" and nll.temperature != pytest.approx(1.5, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------- the confidence gate
+
+
+def test_the_confidence_gate_fails_loudly_on_a_confident_liar(tmp_path):
+    """Same top-1 everywhere (agreement 100 %, accuracy unchanged) but probabilities pushed to 0/1: the gate
+    fails, naming the ECE and the p99 |Δprob| and their limits."""
+    from edgecls.export.parity import ParityData, Tolerances, compare, reference_from
+
+    rng = np.random.default_rng(0)
+    ref_logits = rng.normal(0, 1, (100, 3)).astype(np.float32)
+    y = ref_logits.argmax(1)
+    y[:20] = (y[:20] + 1) % 3  # 80 % accuracy: a confidence of 1.0 is a lie
+    data = ParityData(np.zeros((100, 3, CROP, CROP), np.float32), y, tuple(f"{i}.jpg" for i in range(100)), "test")
+    spec = _spec()
+
+    class Backend:
+        def infer(self, x):
+            return ref_logits
+
+    ref = reference_from(Backend(), data, spec)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    ok = compare("m.onnx", tmp_path / "m.onnx", "int8-cpu", ref_logits + 1e-4, ref, data, spec,
+                 Tolerances(int8_ece=1.0))  # (random logits are not calibrated: the ECE limit is off here)
+    assert ok.passed and ok.p99_abs_prob < 1e-3
+    liar = compare("m.onnx", tmp_path / "m.onnx", "int8-cpu", ref_logits * 30, ref, data, spec, Tolerances())
+    assert liar.agreement == 1.0 and liar.accuracy == ref.accuracy
+    assert not liar.passed
+    text = " | ".join(liar.failures)
+    assert "ECE" in text and "p99 |Δprob|" in text and "must be <= 0.0500" in text and "must be <= 0.0200" in text
+    assert liar.ece > 0.1 and liar.p99_abs_prob > 0.3
+
+
+# --------------------------------------------------------------------------------------- select / report
+
+
+def test_select_and_report_are_disjoint_stratified_and_deterministic():
+    from edgecls.export.parity import ParityData, Reference
+    from edgecls.export.select_split import split_select_report
+
+    n = 31
+    y = np.array([i % 3 for i in range(n)])
+    paths = tuple(f"/d/val/c{y[i]}/img{i:03d}.jpg" for i in range(n))
+    data = ParityData(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) * np.ones((1, 3, 2, 2), np.float32), y,
+                      paths, "checkpoint val split (31 images)")
+    logits = np.eye(3, dtype=np.float32)[y]
+    ref = Reference(logits, 1.0, None, {}, 0.0, 1.0, 0.0)
+    spec = _spec()
+    a = split_select_report(data, ref, spec, {})
+    b = split_select_report(data, ref, spec, {})
+    assert a.select.paths == b.select.paths  # deterministic
+    assert not set(a.select.paths) & set(a.report.paths)
+    assert set(a.select.paths) | set(a.report.paths) == set(paths)
+    assert a.report.n == 16 and a.select.n == 15  # report takes the odd one per class
+    for c in range(3):
+        assert abs(int((a.select.y == c).sum()) - int((a.report.y == c).sum())) <= 1
+    # the rows travel together: images, labels and reference logits
+    idx = [paths.index(p) for p in a.report.paths]
+    assert np.array_equal(a.report_reference.logits, logits[idx]) and np.array_equal(a.report.y, y[idx])
+    assert np.array_equal(a.report.x[:, 0, 0, 0], np.array(idx, np.float32))
+    assert a.report.source.startswith("checkpoint val") and "report split: 16 of 31" in a.report.source
+    # a checkpoint that recorded its calibration split of val: that split is the selection half
+    calib = list(paths[::4])
+    c = split_select_report(data, ref, spec, {"calib": calib})
+    assert set(c.select.paths) == set(calib) and "calibration split" in c.rule
+    with pytest.raises(InputError, match="at least 2 parity images"):
+        split_select_report(ParityData(data.x[:1], y[:1], paths[:1], "x"), ref, spec, {})
