@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from edgecls import __version__
-from edgecls.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EdgeclsError, as_write_error
+from edgecls.core.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_INTERRUPTED, EdgeclsError, as_write_error
 from edgecls.evaluation.cli import bench_command, eval_command
 from edgecls.export.cli import build_engine_command, calib_sample_command, export_command
 from edgecls.runtime.cli import run_command
@@ -84,6 +84,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as e:  # usage errors (click's, or the copy newer typer vendors): they carry exit_code/show()
         code = getattr(e, "exit_code", None)
         if code is None or not hasattr(e, "show"):
+            from edgecls.runtime.preprocess import ImageReadError
+
+            if isinstance(e, ImageReadError):  # an image a command needed is unreadable: bad input, its message
+                typer.echo(f"error: {e}", err=True)
+                sys.exit(EXIT_INPUT)
             disk = as_write_error(e)  # disk full / quota / read-only: a message and exit 8, not a bug report
             if disk is not None:
                 typer.echo(f"error: {disk}", err=True)

@@ -265,10 +265,14 @@ def compute_ranges_multi(
             outs = dict(zip(out_names, sess.run(None, {input_name: batch})))
             outs.setdefault(input_name, batch)
             for n, h in hists.items():
-                a = np.abs(np.asarray(outs[n], dtype=np.float32)).ravel()
-                a = a[a != 0]  # exact zeros (ReLU) are representable at any scale: they must not pull it down
-                idx = np.minimum((a * (num_bins / amax[n])).astype(np.int64), num_bins - 1)
+                a = np.array(outs[n], dtype=np.float32).ravel()  # a copy: the in-place steps below are ours
+                zeros = a.size - np.count_nonzero(a)
+                np.abs(a, out=a)
+                np.multiply(a, np.float32(num_bins / amax[n]), out=a)
+                idx = a.astype(np.int32)
+                np.minimum(idx, num_bins - 1, out=idx)
                 h += np.bincount(idx, minlength=num_bins)
+                h[0] -= zeros  # exact zeros (ReLU) are representable at any scale: they must not pull it down
             if progress:
                 progress(len(batch))
     out: Dict[str, Dict[str, Tuple[float, float]]] = {"minmax": ranges} if len(binned) < len(configs) else {}

@@ -35,6 +35,7 @@ class QatConfig:
     lr: float = 1e-4
     ce_weight: float = 0.25
     observe_batches: int = 4  # activation ranges observed on these batches, then frozen
+    min_steps: int = 20  # optimizer steps at least (small train splits are cycled)
     seed: int = 0
     device: str = "auto"
     progress: bool = False
@@ -156,7 +157,8 @@ def qat_finetune(ckpt, spec: ModelSpec, config: QatConfig) -> Tuple[torch.nn.Mod
     student = student.to(device).eval()  # BatchNorm is folded and stays so; dropout off: gradients still flow
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(data), generator=gen)
+    total = max(min(config.images, len(data)), (config.observe_batches + config.min_steps) * config.batch_size)
+    order = torch.cat([torch.randperm(len(data), generator=gen) for _ in range(-(-total // len(data)))])[:total]
     t0, losses, steps = time.perf_counter(), [], 0
     with progress(total=len(order), desc="QAT", unit="img", enabled=config.progress) as bar:
         for i in range(0, len(order), config.batch_size):

@@ -178,6 +178,95 @@ def _rename(model: onnx.ModelProto, old: str, new: str, skip: Tuple[int, ...] = 
             v.name = new
 
 
+def float_inputs(model: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence[str]) -> int:
+    """Feed the kept-in-FP32 ``nodes`` their activations unquantized (in place); returns the inputs changed.
+
+    quantize_static's ``nodes_to_exclude`` keeps a node's weights and output float, but its input still goes
+    through the Q/DQ pair its producer put on its own output — so the input's quantization error, often the
+    larger part, stays. Each such input is rewired to the float tensor before the QuantizeLinear; where the
+    uint8 QuantizeLinear had absorbed a Relu/Clip (the CPU form drops them), that activation is put back for the
+    float consumer. Q/DQ pairs left without consumers are removed.
+    """
+    import onnx
+
+    wanted = set(nodes)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    fp_producer = {o: n for n in fp32.graph.node for o in n.output}
+    fp_inits = {t.name: t for t in fp32.graph.initializer}
+    inits = {t.name for t in model.graph.initializer}
+    changed, made = 0, {}
+    for node in list(model.graph.node):
+        if node.name not in wanted:
+            continue
+        for j, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue
+            t = q.input[0]
+            act = fp_producer.get(t)
+            if act is not None and act.op_type in ("Relu", "Clip") and producer.get(t) is not None \
+                    and producer[t].op_type != act.op_type:  # the activation went into the QuantizeLinear
+                if t not in made:
+                    clone = onnx.NodeProto()
+                    clone.CopyFrom(act)
+                    clone.name = f"{act.name}/edgecls_float"
+                    clone.input[0] = t
+                    del clone.output[:]
+                    clone.output.append(f"{t}/edgecls_float")
+                    for extra in clone.input[1:]:
+                        if extra and extra not in inits and extra in fp_inits:
+                            model.graph.initializer.append(fp_inits[extra])
+                            inits.add(extra)
+                    model.graph.node.append(clone)
+                    made[t] = clone.output[0]
+                t = made[t]
+            node.input[j] = t
+            changed += 1
+    if changed:
+        _prune_dead_qdq(model)
+        _toposort(model)
+    return changed
+
+
+def _prune_dead_qdq(model: onnx.ModelProto) -> None:
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {x for n in model.graph.node for x in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        gone = {id(n) for n in dead}
+        keep = [n for n in model.graph.node if id(n) not in gone]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    used = {x for n in model.graph.node for x in n.input}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+
+
+def _toposort(model: onnx.ModelProto) -> None:
+    """Nodes in an order where every input is produced before it is used (ONNX requires it)."""
+    nodes = list(model.graph.node)
+    ready = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    out, pending = [], nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(x in ready for x in n.input):
+                out.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError(f"graph has a cycle or a missing input at {rest[0].name or rest[0].op_type}")
+        pending = rest
+    del model.graph.node[:]
+    model.graph.node.extend(out)
+
+
 def quantized_tail(model: onnx.ModelProto) -> List[str]:
     """QuantizeLinear nodes after the last weighted layer (empty for edgecls's INT8 models)."""
     nodes = list(model.graph.node)
@@ -191,7 +280,10 @@ def _form_options(form: str):
         return dict(
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                           "AddQDQPairToWeight": True},
+                           "AddQDQPairToWeight": True,
+                           # TensorRT's placement: Q/DQ where a layer reads, not between Conv and its activation
+                           # (a symmetric range over the pre-ReLU6 output wastes most of its 8 bits)
+                           "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS)},
         )
     if form == "int8-cpu":
         return dict(
@@ -260,6 +352,8 @@ def quantize(
         out = onnx.load(os.fspath(dst))
     prune_opset_imports(out)
     removed = float_outputs(out)
+    if exclude:
+        float_inputs(out, model, exclude)
     opset_after = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
     if opset_after != opset_before:
         raise RuntimeError(f"quantization changed the opset from {opset_before} to {opset_after}")

@@ -21,7 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -86,26 +86,62 @@ def layer_costs(model: onnx.ModelProto, crop: int) -> Dict[str, Tuple[int, int]]
 # ------------------------------------------------------------------------------------------- SQNR by layer
 
 
+def _float_input(m: onnx.ModelProto, tensor: str, producer: Dict[str, Any], inits: set, memo: Dict[str, str]) -> str:
+    """The float value of ``tensor`` with the Q/DQ pairs removed back to the nearest weighted layer, merge (a node
+    with several activation inputs, e.g. a residual Add) or graph input; cloning the single-input ops on the way
+    (Relu, Clip, pooling, Flatten, ...). Returns the name of that float tensor."""
+    import onnx
+
+    if tensor in memo:
+        return memo[tensor]
+    n = producer.get(tensor)
+    out = tensor
+    if n is not None and n.op_type == "DequantizeLinear":
+        q = producer.get(n.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            out = _float_input(m, q.input[0], producer, inits, memo)
+    elif n is not None and n.op_type not in WEIGHTED_OPS and n.op_type != "QuantizeLinear":
+        acts = [x for x in n.input if x and x not in inits]
+        if len(acts) == 1:
+            src = _float_input(m, acts[0], producer, inits, memo)
+            if src != acts[0]:
+                clone = onnx.NodeProto()
+                clone.CopyFrom(n)
+                clone.name = TWIN_PREFIX + n.name
+                for j, x in enumerate(clone.input):
+                    if x == acts[0]:
+                        clone.input[j] = src
+                del clone.output[:]
+                clone.output.extend(TWIN_PREFIX + o for o in n.output)
+                m.graph.node.append(clone)
+                out = TWIN_PREFIX + tensor
+    memo[tensor] = out
+    return out
+
+
 def _twin_model(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, Tuple[str, str]]]:
-    """``qmodel`` with a float twin beside each quantized weighted layer; ``{layer: (quantized out, twin out)}``."""
+    """``qmodel`` with a float twin beside each quantized weighted layer; ``{layer: (quantized out, twin out)}``.
+
+    The twin's input is the quantized model's own activation with the Q/DQ pairs since the previous weighted
+    layer (or merge) taken out (:func:`_float_input`): the layer's error includes its input's quantization and its
+    weights', not the error that reached that input from further upstream."""
     import onnx
 
     m = onnx.ModelProto.FromString(qmodel.SerializeToString())
     producer = {o: n for n in m.graph.node for o in n.output}
+    inits = {t.name for t in m.graph.initializer}
     fnodes = {n.name: n for n in fp32.graph.node if n.op_type in WEIGHTED_OPS and n.name}
     finits = {t.name: t for t in fp32.graph.initializer}
     pairs: Dict[str, Tuple[str, str]] = {}
-    added = set()
+    added, memo = set(), {}
     for qn in list(m.graph.node):
         fn = fnodes.get(qn.name)
         if qn.op_type not in WEIGHTED_OPS or fn is None:
             continue
-        dq = producer.get(qn.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        x = _float_input(m, qn.input[0], producer, inits, memo)
         quantized_weight = len(qn.input) > 1 and qn.input[1] not in finits
-        if (q is None or q.op_type != "QuantizeLinear") and not quantized_weight:
+        if x == qn.input[0] and not quantized_weight:
             continue  # kept in FP32: nothing to measure
-        x = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else qn.input[0]
         twin = onnx.NodeProto()
         twin.CopyFrom(fn)
         twin.name = TWIN_PREFIX + fn.name
@@ -120,7 +156,7 @@ def _twin_model(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> Tuple[onnx.Mo
                     m.graph.initializer.append(t)
                     added.add(fn.input[j])
         del twin.output[:]
-        twin.output.append(TWIN_PREFIX + fn.output[0])
+        twin.output.append(TWIN_PREFIX + "out/" + fn.output[0])
         m.graph.node.append(twin)
         pairs[qn.name] = (qn.output[0], twin.output[0])
     existing = {o.name for o in m.graph.output}

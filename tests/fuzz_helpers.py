@@ -41,7 +41,7 @@ def seed_images() -> Dict[str, bytes]:
     rgba.putalpha(Image.fromarray(_pattern(24, 18, 3)[:, :, 0]))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° when shown
-    sixteen = Image.fromarray((np.asarray(grey).astype(np.uint16) * 257))
+    sixteen = Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)
     frames = [rgb.convert("P"), Image.fromarray(_pattern(24, 18, 1)).convert("P")]
     seeds = {
         "jpeg": _save(rgb, "JPEG", quality=85),

@@ -283,3 +283,21 @@ def test_positive_decision_keeps_the_guaranteed_threshold():
     assert d.confidence.guaranteed and "precision >= 0.95" in d.confidence.describe(d.threshold)[-1]
     by_hand = Decider(spec, threshold=0.5)
     assert not by_hand.confidence.guaranteed and "no guarantee at 0.5" in by_hand.confidence.describe(0.5)[-1]
+
+
+def test_guarantee_is_for_the_runtime_yes_which_excludes_unknown_images():
+    rng = np.random.default_rng(3)
+    n_pos, n_neg, n_odd = 300, 600, 40  # odd: negatives far from the catalog (huge energy) with a high P(mobile)
+    pos = np.c_[rng.normal(4, 1, n_pos), np.zeros(n_pos)]
+    neg = np.c_[rng.normal(-4, 1, n_neg), np.zeros(n_neg)]
+    odd = np.c_[np.full(n_odd, -18.0), np.full(n_odd, -20.0)]
+    z, y = np.r_[pos, neg, odd], np.r_[np.zeros(n_pos), np.ones(n_neg + n_odd)].astype(int)
+    conf = fit_confidence(z, y, ("mobile", "other"), temperature=1.0, positive="mobile")
+    unknown = conf.ood.unknown(ood_scores(z, conf.ood.kind))
+    assert unknown[-n_odd:].all()  # the odd images are beyond the OOD threshold...
+    g = conf.guarantee
+    p = np.exp(z[:, 0]) / np.exp(z).sum(1)
+    yes = (p >= g.threshold) & ~unknown
+    assert g.certified and g.precision == pytest.approx(np.mean(y[yes] == 0))  # ...and never a "yes"
+    raw = certify_threshold(p, y == 0, 0.95, 0.1, "mobile")  # p alone would count them as accepted
+    assert raw.threshold > g.threshold or not raw.certified

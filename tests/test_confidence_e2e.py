@@ -43,14 +43,17 @@ def trained(conf_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     from edgecls.export.deploy import DeployConfig
+    from edgecls.export.int8_flow import Int8Settings
     from edgecls.export.parity import Tolerances
     from edgecls.export.pipeline import ExportConfig, export_checkpoint
 
     out = tmp_path_factory.mktemp("export")
     # parity is another test's business: INT8 of an untrained backbone may not agree; let it pass to check the refit
-    loose = Tolerances(fp16_agreement=0.0, int8_agreement=0.0, int8_accuracy_drop=1.0)
+    loose = Tolerances(fp16_agreement=0.0, int8_agreement=0.0, int8_accuracy_drop=1.0, int8_ece=1.0,
+                       int8_p99_prob=1.0)
     res = export_checkpoint(ExportConfig(trained.best_path, out=out, fp16=True, int8=True, int8_forms=("int8-cpu",),
-                                         calib_count=16, tolerances=loose, deploy=DeployConfig(variants=("probs",))))
+                                         calib_count=16, tolerances=loose, deploy=DeployConfig(variants=("probs",)),
+                                         int8_settings=Int8Settings(qat="off", latency=False)))
     res.raise_for_status()
     return out
 

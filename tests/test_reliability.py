@@ -113,10 +113,11 @@ def test_2_latency_statistics_are_fixed_size_and_accurate():
 
 
 def test_2_run_stats_keep_no_per_frame_lists():
+    from runtime_helpers import tiny_spec
+
     from edgecls.runtime.decision import Decider
     from edgecls.runtime.run.quantiles import LatencySketch
     from edgecls.runtime.run.stats import MAX_NOTES, RunStats
-    from runtime_helpers import tiny_spec
 
     st = RunStats(Decider(tiny_spec()), "cpu", 1, 0.0)
     for name in ("decode", "preprocess", "infer_batch", "infer_image", "latency"):

@@ -154,8 +154,9 @@ def test_9_disk_full_is_a_message_and_exit_8(tmp_path, monkeypatch, capsys):
 
 def test_9_checkpoint_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from edgecls.reference.checkpoint import Checkpoint, save_checkpoint
     from runtime_helpers import tiny_spec
+
+    from edgecls.reference.checkpoint import Checkpoint, save_checkpoint
 
     ck = Checkpoint(spec=tiny_spec(), state_dict={"w": torch.zeros(1000)}, epoch=1, metrics={}, data={})
     path = tmp_path / "best.pt"
@@ -173,6 +174,7 @@ def test_9_checkpoint_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypa
     assert E.as_write_error(ValueError("nope")) is None
 
 
+@pytest.mark.slow
 def test_9_diverging_run_is_a_message_and_exit_9(tiny_data, tmp_path, capsys):
     pytest.importorskip("torch")
     code, _, err = cli(["train", "--data", tiny_data, *SMALL, "--recipe", "seed", "--epochs", "1", "--lr", "1e12",
@@ -211,6 +213,15 @@ def test_9_tracebacks_only_with_verbose(tmp_path, monkeypatch, capsys):
     assert code == E.EXIT_FAILURE and "unexpected RuntimeError: boom" in err and "Traceback" not in err
     code, _, err = cli(["-v", "run", model, tmp_path], capsys)
     assert code == E.EXIT_FAILURE and "Traceback" in err
+
+    def unreadable(*a, **k):  # e.g. `edgecls bench --images DIR` reaching a broken file: bad input, exit 2
+        from edgecls.runtime.preprocess import ImageReadError
+
+        raise ImageReadError("cannot read image 'x.jpg': SyntaxError: broken PNG file")
+
+    monkeypatch.setattr(loop, "run", unreadable)
+    code, _, err = cli(["run", model, tmp_path], capsys)
+    assert code == E.EXIT_INPUT and "error: cannot read image 'x.jpg'" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------ 10. smaller ones

@@ -52,6 +52,9 @@ def train_command(
     patience: Optional[int] = typer.Option(
         None, "--patience", help="Early stopping: epochs without improvement [recipe: fast 2, seed off]."
     ),
+    rotate: Optional[bool] = typer.Option(
+        None, "--rotate/--no-rotate", help="Turn half the training images 90/180/270 degrees (random) so the model "
+        "holds on sideways and upside-down photos [recipe: off]."),
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Val share per class for a DATA/<class>/ folder [default: 0.2]."
     ),
@@ -77,7 +80,8 @@ def train_command(
         given = {"data": data, "arch": arch, "weights": weights, "positive": positive,
                  "target_precision": target_precision, "delta": delta, "coverage": coverage,
                  "calib_fraction": calib_fraction, "batch_size": batch_size, "image_size": image_size,
-                 "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out}
+                 "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out,
+                 "rotate": rotate}
         cfg, last = _resume_config(resume, given, epochs=epochs, patience=patience, workers=workers, device=device,
                                    max_minutes=max_minutes, progress=progress)
         result = train(cfg, resume_from=last)
@@ -86,7 +90,8 @@ def train_command(
             data=data, recipe=recipe, arch=arch, weights=weights, positive=positive,
             target_precision=target_precision, delta=delta, coverage=coverage, calib_fraction=calib_fraction,
             epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
-            balance=balance, patience=patience, val_fraction=val_fraction, seed=seed, workers=workers, device=device,
+            balance=balance, patience=patience, rotate=rotate, val_fraction=val_fraction, seed=seed, workers=workers,
+            device=device,
             out=out, name=name, exist_ok=exist_ok, max_minutes=max_minutes, amp=amp, progress=progress,
         ))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -108,7 +113,7 @@ def _resume_config(resume: str, given: Dict[str, Any], **changes: Any):
 
 
 def _new_config(*, data, recipe, arch, weights, positive, target_precision, delta, coverage, calib_fraction, epochs,
-                batch_size, image_size, lr, balance, patience, val_fraction, seed, workers, device, out, name,
+                batch_size, image_size, lr, balance, patience, rotate, val_fraction, seed, workers, device, out, name,
                 exist_ok, max_minutes, amp, progress):
     """The TrainConfig of a new run: the recipe with the options given on the command line."""
     from edgecls.core.errors import InputError
@@ -118,7 +123,8 @@ def _new_config(*, data, recipe, arch, weights, positive, target_precision, delt
         raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
                          "or with <class>/ folders only")
     rec = get_recipe(recipe).for_weights((weights or "imagenet") != "none").override(
-        epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience
+        epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience,
+        rotate=None if rotate is None else (0.5 if rotate else 0.0),
     )
     kwargs = dict(
         data=data, recipe=rec, arch=arch or "resnet18", weights=weights or "imagenet", out=out, name=name,

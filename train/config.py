@@ -35,6 +35,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 BALANCE = ("weights", "sampler", "none")
 SELECT_METRICS = ("balanced_accuracy", "macro_f1")
+FINETUNE = ("full", "partial")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,13 @@ class Recipe:
     head_l2_grid: Tuple[float, ...] = (1e-3, 1e-2, 3e-2, 1e-1)
     head_cv_folds: int = 5
     head_balance: bool = True  # class-weighted loss for the head (the head phase's imbalance handling)
-    # fine-tuning phase
+    # fine-tuning phase: full (the whole network on decoded images) or partial (edgecls.train.partial_finetune:
+    # the last ``tail_blocks`` backbone blocks + head on cached activations of ``views`` augmented views)
+    finetune: str = "full"
+    tail_blocks: int = 5
+    views: int = 4
+    head_lr: Optional[float] = None  # partial: the classifier's lr (None = lr)
+    warmup: float = 0.0  # partial: share of the steps with a linear lr warm-up (then cosine)
     epochs: int = 25
     optimizer: str = "sgd"
     lr: float = 0.001
@@ -63,6 +70,7 @@ class Recipe:
     train_size: Optional[int] = None  # RandomResizedCrop output; None = image_size
     scale: Tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     hflip: bool = True
+    rotate: float = 0.0  # probability of turning a training image 90/180/270 degrees (--rotate: 0.5); 0 = never
     balance: str = "none"  # weights: class-weighted loss; sampler: class-balanced sampling; none
     epoch_samples: Optional[int] = None  # samples drawn per epoch with the balanced sampler; None = dataset size
     label_smoothing: float = 0.0
@@ -79,6 +87,11 @@ class Recipe:
         _need(self.head_l2 is None or self.head_l2 >= 0, f"head_l2 must be >= 0, got {self.head_l2}")
         _need(len(self.head_l2_grid) >= 1 and all(v >= 0 for v in self.head_l2_grid), "head_l2_grid needs values >= 0")
         _need(self.head_cv_folds >= 2, f"head_cv_folds must be >= 2, got {self.head_cv_folds}")
+        _need(self.finetune in FINETUNE, f"finetune {self.finetune!r} is not one of {FINETUNE}")
+        _need(self.tail_blocks >= 1, f"tail_blocks must be >= 1, got {self.tail_blocks}")
+        _need(self.views >= 0, f"views must be >= 0, got {self.views}")
+        _need(self.head_lr is None or self.head_lr > 0, f"head_lr must be > 0, got {self.head_lr}")
+        _need(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
         _need(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
         _need(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         _need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}")
@@ -91,6 +104,7 @@ class Recipe:
             len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
             f"scale must be (low, high) with 0 < low <= high <= 1, got {self.scale}",
         )
+        _need(0 <= self.rotate <= 1, f"rotate must be a probability in [0, 1], got {self.rotate}")
         _need(self.balance in BALANCE, f"--balance {self.balance!r} is not one of {', '.join(BALANCE)}")
         _need(self.scratch_balance is None or self.scratch_balance in BALANCE, f"scratch_balance not in {BALANCE}")
         _need(self.epoch_samples is None or self.epoch_samples >= 1, "epoch_samples must be >= 1")
@@ -100,9 +114,12 @@ class Recipe:
 
     def for_weights(self, pretrained: bool) -> Recipe:
         """The recipe for a pretrained backbone as it is; from scratch: ``scratch_lr``, ``scratch_balance`` and
-        BatchNorm in train mode (there is no head phase to handle the imbalance)."""
+        BatchNorm in train mode (there is no head phase to handle the imbalance). A ``partial`` recipe needs a
+        pretrained front to freeze: from scratch it trains like ``fast`` does."""
         if pretrained:
             return self
+        if self.finetune == "partial":
+            return dataclasses.replace(RECIPES["fast"], name=self.name).for_weights(False)
         return dataclasses.replace(self, lr=self.scratch_lr or self.lr, balance=self.scratch_balance or self.balance,
                                    bn_eval=False)
 
@@ -166,6 +183,32 @@ RECIPES: Dict[str, Recipe] = {
         bn_eval=False,
         scratch_lr=1e-2,
         scratch_balance="sampler",
+        patience=2,
+    ),
+    "partial": Recipe(
+        name="partial",
+        description="class-weighted linear head on cached frozen features (L2 by CV on train), then the last 5 "
+        "backbone blocks + head trained on cached activations of 4 augmented views per image (RandomResizedCrop "
+        "0.35-1 + flip) plus the eval view: AdamW lr 3e-4 (head 1e-3), weight decay 1e-4, label smoothing 0.1, "
+        "class-weighted loss, batch 64, 10 % warm-up then cosine, 3 epochs, BatchNorm frozen; from scratch: as fast",
+        head_max_iter=100,
+        head_l2=None,
+        finetune="partial",
+        tail_blocks=5,
+        views=4,
+        epochs=3,
+        optimizer="adamw",
+        lr=3e-4,
+        head_lr=1e-3,
+        weight_decay=1e-4,
+        warmup=0.1,
+        schedule="cosine",
+        batch_size=64,
+        image_size=224,
+        scale=(0.35, 1.0),
+        balance="weights",
+        label_smoothing=0.1,
+        bn_eval=True,
         patience=2,
     ),
     "seed": Recipe(

@@ -299,8 +299,31 @@ def collate_skip(samples: Sequence[Any]) -> Batch:
     )
 
 
-def train_transform(crop: int, scale: Tuple[float, float], hflip: bool, spec: PreprocessSpec):
-    """RandomResizedCrop(crop, scale) + optional horizontal flip + ToTensor + Normalize(spec.mean, spec.std)."""
+class RandomRot90:
+    """With probability ``p``, turn the PIL image by 90, 180 or 270 degrees (uniformly); else leave it upright.
+
+    The training side of orientation robustness (``--rotate``); draws from torch's RNG, so it follows the
+    loader's seeding like the other random transforms."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = float(p)
+
+    def __call__(self, im):
+        import torch
+        from PIL import Image
+
+        if float(torch.rand(())) >= self.p:
+            return im
+        k = int(torch.randint(1, 4, ()))
+        return im.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[k - 1])
+
+    def __repr__(self) -> str:
+        return f"RandomRot90(p={self.p})"
+
+
+def train_transform(crop: int, scale: Tuple[float, float], hflip: bool, spec: PreprocessSpec, rotate: float = 0.0):
+    """[RandomRot90(rotate)] + RandomResizedCrop(crop, scale) + optional horizontal flip + ToTensor +
+    Normalize(spec.mean, spec.std)."""
     from torchvision import transforms as T
 
     interp = {
@@ -308,7 +331,8 @@ def train_transform(crop: int, scale: Tuple[float, float], hflip: bool, spec: Pr
         "bicubic": T.InterpolationMode.BICUBIC,
         "nearest": T.InterpolationMode.NEAREST,
     }[spec.interpolation]
-    steps = [T.RandomResizedCrop(crop, scale=tuple(scale), interpolation=interp, antialias=True)]
+    steps = [RandomRot90(rotate)] if rotate > 0 else []
+    steps.append(T.RandomResizedCrop(crop, scale=tuple(scale), interpolation=interp, antialias=True))
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(list(spec.mean), list(spec.std))]

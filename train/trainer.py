@@ -92,7 +92,9 @@ class _Phases:
                 log.info("--weights none: no pretrained features to cache, skipping the head phase")
         if r.epochs == 0 and state.best_epoch < 0:
             raise InputError("nothing to train: --epochs 0 and no head phase (it needs pretrained --weights)")
-        if start_epoch <= r.epochs and not stop:  # phase 2: fine-tune everything
+        if start_epoch <= r.epochs and not stop and r.finetune == "partial":  # phase 2: the tail on cached views
+            self.partial(model, start_epoch, ts.get("optimizer"))
+        elif start_epoch <= r.epochs and not stop:  # phase 2: fine-tune everything
             self.finetune(model, start_epoch, ts.get("optimizer"), ts.get("scaler"))
         elif resumed:
             state.stop_reason = ts.get("stop_reason") if ts.get("stop_reason") != "running" else None
@@ -123,7 +125,8 @@ class _Phases:
             self.optimizer.load_state_dict(opt_state)
         if scaler_state is not None and setup.use_amp:
             self.scaler.load_state_dict(scaler_state)
-        dataset = TrainDataset(setup.data.train, train_transform(r.crop_size, r.scale, r.hflip, setup.pspec))
+        dataset = TrainDataset(setup.data.train, train_transform(r.crop_size, r.scale, r.hflip, setup.pspec,
+                                                                    r.rotate))
         sampler = EpochSampler(
             setup.train_y, setup.num_classes, balanced=(r.balance == "sampler"),
             num_samples=r.epoch_samples, seed=setup.config.seed, rank=ctx.rank, world_size=ctx.world_size,
@@ -142,6 +145,26 @@ class _Phases:
             logits, index = self.runner.run_eval(model, self.setup.data.val, f"val {epoch}")
             row["seconds"] = round(row["seconds"] + time.monotonic() - t, 3)
             if self.end_epoch(epoch, "finetune", row, logits, index, model):
+                log.info("stopping after epoch %d: %s", epoch, self.state.stop_reason)
+                break
+
+    def partial(self, model, start_epoch: int, opt_state) -> None:
+        """The ``partial`` recipe: cache the frozen front's activations once, train the tail epoch by epoch."""
+        from edgecls.train.partial_finetune import PartialFineTune
+
+        fit = PartialFineTune(self.setup, self.bad, model)
+        self.optimizer = fit.optimizer
+        if opt_state is not None:
+            fit.optimizer.load_state_dict(opt_state)
+        t = time.monotonic()
+        fit.build_cache()
+        cache_s = time.monotonic() - t
+        for epoch in range(start_epoch, self.setup.recipe.epochs + 1):
+            row = fit.run_epoch(epoch)
+            t = time.monotonic()
+            logits, index = fit.val_logits()
+            row["seconds"] = round(row["seconds"] + time.monotonic() - t + (cache_s if epoch == start_epoch else 0), 3)
+            if self.end_epoch(epoch, "partial", row, logits, index, model):
                 log.info("stopping after epoch %d: %s", epoch, self.state.stop_reason)
                 break
 

@@ -33,6 +33,9 @@ def eval_command(
     preprocess: str = typer.Option("standard", "--preprocess", help="standard: the model's resize + centre crop; "
                                    "deepstream: the whole image scaled to the input size, as DeepStream's nvinfer "
                                    "does (what the missing crop costs)."),
+    rotations: bool = typer.Option(
+        False, "--rotations", help="Also score every image turned 90, 180 and 270 degrees (counter-clockwise, "
+        "after decoding, before preprocessing): accuracy per angle."),
 ) -> None:
     """Accuracy, balanced accuracy, per-class P/R/F1, confusion matrix, calibration (ECE) and the positive class's
     precision/recall at the model's threshold, through the same runtime path a deployment uses; with the confidence
@@ -44,7 +47,7 @@ def eval_command(
     cfg = EvalConfig(
         model=model, data=data, batch=batch, threads=threads, device=device, out=None if no_files else out,
         json_path=json_path, workers=workers, progress=sys.stderr.isatty(), preprocess=preprocess, coverage=coverage,
-        ood_data=ood_data,
+        ood_data=ood_data, rotations=rotations,
     )
     result = evaluate(cfg)
     typer.echo(result.table())

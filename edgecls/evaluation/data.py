@@ -74,32 +74,51 @@ def stretched(images: Sequence, spec: ModelSpec) -> np.ndarray:
     return preprocess([im.resize((c, c), filt) for im in images], dataclasses.replace(spec.preprocess, resize=c))
 
 
-def _load_batch(items: Sequence[Tuple[str, int]], spec: ModelSpec, mode: str = "standard") -> np.ndarray:
+ROTATIONS = (0, 90, 180, 270)  # eval --rotations: the decoded image turned before the one preprocessing function
+
+
+def rotated(image, degrees: int):
+    """``image`` (PIL) turned counter-clockwise by ``degrees`` (one of :data:`ROTATIONS`), lossless."""
+    from PIL import Image
+
+    if degrees not in ROTATIONS:
+        raise InputError(f"rotation {degrees!r} is not one of {ROTATIONS} (degrees counter-clockwise)")
+    if degrees == 0:
+        return image
+    turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    return image.transpose(turn[degrees])
+
+
+def _load_batch(items: Sequence[Tuple[str, int]], spec: ModelSpec, mode: str = "standard",
+                rotation: int = 0) -> np.ndarray:
     # open_rgb: the same decoded RGB pixels as load_image, handed to preprocess without a copy into numpy
     from edgecls.runtime.preprocess import ImageReadError, open_rgb, preprocess
 
     images = []
     for p, _ in items:
         try:
-            images.append(open_rgb(p))
+            images.append(rotated(open_rgb(p), rotation))
         except ImageReadError as e:
             raise InputError(str(e)) from e
     return stretched(images, spec) if mode == "deepstream" else preprocess(images, spec.preprocess)
 
 
 def iter_batches(
-    items: Sequence[Tuple[str, int]], spec: ModelSpec, batch: int, workers: int = 2, mode: str = "standard"
+    items: Sequence[Tuple[str, int]], spec: ModelSpec, batch: int, workers: int = 2, mode: str = "standard",
+    rotation: int = 0,
 ) -> Iterator[Tuple[int, np.ndarray]]:
-    """Preprocessed batches ``(start index, NCHW)`` in order, decoded by ``workers`` threads a few batches ahead."""
+    """Preprocessed batches ``(start index, NCHW)`` in order, decoded by ``workers`` threads a few batches ahead;
+    each decoded image turned ``rotation`` degrees counter-clockwise first (:func:`rotated`)."""
     starts = list(range(0, len(items), batch))
     ahead = max(1, workers) + 1
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {}
         for k, s in enumerate(starts[:ahead]):
-            futures[k] = pool.submit(_load_batch, items[s : s + batch], spec, mode)
+            futures[k] = pool.submit(_load_batch, items[s : s + batch], spec, mode, rotation)
         for k, s in enumerate(starts):
             x = futures.pop(k).result()
             nxt = k + ahead
             if nxt < len(starts):
-                futures[nxt] = pool.submit(_load_batch, items[starts[nxt] : starts[nxt] + batch], spec, mode)
+                futures[nxt] = pool.submit(_load_batch, items[starts[nxt] : starts[nxt] + batch], spec, mode,
+                                           rotation)
             yield s, x

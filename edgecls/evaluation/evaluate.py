@@ -43,6 +43,7 @@ class EvalConfig:
     preprocess: str = "standard"  # deepstream: the whole image scaled to the input size, as nvinfer does
     coverage: Optional[float] = None  # conformal sets at this coverage (default: the model's own)
     ood_data: Optional[str] = None  # a folder of products the model does not know: OOD AUROC
+    rotations: bool = False  # also score every image turned 90/180/270 degrees (edgecls.evaluation.rotations)
 
     def __post_init__(self) -> None:
         from edgecls.evaluation.data import PREPROCESS_MODES
@@ -79,6 +80,7 @@ class EvalResult:
     preprocess: str = "standard"  # or deepstream (whole image scaled, no centre crop)
     # sets, risk-coverage, unknown products, the precision promise (edgecls.evaluation.confidence)
     confidence: Optional[Dict[str, Any]] = None
+    rotations: Optional[Dict[str, Dict[str, Any]]] = None  # --rotations: metrics per angle ("0", "90", ...)
     # per image, in data order (not in to_dict: predictions.csv has them)
     paths: Tuple[str, ...] = field(default=(), repr=False, compare=False)
     labels: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
@@ -113,6 +115,7 @@ class EvalResult:
             "files": list(self.files),
             "preprocess": self.preprocess,
             "confidence": self.confidence,
+            "rotations": self.rotations,
         }
 
     def table(self) -> str:
@@ -136,6 +139,10 @@ class EvalResult:
 
         conf = confidence_lines(self.confidence) if self.confidence else []
         conf_text = ("\n\nconfidence:\n" + "\n".join("  " + line for line in conf)) if conf else ""
+        from edgecls.evaluation.rotations import rotation_lines
+
+        rot = rotation_lines(self.rotations)
+        conf_text += ("\n\nrotations:\n" + "\n".join("  " + line for line in rot)) if rot else ""
         return head + "\n" + self.report.table() + dec + conf_text + ("\n" + tail if tail else "")
 
 
@@ -144,15 +151,16 @@ class EvalResult:
 
 def predict_logits(
     opened: OpenedModel, items: Sequence[Tuple[str, int]], batch: int, workers: int = 2, progress: bool = False,
-    preprocess: str = "standard",
+    preprocess: str = "standard", rotation: int = 0,
 ) -> np.ndarray:
-    """Logits ``(N, C)`` of every item, in order, through the runtime preprocessing and ``opened``'s backend.
+    """Logits ``(N, C)`` of every item, in order, through the runtime preprocessing and ``opened``'s backend
+    (each decoded image turned ``rotation`` degrees counter-clockwise first).
 
     A model with probabilities in the graph (spec ``output="probs"``) gives ``T · log p``, logits whose
     ``softmax(· / T)`` is ``p`` again, so every metric reads the same."""
     out = np.empty((len(items), opened.spec.num_classes), dtype=np.float32)
     with progress_bar(total=len(items), unit="img", desc=f"eval {opened.path.name}", enabled=progress) as bar:
-        for start, x in iter_batches(items, opened.spec, batch, workers, preprocess):
+        for start, x in iter_batches(items, opened.spec, batch, workers, preprocess, rotation):
             logits = opened.infer(x)
             if opened.spec.output == "probs":
                 logits = opened.spec.temperature * np.log(np.maximum(logits, np.finfo(np.float32).tiny))
@@ -206,6 +214,12 @@ def evaluate(config: EvalConfig) -> EvalResult:
             from edgecls.evaluation.confidence import ood_logits_of
 
             ood_logits = ood_logits_of(opened, config.ood_data, config.batch, config.workers, config.preprocess)
+        rotations = None
+        if config.rotations:
+            from edgecls.evaluation.rotations import rotation_metrics
+
+            rotations = rotation_metrics(opened, items, logits, config.batch, config.workers, config.progress,
+                                         config.preprocess)
     finally:
         opened.close()
     y = np.array([label for _, label in items], dtype=np.int64)
@@ -234,6 +248,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         images_per_second=len(items) / seconds if seconds > 0 else float("inf"),
         preprocess=config.preprocess,
         confidence=confidence_metrics(spec, logits, y, config.coverage, ood_logits),
+        rotations=rotations,
         paths=tuple(p for p, _ in items),
         labels=y,
         logits=logits,

@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""INT8 benchmark (issue 8): per artifact size, latency vs FP32, accuracy, ECE — ResNet18 and MobileNetV2 on both
+shared datasets, in one run.
+
+For each (arch, dataset): the cached checkpoint (``--cache``/<dataset>_<arch>/best.pt, trained with ``edgecls
+train`` when missing), then ``edgecls export best.pt --int8`` with default options (wall time and exit code
+recorded), then the numbers from its ``parity.json`` (report split: the images that chose nothing) and the
+latency of model.onnx / model_int8_cpu.onnx / model_int8_qdq.onnx with onnxruntime CPU at batch 1 and
+``--threads`` threads, interleaved in the same process (rounds rotate the starting model; median over rounds).
+``--modelopt`` adds NVIDIA ModelOpt's INT8 (``mtq.quantize`` with ``INT8_DEFAULT_CFG``, max calibration on the
+same calibration images, Q/DQ ONNX export) as a row beside edgecls's TensorRT form, judged the same way (its
+temperature matched on the selection split, numbers on the report split).
+
+The machine may be shared: ``/proc/loadavg`` is recorded beside every timing, and ratios come from one run.
+
+    .venv/bin/python bench/bench_int8.py                  # → bench/INT8_RESULTS.md, bench/int8_results.json
+    .venv/bin/python bench/bench_int8.py --modelopt --archs mobilenet_v2 --datasets products28
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MBV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_features.pth"
+ARTIFACTS = ("model.onnx", "model_int8_cpu.onnx", "model_int8_qdq.onnx")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", default="/work/bench_cache/int8", help="checkpoints and exports (reused)")
+    ap.add_argument("--archs", default="resnet18,mobilenet_v2")
+    ap.add_argument("--datasets", default="products28,mobile")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--export-args", default="", help="extra `edgecls export` arguments")
+    ap.add_argument("--reexport", action="store_true", help="export again even when the export folder exists")
+    ap.add_argument("--modelopt", action="store_true", help="add NVIDIA ModelOpt's INT8 as a row (needs the "
+                    "modelopt extra)")
+    ap.add_argument("--out", default="bench/INT8_RESULTS.md")
+    ap.add_argument("--json", default="bench/int8_results.json")
+    return ap.parse_args(argv)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def run(cmd: List[str], log: Path) -> Dict[str, Any]:
+    t0, load0 = time.perf_counter(), loadavg()
+    with open(log, "w") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.perf_counter() - t0, 1), "load_before": load0,
+            "load_after": loadavg(), "log": str(log)}
+
+
+def train_cmd(arch: str, dataset: str, out: Path) -> List[str]:
+    cmd = [sys.executable, "-m", "edgecls", "train", "--data", str(SHARED / "data" / dataset), "--arch", arch,
+           "--out", str(out), "--no-progress"]
+    if arch == "mobilenet_v2":
+        cmd += ["--weights", str(MBV2_WEIGHTS)]
+    else:  # no ImageNet ResNet18 weights offline: a head on the random backbone's features (INT8 fidelity and
+        cmd += ["--weights", "none", "--epochs", "0"]  # speed are still measured; its accuracy is not the point)
+    if dataset == "mobile":
+        cmd += ["--positive", "mobile"]
+    return cmd
+
+
+def latency(paths: Dict[str, Path], threads: int, rounds: int, iters: int) -> Dict[str, float]:
+    import numpy as np
+
+    from edgecls.export.int8_cost import interleaved_latency
+
+    x = np.random.default_rng(0).normal(0, 1, (1, 3, 224, 224)).astype(np.float32)
+    return interleaved_latency({k: p.read_bytes() for k, p in paths.items()}, x, threads, rounds, iters)
+
+
+def modelopt_row(ckpt_path: Path, work: Path) -> Dict[str, Any]:
+    """ModelOpt PTQ (INT8_DEFAULT_CFG) → Q/DQ ONNX, judged like edgecls's artifacts on the same split."""
+    import warnings
+
+    import modelopt.torch.quantization as mtq
+    import numpy as np
+    import torch
+
+    from edgecls.export.calib import calib_from_checkpoint
+    from edgecls.export.calib_ranges import CalibrationImages
+    from edgecls.export.parity import Tolerances, compare, parity_data_from_checkpoint, reference_from
+    from edgecls.export.refit import refit_with_record
+    from edgecls.export.select_split import split_select_report
+    from edgecls.reference.checkpoint import load_checkpoint
+    from edgecls.reference.torch_backend import TorchBackend
+    from edgecls.runtime.backends import load_backend
+
+    ck = load_checkpoint(ckpt_path)
+    t0 = time.perf_counter()
+    calib = CalibrationImages(calib_from_checkpoint(ck.data, ck.spec.classes, 256).paths, ck.spec.preprocess)
+    model = ck.build_model()
+
+    def loop(m):
+        with torch.no_grad():
+            for b in calib.batches(16):
+                m(torch.from_numpy(b))
+
+    q = mtq.quantize(model, mtq.INT8_DEFAULT_CFG, loop)
+    path = work / "modelopt_int8.onnx"
+    c = ck.spec.preprocess.crop
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(q, torch.zeros(1, 3, c, c), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    seconds = time.perf_counter() - t0
+    data = parity_data_from_checkpoint(ck)
+    with TorchBackend(ck.build_model(), spec=ck.spec) as be:
+        ref = reference_from(be, data, ck.spec)
+    split = split_select_report(data, ref, ck.spec, ck.data)
+    spec = ck.spec.replace(precision="int8-qdq")
+    with load_backend(path, device="cpu", spec=spec) as be:
+        sel = np.asarray(be.infer(split.select.x), np.float32)
+        rep = np.asarray(be.infer(split.report.x), np.float32)
+    spec, _ = refit_with_record(spec, sel, split.select.y, "selection split; modelopt logits",
+                                split.select_reference.logits, split.select_reference.temperature)
+    report = compare("modelopt_int8.onnx", path, "int8-qdq", rep, split.report_reference, split.report, spec,
+                     Tolerances())
+    return {"report": report.to_dict(), "seconds": round(seconds, 1), "path": str(path)}
+
+
+def one(arch: str, dataset: str, args: argparse.Namespace) -> Dict[str, Any]:
+    folder = Path(args.cache) / f"{dataset}_{arch}"
+    ckpt = folder / "best.pt"
+    row: Dict[str, Any] = {"arch": arch, "dataset": dataset, "checkpoint": str(ckpt)}
+    folder.mkdir(parents=True, exist_ok=True)
+    if not ckpt.is_file():
+        row["train"] = run(train_cmd(arch, dataset, folder), folder / "train.log")
+        if row["train"]["rc"] != 0:
+            return row
+    out = folder / "export"
+    if args.reexport or not (out / "parity.json").is_file():
+        cmd = [sys.executable, "-m", "edgecls", "export", str(ckpt), "--int8", "--out", str(out)]
+        row["export"] = run(cmd + args.export_args.split(), folder / "export.log")
+    parity = json.loads((out / "parity.json").read_text())
+    row["parity"] = {"data": parity["data"], "selection": parity.get("selection"), "reference": parity["reference"],
+                     "passed": parity["passed"], "timings_s": parity.get("timings_s", {})}
+    row["artifacts"] = {k: v for k, v in parity["artifacts"].items() if k in ARTIFACTS}
+    paths = {k: out / k for k in ARTIFACTS if (out / k).is_file()}
+    if args.modelopt:
+        try:
+            row["modelopt"] = modelopt_row(ckpt, out)
+            paths["modelopt_int8.onnx"] = Path(row["modelopt"]["path"])
+        except ImportError as e:
+            row["modelopt"] = {"error": f"modelopt not installed ({e}): pip install 'edgecls[modelopt]'"}
+    load0 = loadavg()
+    row["latency_ms"] = latency(paths, args.threads, args.rounds, args.iters)
+    row["latency_load"] = [load0, loadavg()]
+    return row
+
+
+def _f(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def table(rows: List[Dict[str, Any]], threads: int) -> str:
+    head = ("| model | data | artifact | size MB | latency b1 ms | ×FP32 | accuracy | Δacc pt | agree | ECE | "
+            "p99 \\|Δp\\| | T | kept FP32 | calib | QAT | status |")
+    lines = [head, "|" + "---|" * 16]
+    for r in rows:
+        if "parity" not in r:
+            lines.append(f"| {r['arch']} | {r['dataset']} | (training failed, see {r['train']['log']}) |" + " |" * 13)
+            continue
+        lat = r.get("latency_ms", {})
+        fp32 = lat.get("model.onnx")
+        ref = r["parity"]["reference"]
+        items = list(r["artifacts"].items())
+        if "modelopt" in r and "report" in r["modelopt"]:
+            items.append(("modelopt_int8.onnx", dict(r["modelopt"]["report"], calib_method="max (ModelOpt)")))
+        lines.append(f"| {r['arch']} | {r['dataset']} | pytorch (reference) | - | - | - | "
+                     f"{100 * ref['accuracy']:.2f}% | - | - | {ref.get('ece') or 0:.3f} | - | "
+                     f"{ref.get('temperature') or 0:.3f} | - | - | - | - |")
+        for name, a in items:
+            ms = lat.get(name)
+            size = a.get("size_bytes", 0) / 2**20
+            acc = a.get("accuracy")
+            dacc = None if acc is None or ref["accuracy"] is None else 100 * (ref["accuracy"] - acc)
+            kept = a.get("kept_fp32")
+            cells = [r["arch"], r["dataset"], name, f"{size:.2f}", _f(ms, "{:.2f}"),
+                     _f(None if ms is None or not fp32 else ms / fp32, "{:.2f}"), _f(acc, "{:.2%}"),
+                     _f(dacc, "{:+.2f}"), _f(a.get("agreement"), "{:.2%}"), _f(a.get("ece"), "{:.3f}"),
+                     _f(a.get("p99_abs_prob"), "{:.3f}"), _f(a.get("temperature"), "{:.3f}"),
+                     "-" if kept is None else str(len(kept)), a.get("calib_method", "-"),
+                     "yes" if a.get("qat") else "-", a.get("status", "-")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nlatency: onnxruntime CPU, batch 1, {threads} threads, interleaved in one process."
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    rows = []
+    for dataset in args.datasets.split(","):
+        for arch in args.archs.split(","):
+            print(f"== {arch} on {dataset} (load {loadavg()})", flush=True)
+            rows.append(one(arch, dataset, args))
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    text = [f"# INT8 benchmark ({now})", "", f"`{' '.join(['bench/bench_int8.py'] + list(argv or sys.argv[1:]))}` "
+            f"on {os.cpu_count()} CPUs; numbers on each export's report split (see parity.json `selection`).", "",
+            table(rows, args.threads), "", "## exports", ""]
+    for r in rows:
+        e = r.get("export")
+        if e:
+            text.append(f"- {r['arch']} / {r['dataset']}: exit {e['rc']} in {e['seconds']} s "
+                        f"(loadavg {e['load_before']} → {e['load_after']})")
+        text.append(f"  - latency loadavg {r.get('latency_load')}")
+    Path(args.out).write_text("\n".join(text) + "\n")
+    Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
