@@ -1,16 +1,18 @@
-#!/usr/bin/env python
-"""Time-to-accuracy of the training recipes, side by side in one run: the default ``fast`` vs the seed's recipe.
+"""Time-to-accuracy of the training recipes, side by side in one run: the default recipe, the seed's recipe
+(capped) and a linear probe (the default recipe's head phase alone), on each data set, with several seeds.
 
-Trains the same model on the same data with each recipe (library calls, as ``edgecls train`` would), reads each
-run's per-epoch history (wall-clock time since the run started, val balanced accuracy) and prints one table:
-time to reach each balanced-accuracy target, best balanced accuracy, positive-class recall, total time.
+Trains with library calls (as ``edgecls train`` would), reads each run's per-epoch history (wall-clock seconds
+since the run started, val accuracy, balanced accuracy, positive recall) and prints one table per data set:
+best val accuracy and balanced accuracy as mean ± half the min-max spread over seeds, time to each accuracy target,
+total time. ``--png`` draws the curves (edgecls.core.plots), ``--markdown`` writes the tables.
 
-The seed recipe (SGD 0.001, StepLR 7/0.1, 25 epochs, batch 4, 224 px, no imbalance handling) takes a long time
-on a CPU: ``--seed-epochs`` and ``--seed-max-minutes`` cap it, and the table says so in its column header.
+The seed recipe (SGD 0.001, StepLR 7/0.1, 25 epochs, batch 4, 224 px) is slow on a CPU: ``--seed-epochs`` and
+``--seed-max-minutes`` cap it and the table says so.
 
-    .venv/bin/python bench/train_recipes.py                                  # ../shared/data/mobile, MobileNetV2
-    .venv/bin/python bench/train_recipes.py --seed-epochs 3 --seed-max-minutes 8
-    .venv/bin/python bench/train_recipes.py --json runs/bench/train_recipes.json
+    .venv/bin/python bench/train_recipes.py --threads 2                       # both shared data sets, seed 0
+    .venv/bin/python bench/train_recipes.py --seeds 0,1,2 --png bench/train_recipes.png \
+        --markdown bench/train_recipes.md --json runs/bench/train_recipes.json
+    .venv/bin/python bench/train_recipes.py --datasets products28 --recipes default,probe
 """
 from __future__ import annotations
 
@@ -23,125 +25,159 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+POSITIVES = {"mobile": "mobile"}  # the positive class of each shared data set (none for catalogs)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(SHARED / "data" / "mobile"))
+    p.add_argument("--datasets", default="mobile,products28",
+                   help="comma-separated: names under ../shared/data or folders")
     p.add_argument("--arch", default="mobilenet_v2")
     p.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_imagenet_features.pth"))
-    p.add_argument("--positive", default="mobile")
-    p.add_argument("--recipes", default="fast,seed", help="comma-separated recipe names, in column order")
-    p.add_argument("--targets", default="0.90,0.95,0.97", help="balanced-accuracy targets")
+    p.add_argument("--recipes", default="default,seed,probe",
+                   help="comma-separated, in column order: recipe names, 'default' (the train command's default "
+                   "recipe) and 'probe' (the default recipe's head phase alone)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (split, init, data order)")
+    p.add_argument("--targets", default="0.90,0.95,0.97", help="val accuracy targets")
     p.add_argument("--seed-epochs", type=int, default=4, help="cap on the seed recipe's 25 epochs (CPU time)")
     p.add_argument("--seed-max-minutes", type=float, default=10.0, help="wall-clock cap on the seed recipe")
-    p.add_argument("--fast-epochs", type=int, default=None, help="override the fast recipe's epochs")
-    p.add_argument("--image-size", type=int, default=None, help="override both recipes' image size (smoke tests)")
+    p.add_argument("--image-size", type=int, default=None, help="override every recipe's image size (smoke tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     p.add_argument("--work", default=None, help="folder for the runs (default: a temp folder, removed)")
     p.add_argument("--json", default=None, help="also write the numbers here")
+    p.add_argument("--markdown", default=None, help="also write the tables here")
+    p.add_argument("--png", default=None, help="draw the time-to-accuracy curves here")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings on stderr")
     return p.parse_args(argv)
 
 
-def first_time_at(history: Sequence[Dict[str, Any]], target: float) -> Optional[Dict[str, Any]]:
+def first_time_at(history: Sequence[Dict[str, Any]], target: float, key: str = "val_acc") -> Optional[Dict[str, Any]]:
     for row in history:
-        if row.get("val_balanced_acc") is not None and float(row["val_balanced_acc"]) >= target - 1e-12:
+        if row.get(key) is not None and float(row[key]) >= target - 1e-12:
             return row
     return None
 
 
-def run_recipe(name: str, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
-    from edgecls.train.config import TrainConfig, get_recipe
-    from edgecls.train.trainer import train
+def recipe_for(name: str, args: argparse.Namespace) -> Tuple[Any, Optional[str], Optional[float]]:
+    """``(recipe, cap note, max minutes)`` of a column name."""
+    from edgecls.train.config import DEFAULT_RECIPE, get_recipe
 
-    recipe = get_recipe(name)
-    cap = None
-    max_minutes = None
-    if name == "seed":
+    if name == "probe":
+        return get_recipe(DEFAULT_RECIPE).override(epochs=0), None, None
+    recipe = get_recipe(DEFAULT_RECIPE if name == "default" else name)
+    cap, max_minutes = None, None
+    if recipe.name == "seed":
         if args.seed_epochs is not None and args.seed_epochs < recipe.epochs:
             cap = f"{args.seed_epochs} of {recipe.epochs} epochs"
             recipe = recipe.override(epochs=args.seed_epochs)
         max_minutes = args.seed_max_minutes
-    elif name == "fast" and args.fast_epochs is not None:
-        recipe = recipe.override(epochs=args.fast_epochs)
+    return recipe, cap, max_minutes
+
+
+def data_path(name: str) -> Path:
+    p = Path(name)
+    return p if p.is_dir() else SHARED / "data" / name
+
+
+def run_recipe(name: str, data: str, seed: int, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    from edgecls.train.config import DEFAULT_RECIPE, TrainConfig
+    from edgecls.train.trainer import train
+
+    recipe, cap, max_minutes = recipe_for(name, args)
     if args.image_size:
         recipe = recipe.override(image_size=args.image_size)
+    positive = POSITIVES.get(Path(data).name)
     cfg = TrainConfig(
-        data=args.data, recipe=recipe, arch=args.arch, weights=args.weights, out=str(work / name),
-        positive=args.positive, device=args.device, max_minutes=max_minutes, progress=not args.quiet,
+        data=str(data_path(data)), recipe=recipe, arch=args.arch, weights=args.weights,
+        out=str(work / f"{Path(data).name}-{name}-s{seed}"), positive=positive, device=args.device,
+        max_minutes=max_minutes, progress=not args.quiet, seed=seed,
     )
+    load_before = _loadavg()
     t = time.monotonic()
     res = train(cfg)
     wall = time.monotonic() - t
-    pos = args.positive
-    pk = res.report.classes.index(pos) if pos else None
+    pk = res.report.classes.index(positive) if positive else None
     best = next(h for h in res.history if int(h["epoch"]) == res.best_epoch)
-    header = name if cap is None and "time budget" not in res.stop_reason else (
-        f"{name} (capped: {cap or ''}{', ' if cap and max_minutes else ''}"
-        f"{f'{max_minutes:g} min' if max_minutes else ''})"
-    )
+    label = {"default": f"default ({DEFAULT_RECIPE})", "probe": "linear probe"}.get(name, name)
+    if cap or "time budget" in (res.stop_reason or ""):
+        label += f" (capped: {', '.join(x for x in (cap, f'{max_minutes:g} min' if max_minutes else None) if x)})"
     return {
-        "recipe": name,
-        "header": header,
-        "capped": cap,
-        "max_minutes": max_minutes,
-        "stop_reason": res.stop_reason,
-        "epochs_run": res.epochs_run,
-        "best_epoch": res.best_epoch,
-        "best_balanced_acc": best["val_balanced_acc"],
+        "recipe": name, "header": label, "data": Path(data).name, "seed": seed, "capped": cap,
+        "stop_reason": res.stop_reason, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+        "best_acc": best["val_acc"], "best_balanced_acc": best["val_balanced_acc"],
         "best_elapsed_s": best["elapsed_s"],
-        "pos_recall_argmax": res.report.per_class[pk].recall if pk is not None else None,
-        "pos_precision_argmax": res.report.per_class[pk].precision if pk is not None else None,
-        "threshold": res.calibration.threshold.to_dict() if res.calibration.threshold is not None else None,
-        "ece_before": res.calibration.ece_before,
-        "ece_after": res.calibration.ece_after,
-        "total_s": wall,
-        "history": [{k: h.get(k) for k in ("epoch", "phase", "elapsed_s", "val_balanced_acc", "val_pos_recall")}
-                    for h in res.history],
+        "pos_recall": res.report.per_class[pk].recall if pk is not None else None,
+        "total_s": wall, "load_before": load_before, "load_after": _loadavg(),
+        "history": [{k: h.get(k) for k in ("epoch", "phase", "elapsed_s", "val_acc", "val_balanced_acc",
+                                           "val_pos_recall")} for h in res.history],
     }
 
 
-def table(results: List[Dict[str, Any]], targets: Sequence[float], positive: str) -> str:
-    cols = [r["header"] for r in results]
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _mean_pm(values: Sequence[float], digits: int = 4) -> str:
+    """``mean ± half the min-max spread`` (one value: the value)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(max(vals) - min(vals)) / 2:.{digits}f}"
+
+
+def table(results: List[Dict[str, Any]], targets: Sequence[float]) -> str:
+    """One data set's table: a column per recipe, each cell over that recipe's seeds."""
+    names = list(dict.fromkeys(r["recipe"] for r in results))
+    by = {n: [r for r in results if r["recipe"] == n] for n in names}
+    cols = [by[n][0]["header"] for n in names]
     rows: List[List[str]] = []
-
-    def fmt_t(row):
-        return "not reached" if row is None else f"{row['elapsed_s']:.0f}s (epoch {row['epoch']})"
-
     for tgt in targets:
-        hits = [first_time_at(r["history"], tgt) for r in results]
-        cells = [fmt_t(h) for h in hits]
-        if len(results) == 2 and all(hits):
-            ratio = hits[1]["elapsed_s"] / max(hits[0]["elapsed_s"], 1e-9)
-            cells.append(f"{ratio:.1f}x")
-        rows.append([f"time to balanced acc >= {tgt:.2f}", *cells])
-    rows.append(["best val balanced accuracy", *[f"{r['best_balanced_acc']:.4f} (epoch {r['best_epoch']})"
-                                                   for r in results]])
-    rows.append([f"{positive} recall / precision (argmax)",
-                 *[f"{r['pos_recall_argmax']:.3f} / {r['pos_precision_argmax']:.3f}" for r in results]])
-    rows.append([f"{positive} recall / precision at threshold",
-                 *["-" if not r["threshold"] else
-                   f"{r['threshold']['recall']:.3f} / {r['threshold']['precision']:.3f} (t={r['threshold']['threshold']:.3f})"
-                   for r in results]])
-    rows.append(["ECE before -> after temperature", *[f"{r['ece_before']:.4f} -> {r['ece_after']:.4f}"
-                                                       for r in results]])
-    rows.append(["epochs run (stop reason)", *[f"{r['epochs_run']} ({r['stop_reason']})" for r in results]])
-    rows.append(["total wall time", *[f"{r['total_s']:.0f}s" for r in results]])
-    header = ["", *cols] + (["seed / fast"] if len(results) == 2 else [])
+        cells = []
+        for n in names:
+            hits = [first_time_at(r["history"], tgt) for r in by[n]]
+            got = [h["elapsed_s"] for h in hits if h is not None]
+            cells.append("not reached" if not got else
+                         f"{_mean_pm(got, 0)}s" + (f" ({len(got)}/{len(hits)} seeds)" if len(got) < len(hits) else ""))
+        rows.append([f"time to val accuracy >= {tgt:.2f}", *cells])
+    rows.append(["best val accuracy", *[_mean_pm([r["best_acc"] for r in by[n]]) for n in names]])
+    rows.append(["its balanced accuracy", *[_mean_pm([r["best_balanced_acc"] for r in by[n]]) for n in names]])
+    if any(r["pos_recall"] is not None for r in results):
+        rows.append(["positive recall (argmax, best epoch)", *[_mean_pm([r["pos_recall"] for r in by[n]], 3)
+                                                               for n in names]])
+    rows.append(["best epoch / epochs run", *[", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in by[n])
+                                              for n in names]])
+    rows.append(["total wall time", *[f"{_mean_pm([r['total_s'] for r in by[n]], 0)}s" for n in names]])
+    rows.append(["seeds", *[",".join(str(r["seed"]) for r in by[n]) for n in names]])
+    rows.append(["load average (before)", *[" | ".join(r["load_before"] for r in by[n]) for n in names]])
+    header = ["", *cols]
     all_rows = [header] + rows
-    widths = [max(len(r[i]) if i < len(r) else 0 for r in all_rows) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
     lines = []
     for j, r in enumerate(all_rows):
-        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        lines.append("| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |")
         if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def curves(results: List[Dict[str, Any]]) -> Dict[str, Dict[str, List[List[Tuple[float, float]]]]]:
+    """``{data: {recipe header: [[(elapsed_s, val_acc), ...] per seed]}}`` for the PNG."""
+    out: Dict[str, Dict[str, List[List[Tuple[float, float]]]]] = {}
+    for r in results:
+        pts = [(float(h["elapsed_s"]), float(h["val_acc"])) for h in r["history"] if h.get("val_acc") is not None]
+        out.setdefault(r["data"], {}).setdefault(r["header"], []).append(pts)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -154,6 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     targets = [float(t) for t in args.targets.split(",") if t]
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     tmp = None
     if args.work:
         work = Path(args.work)
@@ -161,19 +199,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="edgecls-recipes-")
         work = Path(tmp.name)
+    results: List[Dict[str, Any]] = []
     try:
-        results = [run_recipe(n, args, work) for n in names]
+        for data in datasets:
+            for seed in seeds:
+                for name in names:
+                    results.append(run_recipe(name, data, seed, args, work))
     finally:
         if tmp is not None:
             tmp.cleanup()
-    text = (
-        f"# time to accuracy: {args.arch} on {args.data} (weights {Path(args.weights).name}), "
-        f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-        f"{os.cpu_count()} CPUs visible\n"
-        "# times are wall-clock from the start of each run (data scan, model build and feature extraction "
-        "included)\n\n" + table(results, targets, args.positive)
-    )
+    head = (f"time to accuracy: {args.arch} (weights {Path(args.weights).name}), "
+            f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+            f"{os.cpu_count()} CPUs visible; wall-clock from the start of each run (data scan, model build, "
+            "feature caching included); mean ± half the spread over seeds")
+    text = head + "".join(f"\n\n{data}\n\n" + table([r for r in results if r["data"] == Path(data).name], targets)
+                          for data in datasets)
     print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if args.png:
+        from edgecls.core import plots
+
+        if plots.available():
+            plots.plot_time_to_accuracy(curves(results), args.png)
+        else:
+            logging.getLogger(__name__).warning("matplotlib is not installed: no --png")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"results": results, "targets": targets, "table": text}, indent=2))

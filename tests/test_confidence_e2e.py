@@ -23,12 +23,11 @@ def conf_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(conf_data, tmp_path_factory):
-    from edgecls.train.config import RECIPES, TrainConfig
-    from edgecls.train.trainer import train
-
     import torch
 
     from edgecls.reference.models import build_model
+    from edgecls.train.config import RECIPES, TrainConfig
+    from edgecls.train.trainer import train
 
     work = tmp_path_factory.mktemp("run")
     torch.manual_seed(1)  # a random backbone without its head (like ../shared/weights): the head phase only

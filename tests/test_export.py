@@ -188,7 +188,10 @@ def test_metadata_round_trip(full_export, tiny_ckpt):
         assert embedded == side == load_model_spec(path)
         assert embedded.precision == precision
         assert embedded.source_sha256 == file_sha256(tiny_ckpt)
-        assert embedded.replace(precision="fp32", source_sha256=None) == base
+        # each artifact carries its own confidence (and threshold), fitted on its own outputs (issue 13)
+        assert embedded.confidence is not None and f"outputs of {name}" in embedded.confidence.source
+        assert embedded.replace(precision="fp32", source_sha256=None, confidence=None,
+                                threshold=base.threshold, temperature=base.temperature) == base
         assert sidecar_path(path).name == name.replace(".onnx", ".json")
         props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
         assert ModelSpec.from_json(props[METADATA_KEY]) == embedded

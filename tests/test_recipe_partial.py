@@ -40,16 +40,17 @@ def test_lr_factor_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] < 0.01
 
 
+@pytest.mark.slow  # ~15 s on a quiet 2-core machine; 214 s measured under load 17
 def test_partial_recipe_trains_tail_only_and_checkpoints_a_full_model(tiny_data, tmp_path):
     weights = _headless("resnet18", tmp_path / "r18.pth")
     init = build_model("resnet18", 2, str(weights)).state_dict()
     run = tmp_path / "run"
-    recipe = RECIPES["partial"].override(epochs=2, image_size=32, views=2, batch_size=16, tail_blocks=1,
-                                         patience=None)
+    recipe = RECIPES["partial"].override(epochs=2, image_size=32, views=1, batch_size=32, tail_blocks=1,
+                                         patience=None, head_l2=0.01)
     res = train(TrainConfig(data=str(tiny_data), arch="resnet18", weights=str(weights), out=str(run),
                             positive="mobile", recipe=recipe, progress=False, calib_fraction=0.0))
     assert [(h["epoch"], h["phase"]) for h in res.history] == [(0, "head"), (1, "partial"), (2, "partial")]
-    assert res.history[1]["train_samples"] == 32 * 3  # eval view + 2 augmented views of 32 images
+    assert res.history[1]["train_samples"] == 32 * 2  # eval view + 1 augmented view of 32 images
     last = load_checkpoint(run / "last.pt")
     model = last.build_model()  # strict load: a normal full model
     sd = model.state_dict()

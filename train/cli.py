@@ -24,6 +24,7 @@ def train_command(
     recipe: str = typer.Option(
         "fast", "--recipe",
         help="fast: head on cached frozen features, then short fine-tuning with early stopping. "
+        "partial: head, then the last backbone blocks trained on cached activations of augmented views. "
         "seed: the seed's SGD/StepLR recipe.",
     ),
     positive: Optional[str] = typer.Option(

@@ -1,6 +1,6 @@
 """Training configuration: frozen recipes (typed presets) and the run config built from CLI options.
 
-Two recipes ship:
+Three recipes ship (``DEFAULT_RECIPE`` is ``fast``):
 
 ``fast`` (the default)
     1. *head phase*: the pretrained backbone is frozen, its features are extracted **once** with the eval
@@ -14,6 +14,12 @@ Two recipes ship:
     Every epoch (the head phase is epoch 0) is judged on val by balanced accuracy (ties: the positive class's
     average precision, then the lower val loss); the best one is kept. From scratch (``--weights none``) there
     is no head phase: the lr is ``scratch_lr`` (1e-2) and a class-balanced sampler handles the imbalance.
+
+``partial`` (experimental)
+    The same head phase, then :mod:`~edgecls.train.partial_finetune`: the backbone's last ``tail_blocks`` blocks
+    + head trained on cached activations of ``views`` augmented views per image (the frozen front runs once per
+    view). On products28 (issue 14, one seed, loaded machine) it has not yet beaten the head phase: best-epoch
+    selection then keeps epoch 0, as with ``fast``.
 
 ``seed``
     The seed project's recipe, kept for comparison: SGD lr 0.001 momentum 0.9, StepLR(7, 0.1), 25 epochs,
@@ -232,6 +238,9 @@ RECIPES: Dict[str, Recipe] = {
         patience=None,
     ),
 }
+
+
+DEFAULT_RECIPE = "fast"  # what ``edgecls train`` uses without --recipe
 
 
 def get_recipe(name: str) -> Recipe:

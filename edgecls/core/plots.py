@@ -205,3 +205,29 @@ def plot_risk_coverage(
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title or "risk-coverage")
     return _save(fig, path)
+
+
+def plot_time_to_accuracy(panels: Dict[str, Dict[str, List[List[Tuple[float, float]]]]], path: PathLike,
+                          ylabel: str = "val accuracy") -> Path:
+    """Time-to-accuracy curves: one panel per data set, one colour per recipe, one thin line per seed (points:
+    ``(seconds since the run started, accuracy)`` at each epoch end) and the seeds' mean as a thick line."""
+    fig = _figure((6 * max(1, len(panels)), 4))
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (title, recipes) in zip(axes, panels.items()):
+        for k, (name, runs) in enumerate(recipes.items()):
+            color = f"C{k}"
+            for run in runs:
+                if run:
+                    ax.plot([p[0] for p in run], [p[1] for p in run], color=color, alpha=0.35, linewidth=1,
+                            marker=".")
+            n = min((len(r) for r in runs if r), default=0)
+            if n:
+                mean_t = np.mean([[p[0] for p in r[:n]] for r in runs if r], axis=0)
+                mean_a = np.mean([[p[1] for p in r[:n]] for r in runs if r], axis=0)
+                ax.plot(mean_t, mean_a, color=color, linewidth=2.2, marker="o", label=f"{name} ({len(runs)} seeds)")
+        ax.set_xlabel("wall-clock seconds since the run started")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)

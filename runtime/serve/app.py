@@ -118,7 +118,7 @@ class ServeState:
         chw, decode_ms, pre_ms = await loop.run_in_executor(self.pool, self.decode_and_prepare, data)
         res = await self.batcher.submit(chw)
         d = self.clf.decider
-        pred = d.from_probs(d.probabilities(res.output[None, :])[0])
+        pred = d.decide(res.output[None, :])[0]  # probabilities, conformal set and the unknown flag
         frame = Frame(source="http", index=self.count, path=filename, decode_ms=decode_ms)
         self.count += 1
         total = (time.perf_counter() - t_start) * 1e3
