@@ -97,6 +97,53 @@ class FormResult:
     qat: bool = False
 
 
+EMULATED = "CPUExecutionProvider (exact Q/DQ, graph optimizations off)"
+
+
+def artifact_logits(path: Path, form: str, spec, x: np.ndarray, threads: Optional[int]) -> np.ndarray:
+    """An INT8 artifact's logits as its deployment computes them: the CPU form through the runtime backend
+    (onnxruntime's CPU int8 kernels); the TensorRT form by exact Q/DQ semantics — onnxruntime with graph
+    optimizations off, so no int8 kernel of onnxruntime's CPU provider (which is not where it deploys) stands in
+    for TensorRT's int32-accumulating ones."""
+    if form == "int8-qdq":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(os.fspath(path), sess_options=so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return np.concatenate([np.asarray(sess.run(None, {name: x[i:i + 32]})[0], np.float32)
+                               for i in range(0, len(x), 32)])
+    from edgecls.runtime.backends import load_backend
+
+    with load_backend(path, device="cpu", threads=threads, allow_fallback=False, spec=spec) as be:
+        return np.asarray(be.infer(x), dtype=np.float32)
+
+
+def qdq_check(ex, name: str, notes: Sequence[str]):
+    """The pipeline's parity check for the TensorRT form: :func:`artifact_logits` (exact Q/DQ) on the report
+    split, then the usual comparison; a model that cannot run is a failed parity, not a crash."""
+    from edgecls.export.parity import compare
+
+    def check(tmp: Path, spec) -> ParityReport:
+        t0 = time.perf_counter()
+        try:
+            logits = artifact_logits(tmp, "int8-qdq", spec, ex.data.x, ex.cfg.threads)
+        except Exception as e:  # noqa: BLE001 — reported as the artifact's failure
+            logits = np.full((ex.data.n, 0), np.nan, np.float32)
+            notes_ = list(notes) + [f"could not run: {type(e).__name__}: {e}"]
+            return compare(name, tmp, "int8-qdq", logits, ex.reference, ex.data, spec, ex.cfg.tolerances, (),
+                           time.perf_counter() - t0, notes_)
+        return compare(name, tmp, "int8-qdq", logits, ex.reference, ex.data, spec, ex.cfg.tolerances, (EMULATED,),
+                       time.perf_counter() - t0, notes)
+
+    return check
+
+
 def _mean_kl(ref_logits: np.ndarray, t_ref: float, logits: np.ndarray, t: float) -> float:
     from edgecls.runtime.metrics import log_softmax
 
@@ -120,7 +167,6 @@ class Int8Chooser:
         from edgecls.export.parity import compare
         from edgecls.export.quantize import quantize
         from edgecls.export.refit import refit_with_record
-        from edgecls.runtime.backends import load_backend
 
         ex = self.ex
         q, info = ex.timed(f"quantize {form}", quantize, pre, calibration, form, tuple(exclude))
@@ -128,8 +174,7 @@ class Int8Chooser:
         path.write_bytes(q.SerializeToString())
         spec = artifact_spec(ex.spec, form, ex.sha)
         t0 = time.perf_counter()
-        with load_backend(path, device="cpu", threads=ex.cfg.threads, allow_fallback=False, spec=spec) as be:
-            logits = np.asarray(be.infer(self.sel.x), dtype=np.float32)
+        logits = artifact_logits(path, form, spec, self.sel.x, ex.cfg.threads)
         record = None
         if self.sel.y is not None and np.all(np.isfinite(logits)):
             spec, record = refit_with_record(spec, logits, self.sel.y, f"selection split; {form} logits",
@@ -291,7 +336,8 @@ def _publish(ex, form: str, res: FormResult, fp32) -> None:
                                                if ex.spec.positive is not None else ""))
     if not c.passed:
         notes.append("no recipe passed the INT8 gates on the selection split either: " + c.summary())
-    report = ex.publish(name, c.model, form, notes=notes, spec=c.spec)
+    check = qdq_check(ex, name, notes) if form == "int8-qdq" else None
+    report = ex.publish(name, c.model, form, notes=notes, spec=c.spec, check=check)
     entry = ex.extra.setdefault(name, {})
     entry.update({
         "form": form, "calib_method": c.method, "kept_fp32": list(c.exclude), "ops": c.info.op_counts,

@@ -1,7 +1,6 @@
 """The ``partial`` recipe (edgecls.train.partial_finetune): front frozen and cached, tail trained; tiny data."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
