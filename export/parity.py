@@ -37,22 +37,32 @@ class Tolerances:
     fp16_agreement: float = 0.995
     int8_agreement: float = 0.99
     int8_accuracy_drop: float = 0.005
-    int8_ece: float = 0.02  # the confidence check: ECE of the artifact at its own temperature
+    int8_ece: float = 0.02  # the confidence check: ECE of the artifact at its own temperature (see ece_limit)
+    int8_ece_over_reference: float = 0.01  # ... or this much over PyTorch's own ECE, when that is above int8_ece
     int8_p99_prob: float = 0.05  # ... and p99 over images of max |Δprob| vs PyTorch
     ece_min_images: int = 50  # fewer labelled images than this: ECE is reported, not gated (it would be noise)
 
     def __post_init__(self) -> None:
-        for name in ("fp16_agreement", "int8_agreement", "int8_ece", "int8_p99_prob"):
+        for name in ("fp16_agreement", "int8_agreement", "int8_ece", "int8_p99_prob", "int8_ece_over_reference"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"tolerance {name} must be a fraction in [0, 1], got {v}")
         if self.fp32_logit_rel < 0 or self.int8_accuracy_drop < 0:
             raise InputError("tolerances fp32_logit_rel and int8_accuracy_drop must be >= 0")
 
+    def ece_limit(self, reference_ece: Optional[float]) -> float:
+        """ECE <= int8_ece; when PyTorch's own ECE on the same images is already above that (a 15-bin ECE on a
+        hundred images is noisy, and no export can be asked to be better calibrated than its model), ECE <=
+        PyTorch's + int8_ece_over_reference."""
+        if reference_ece is None or reference_ece <= self.int8_ece:
+            return self.int8_ece
+        return reference_ece + self.int8_ece_over_reference
+
     def to_dict(self) -> Dict[str, float]:
         return {"fp32_logit_rel": self.fp32_logit_rel, "fp16_agreement": self.fp16_agreement,
                 "int8_agreement": self.int8_agreement, "int8_accuracy_drop": self.int8_accuracy_drop,
-                "int8_ece": self.int8_ece, "int8_p99_prob": self.int8_p99_prob,
+                "int8_ece": self.int8_ece, "int8_ece_over_reference": self.int8_ece_over_reference,
+                "int8_p99_prob": self.int8_p99_prob,
                 "ece_min_images": self.ece_min_images}
 
 
@@ -359,7 +369,9 @@ def compare(
         if acc is not None and reference.accuracy is not None:
             check("accuracy drop", reference.accuracy - acc, "<=", tolerances.int8_accuracy_drop + 1e-12)
         if ece is not None and data.n >= tolerances.ece_min_images:  # the confidence check: the probability it
-            check("ECE", ece, "<=", tolerances.int8_ece)  # states must still be true ...
+            limit = tolerances.ece_limit(reference.ece)  # states must still be true ...
+            check("ECE" if limit == tolerances.int8_ece else f"ECE (PyTorch's {reference.ece:.3f} + "
+                  f"{tolerances.int8_ece_over_reference:g})", ece, "<=", limit)
         elif ece is not None:
             notes = tuple(notes) + (f"ECE {ece:.3f} not gated: {data.n} labelled images < "
                                     f"{tolerances.ece_min_images} (too few for a 15-bin ECE)",)
