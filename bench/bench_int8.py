@@ -97,7 +97,8 @@ def modelopt_row(ckpt_path: Path, work: Path) -> Dict[str, Any]:
 
     from edgecls.export.calib import calib_from_checkpoint
     from edgecls.export.calib_ranges import CalibrationImages
-    from edgecls.export.parity import Tolerances, compare, parity_data_from_checkpoint, reference_from
+    from edgecls.export.parity import Tolerances, compare, reference_from
+    from edgecls.export.parity_data import parity_data_from_checkpoint
     from edgecls.export.refit import refit_with_record
     from edgecls.export.select_split import split_select_report
     from edgecls.reference.checkpoint import load_checkpoint

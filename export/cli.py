@@ -65,7 +65,8 @@ def export_command(
     tol_int8_agreement: float = typer.Option(99.0, "--tol-int8-agreement", help="INT8: min top-1 agreement, %."),
     tol_int8_acc_drop: float = typer.Option(0.5, "--tol-int8-acc-drop", help="INT8: max accuracy drop, points."),
     tol_int8_ece: float = typer.Option(0.02, "--tol-int8-ece", help="INT8 confidence check: max ECE of the artifact "
-                                       "at its own re-fitted temperature."),
+                                       "at its own re-fitted temperature (or PyTorch's own ECE on the same images "
+                                       "+ 0.01, when that is higher; not gated under 50 labelled images)."),
     tol_int8_p99_prob: float = typer.Option(0.05, "--tol-int8-p99-prob", help="INT8 confidence check: max p99 "
                                             "over images of |Δprob| vs PyTorch."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Also build TensorRT engines: fp16 | int8 | fp16,int8 "
@@ -180,7 +181,8 @@ def build_engine_command(
 def _engine_parity(res, onnx: Path, parity_data: Path, parity_count: Optional[int]) -> None:
     from edgecls.core.errors import ParityError
     from edgecls.export.metadata import read_sidecar
-    from edgecls.export.parity import Tolerances, check_artifact, parity_data_from_folder, reference_from
+    from edgecls.export.parity import Tolerances, check_artifact, reference_from
+    from edgecls.export.parity_data import parity_data_from_folder
     from edgecls.export.parity_table import table
     from edgecls.runtime.backends import load_backend
     from edgecls.runtime.model_io import load_model_spec

@@ -203,7 +203,8 @@ class _Exporter:
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> ExportResult:
         from edgecls.core.fileio import file_sha256
-        from edgecls.export.parity import parity_data_from_checkpoint, parity_data_from_folder, reference_from
+        from edgecls.export.parity import reference_from
+        from edgecls.export.parity_data import parity_data_from_checkpoint, parity_data_from_folder
         from edgecls.reference.checkpoint import load_checkpoint
         from edgecls.reference.torch_backend import TorchBackend
 

@@ -32,7 +32,8 @@ class SelectReportSplit:
     rule: str
 
     def to_dict(self) -> Dict[str, object]:
-        return {"rule": self.rule, "select_images": self.select.n, "report_images": self.report.n}
+        return {"rule": self.rule, "select_images": self.select.n, "report_images": self.report.n,
+                "select_files": list(self.select.paths), "report_files": list(self.report.paths)}
 
 
 def _subset(data: ParityData, index: np.ndarray, role: str) -> ParityData:

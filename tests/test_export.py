@@ -49,6 +49,20 @@ def run_cli(argv, capsys):
     return e.value.code, out.out, out.err
 
 
+# The tiny model has a random backbone: its INT8 probabilities move more than a trained model's (p99 |Δprob| ~0.05
+# on 5 report images), so the plumbing tests loosen that one check; one calibration method keeps a single cache
+# file; no QAT fallback. tests/test_int8*.py cover the INT8 recipe, the gates and QAT themselves.
+TINY_INT8 = ["--calib-method", "entropy", "--no-qat", "--tol-int8-p99-prob", "0.2"]
+
+
+def _tiny_int8_config(**kw):
+    from edgecls.export.int8_flow import Int8Settings
+    from edgecls.export.parity import Tolerances
+
+    return dict(calib_method=kw.pop("calib_method", "entropy"), tolerances=Tolerances(int8_p99_prob=0.2),
+                int8_settings=Int8Settings(qat="off"), **kw)
+
+
 @pytest.fixture(scope="module")
 def full_export(tiny_ckpt, tmp_path_factory, monkeypatch_module):
     """One export with every artifact, through the CLI."""
@@ -62,7 +76,7 @@ def full_export(tiny_ckpt, tmp_path_factory, monkeypatch_module):
     handlers, level = root.handlers[:], root.level
     try:
         with pytest.raises(SystemExit) as e:
-            main(["export", str(tiny_ckpt), "--out", str(out), "--fp16", "--int8", "--calib-count", "24"])
+            main(["export", str(tiny_ckpt), "--out", str(out), "--fp16", "--int8", "--calib-count", "24"] + TINY_INT8)
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -80,9 +94,10 @@ def monkeypatch_module():
 # ------------------------------------------------------------------------------------------- artifacts
 
 
-def _independent_parity(artifact: Path, ckpt_path: Path):
+def _independent_parity(artifact: Path, ckpt_path: Path, only=None):
     """The export's verdict recomputed here, without edgecls's parity code or runtime backend: the artifact run by
-    a bare onnxruntime session against the checkpoint's PyTorch model, on the checkpoint's val images.
+    a bare onnxruntime session against the checkpoint's PyTorch model, on the checkpoint's val images (``only``:
+    those of these paths).
     Returns (n, max |Δlogit|, reference logit scale, top-1 agreement, artifact accuracy, reference accuracy)."""
     import onnxruntime as ort
 
@@ -90,7 +105,7 @@ def _independent_parity(artifact: Path, ckpt_path: Path):
     from edgecls.runtime.preprocess import load_image, preprocess
 
     ck = load_checkpoint(ckpt_path)
-    val = ck.data["val"]
+    val = [(p, y) for p, y in ck.data["val"] if only is None or p in set(only)]
     x = preprocess([load_image(p) for p, _ in val], ck.spec.preprocess)
     y = np.array([lab for _, lab in val])
     with torch.no_grad():
@@ -108,18 +123,21 @@ def test_every_artifact_exists_and_passed_parity(full_export, tiny_ckpt):
     from edgecls.core.fileio import file_sha256
 
     parity = json.loads((full_export / "parity.json").read_text())
+    # with --int8, the numbers are on the report split (the other val images chose the INT8 recipe)
+    report = parity["selection"]["report_files"]
+    assert parity["selection"]["select_images"] + len(report) == 10 and parity["data"]["n"] == len(report)
     # the oracle: each artifact against PyTorch, recomputed here with the default tolerances
-    # (FP32 max |Δlogit| <= 1e-4·scale; FP16 agreement >= 99.5%; INT8 agreement >= 99% and accuracy drop <= 1 point)
+    # (FP32 max |Δlogit| <= 1e-4·scale; FP16 agreement >= 99.5%; INT8 agreement >= 99% and accuracy drop <= 0.5 pt)
     for name in ["model.onnx", "model_fp16.onnx", "model_int8_qdq.onnx", "model_int8_cpu.onnx"]:
         assert (full_export / name).is_file() and not (full_export / (name + ".failed")).exists()
-        n, max_abs, scale, agreement, acc, ref_acc = _independent_parity(full_export / name, tiny_ckpt)
-        assert n == 10
+        n, max_abs, scale, agreement, acc, ref_acc = _independent_parity(full_export / name, tiny_ckpt, report)
+        assert n == len(report)
         if name == "model.onnx":
             assert max_abs <= 1e-4 * scale, (name, max_abs, scale)
         elif name == "model_fp16.onnx":
             assert agreement >= 0.995, (name, agreement)
         else:
-            assert agreement >= 0.99 and ref_acc - acc <= 0.01, (name, agreement, acc, ref_acc)
+            assert agreement >= 0.99 and ref_acc - acc <= 0.005, (name, agreement, acc, ref_acc)
         # ... and the record the export wrote says the same
         entry = parity["artifacts"][name]
         assert entry["status"] == "passed" and entry["n"] == n and entry["agreement"] == pytest.approx(agreement)
@@ -221,7 +239,8 @@ def test_calibration_cache_is_reused_and_keyed(full_export, tiny_ckpt, tmp_path)
     cache_files = sorted((out / "calib_cache").glob("*.json"))
     assert len(cache_files) == 1
     before = _sha(cache_files[0])
-    res = export_checkpoint(ExportConfig(tiny_ckpt, out=out, int8=True, int8_forms=("int8-cpu",), calib_count=24))
+    res = export_checkpoint(ExportConfig(tiny_ckpt, out=out, int8=True, int8_forms=("int8-cpu",), calib_count=24,
+                                         **_tiny_int8_config()))
     assert res.passed and res.calibration is not None and res.calibration.cache_hit
     assert res.calibration.cache_path == cache_files[0] and _sha(cache_files[0]) == before
     assert _sha(out / "model_int8_cpu.onnx") == _sha(full_export / "model_int8_cpu.onnx")
@@ -230,7 +249,7 @@ def test_calibration_cache_is_reused_and_keyed(full_export, tiny_ckpt, tmp_path)
     assert parity["artifacts"]["model_fp16.onnx"]["from_previous_export"] is True  # not re-exported: carried over
     # another image set (fewer images) or method → another key, computed afresh
     res2 = export_checkpoint(ExportConfig(tiny_ckpt, out=out, int8=True, int8_forms=("int8-cpu",), calib_count=16,
-                                          calib_method="minmax"))
+                                          **_tiny_int8_config(calib_method="minmax")))
     assert not res2.calibration.cache_hit
     assert len(list((out / "calib_cache").glob("*.json"))) == 2
 
@@ -301,7 +320,8 @@ def test_impossible_tolerance_fails_loudly_and_keeps_the_earlier_export(full_exp
 def test_tampered_onnx_fails_parity(full_export, tiny_ckpt, tmp_path):
     from onnx import numpy_helper
 
-    from edgecls.export.parity import check_artifact, parity_data_from_checkpoint, reference_from
+    from edgecls.export.parity import check_artifact, reference_from
+    from edgecls.export.parity_data import parity_data_from_checkpoint
     from edgecls.reference.checkpoint import load_checkpoint
     from edgecls.reference.torch_backend import TorchBackend
 
@@ -409,7 +429,7 @@ def test_engine_without_tensorrt_exits_4_with_trtexec_line(tiny_ckpt, tmp_path, 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt → ImportError
     out = tmp_path / "exp"
     code, stdout, stderr = run_cli(["export", tiny_ckpt, "--out", out, "--engine", "int8", "--int8-forms",
-                                    "int8-qdq", "--calib-count", "16", "--batch", "1,2,4"], capsys)
+                                    "int8-qdq", "--calib-count", "16", "--batch", "1,2,4"] + TINY_INT8, capsys)
     assert code == 4
     assert "tensorrt" in stderr and "trtexec --onnx=" in stderr and "--stronglyTyped" in stderr and "--int8" in stderr
     assert "input:4x3x32x32" in stderr and "edgecls build-engine" in stderr
@@ -422,7 +442,7 @@ def test_engine_without_tensorrt_exits_4_with_trtexec_line(tiny_ckpt, tmp_path, 
 
 
 def test_parity_data_from_folder_labelled_or_not(tiny_data, tmp_path):
-    from edgecls.export.parity import parity_data_from_folder
+    from edgecls.export.parity_data import parity_data_from_folder
 
     spec = ModelSpec(arch="resnet18", classes=("mobile", "other"), preprocess=PreprocessSpec.for_image_size(CROP))
     d = parity_data_from_folder(tiny_data, spec)  # DIR/val is used when present

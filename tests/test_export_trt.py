@@ -299,10 +299,10 @@ def test_messages_without_tensorrt_or_gpu(tmp_path, monkeypatch):
         assert "trtexec --onnx=" in str(e.value)
 
 
-def test_keep_fp32_ladder(tmp_path):
+def test_sensitive_and_depthwise_nodes(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecls.export.quantize import depthwise_convs, keep_fp32_ladder, sensitive_nodes
+    from edgecls.export.quantize import depthwise_convs, sensitive_nodes
 
     ws = [numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in
           (("w1", (4, 3, 3, 3)), ("w2", (4, 1, 3, 3)), ("w3", (2, 4)))]
@@ -316,12 +316,6 @@ def test_keep_fp32_ladder(tmp_path):
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])], ws)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert sensitive_nodes(m) == ["first", "last"] and depthwise_convs(m) == ["dw"]
-    ladder = keep_fp32_ladder(m, "auto")
-    assert [nodes for _, nodes in ladder] == [(), ("first", "last"), ("dw",), ("dw", "first", "last")]
-    assert keep_fp32_ladder(m, "none") == [("full INT8", ())]
-    assert keep_fp32_ladder(m, "depthwise")[0][1] == ("dw",)
-    with pytest.raises(InputError, match="--int8-keep-fp32"):
-        keep_fp32_ladder(m, "everything")
 
 
 # --------------------------------------------------------------------------------------------------- DLA

