@@ -4,9 +4,12 @@ Nonconformity score of an image with true label ``y`` (from the calibrated proba
 
 - ``lac`` (least ambiguous set-valued classifier, Sadinle et al. 2019): ``1 - p[y]``. The set is every label with
   ``p >= 1 - q``. Smallest sets on average; a set may be empty (no label is plausible enough: "uncertain").
-- ``aps`` (adaptive prediction sets, Romano et al. 2020, deterministic form): the probability mass of the labels
-  ranked at or above ``y``. The set takes labels by decreasing probability until that mass reaches ``q`` (the
-  label that crosses ``q`` is in): never empty, larger sets for harder images, coverage at least as high.
+- ``aps`` (adaptive prediction sets, Romano et al. 2020): the probability mass of the labels ranked above ``y``
+  plus ``U * p[y]``, ``U`` uniform — drawn once per calibration image at fit time (seeded), so the sets served
+  stay deterministic: labels by decreasing probability while the mass ranked above them is below ``q`` (the
+  label that crosses ``q`` is in). Never empty, larger sets for harder images. Valid: the true label is in the set
+  whenever its randomized score is ``<= q``; it over-covers when the top label alone is right more often than
+  ``1 - α`` (a set is never empty).
 
 With ``n`` calibration scores and miscoverage ``α``, the quantile ``q`` is the ``k``-th smallest score,
 ``k = ceil((n + 1)(1 - α))`` (``q = inf`` — every label — when ``k > n``). For a new image exchangeable with the
@@ -44,8 +47,9 @@ def _ranked_mass(p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return order, np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
 
 
-def nonconformity(probs: Any, y: Any, method: str = "lac") -> np.ndarray:
-    """Score of each image's true label (higher = less conforming), ``(N,)`` float64."""
+def nonconformity(probs: Any, y: Any, method: str = "lac", rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Score of each image's true label (higher = less conforming), ``(N,)`` float64. For ``aps``, ``rng`` draws
+    the ``U * p[y]`` term (without it: the whole mass up to and including ``y``, ``U = 1``)."""
     p = _probs(probs)
     y = np.asarray(y, dtype=np.int64).ravel()
     if y.shape[0] != p.shape[0] or (y.size and (y.min() < 0 or y.max() >= p.shape[1])):
@@ -54,7 +58,11 @@ def nonconformity(probs: Any, y: Any, method: str = "lac") -> np.ndarray:
         return 1.0 - p[np.arange(len(y)), y]
     order, cum = _ranked_mass(p)
     rank = np.argmax(order == y[:, None], axis=1)
-    return cum[np.arange(len(y)), rank]
+    mass = cum[np.arange(len(y)), rank]
+    if rng is None:
+        return mass
+    py = p[np.arange(len(y)), y]
+    return mass - py + rng.random(len(y)) * py
 
 
 def quantile_index(n: int, alpha: float) -> int:
@@ -123,8 +131,9 @@ class ConformalFit:
         object.__setattr__(self, "coverage", c)
 
     @classmethod
-    def fit(cls, probs: Any, y: Any, method: str = "lac", coverage: float = 0.9) -> ConformalFit:
-        return cls(method, round_up(nonconformity(probs, y, method)), coverage)
+    def fit(cls, probs: Any, y: Any, method: str = "lac", coverage: float = 0.9, seed: int = 0) -> ConformalFit:
+        rng = np.random.default_rng(seed) if method == "aps" else None
+        return cls(method, round_up(nonconformity(probs, y, method, rng)), coverage)
 
     @property
     def n(self) -> int:
