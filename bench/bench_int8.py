@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MBV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_features.pth"
 ARTIFACTS = ("model.onnx", "model_int8_cpu.onnx", "model_int8_qdq.onnx")
+SHORT = {"mobilenet_v2": "mnv2"}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -140,7 +141,7 @@ def modelopt_row(ckpt_path: Path, work: Path) -> Dict[str, Any]:
 
 
 def one(arch: str, dataset: str, args: argparse.Namespace) -> Dict[str, Any]:
-    folder = Path(args.cache) / f"{dataset}_{arch}"
+    folder = Path(args.cache) / f"{dataset}_{SHORT.get(arch, arch)}"
     ckpt = folder / "best.pt"
     row: Dict[str, Any] = {"arch": arch, "dataset": dataset, "checkpoint": str(ckpt)}
     folder.mkdir(parents=True, exist_ok=True)

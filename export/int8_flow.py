@@ -50,7 +50,7 @@ class Int8Settings:
     max_keep: float = 0.25  # auto may keep at most this share of the weighted layers in FP32
     qat: str = "auto"  # on: always; off: never; auto: when PTQ misses the gate on the selection split (announced)
     qat_images: int = 512  # training images seen by QAT (one pass)
-    qat_lr: float = 1e-4
+    qat_lr: float = 1e-5
     sensitivity_images: int = 32
     latency: bool = True  # time FP32 / full INT8 / chosen INT8 CPU form (b1) to print the cost of kept layers
 
@@ -244,6 +244,18 @@ def _calibrate(ex, pre, images) -> Dict[str, Any]:
         return ex.timed("calibration", calibrate_many, pre, images, configs, cache_dir, bar.update)
 
 
+def _prepare(ex, fp32, images):
+    """onnxruntime's quantization pre-processing, then cross-layer equalization of the linear regions
+    (:mod:`edgecls.export.equalize`; the same function in float, better ranges for 8 bits)."""
+    from edgecls.export.equalize import equalize
+    from edgecls.export.quantize import preprocess_for_quantization
+
+    pre = ex.timed("quant pre-process", preprocess_for_quantization, fp32)
+    eq, regions = ex.timed("equalization", equalize, pre, images.data[:32])
+    ex.int8_equalized = regions
+    return eq
+
+
 def _calib_set(ex):
     calib_set = ex.calib_set if getattr(ex, "calib_set", None) is not None else ex.resolve_calib()
     for w in calib_set.warnings():
@@ -264,12 +276,11 @@ def run_int8(ex, fp32, forms: Sequence[str]):
     import shutil
 
     from edgecls.export.calib_ranges import CalibrationImages
-    from edgecls.export.quantize import preprocess_for_quantization
 
     s: Int8Settings = ex.cfg.int8_settings
     calib_set = _calib_set(ex)
-    pre = ex.timed("quant pre-process", preprocess_for_quantization, fp32)
     images = ex.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, ex.spec.preprocess))
+    pre = _prepare(ex, fp32, images)
     cals = _calibrate(ex, pre, images)
     chooser = Int8Chooser(ex, s)
     try:
@@ -292,7 +303,6 @@ def _with_qat(ex, chooser: Int8Chooser, qat_forms: Sequence[str], results: Dict[
               s: Int8Settings) -> None:
     from edgecls.export.onnx_export import export_onnx
     from edgecls.export.qat import QatConfig, qat_finetune
-    from edgecls.export.quantize import preprocess_for_quantization
 
     if s.qat == "auto":
         msg = (f"PTQ missed the INT8 gates on the selection split for {', '.join(qat_forms)} "
@@ -303,7 +313,7 @@ def _with_qat(ex, chooser: Int8Chooser, qat_forms: Sequence[str], results: Dict[
     cfg = QatConfig(images=s.qat_images, lr=s.qat_lr, seed=ex.cfg.seed, progress=ex.cfg.progress)
     model, qinfo = ex.timed("qat", qat_finetune, ex.ckpt, ex.spec, cfg)
     fp32_q, _ = ex.timed("qat export", export_onnx, model, ex.spec, ex.cfg.opset, ex.cfg.simplify)
-    pre_q = ex.timed("quant pre-process", preprocess_for_quantization, fp32_q)
+    pre_q = _prepare(ex, fp32_q, images)
     cals_q = _calibrate(ex, pre_q, images)
     for f in qat_forms:
         r = chooser.choose(pre_q, cals_q, f, images)
@@ -348,6 +358,7 @@ def _publish(ex, form: str, res: FormResult, fp32) -> None:
         "sensitivity": [r.to_dict() for r in res.ranking[:12]],
         "cost": {k: v for k, v in cost.items() if k != "line"},
         "refit": c.refit.to_dict() if c.refit is not None else None,
+        "equalized_regions": getattr(ex, "int8_equalized", 0),
     })
     if c.exclude or not c.passed:
         log.warning("%s: %s", name, "; ".join(notes))

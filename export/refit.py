@@ -49,31 +49,9 @@ class RefitRecord:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def _golden(f, lo: float, hi: float, grid: int = 61, tol: float = 1e-5) -> float:
-    """argmin of ``f`` on [lo, hi]: a grid for the bracket, then golden-section search."""
-    xs = np.linspace(lo, hi, grid)
-    vals = [f(x) for x in xs]
-    i = int(np.argmin(vals))
-    a, b = xs[max(i - 1, 0)], xs[min(i + 1, grid - 1)]
-    g = (5 ** 0.5 - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = f(c), f(d)
-    while b - a > tol:
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = f(d)
-    best, val = (c, fc) if fc <= fd else (d, fd)
-    return float(xs[i]) if vals[i] <= val else float(best)
-
-
 def match_temperature(logits: np.ndarray, reference_logits: np.ndarray, reference_temperature: float) -> float:
     """The temperature T minimising mean KL(softmax(reference / T_ref) || softmax(logits / T))."""
-    from edgecls.runtime.metrics import log_softmax
+    from edgecls.runtime.metrics.calibration import argmin_on_interval, log_softmax
 
     z = np.asarray(logits, np.float64)
     lp = log_softmax(np.asarray(reference_logits, np.float64), reference_temperature)
@@ -82,7 +60,7 @@ def match_temperature(logits: np.ndarray, reference_logits: np.ndarray, referenc
     def kl(log_t: float) -> float:
         return float(np.mean(np.sum(p * (lp - log_softmax(z, float(np.exp(log_t)))), axis=1)))
 
-    return float(np.exp(_golden(kl, np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1]))))
+    return float(np.exp(argmin_on_interval(kl, np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1]), grid=61)))
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> Optional[float]:

@@ -251,7 +251,8 @@ def describe_kept(kept: Sequence[LayerSensitivity], total_macs: int, total_param
         return "no layer kept in higher precision (full INT8)"
     macs = sum(s.macs for s in kept)
     params = sum(s.weight_params for s in kept)
-    layers = ", ".join(f"{s.name} ({s.sqnr_db:.1f} dB)" for s in kept[:8]) + (" …" if len(kept) > 8 else "")
+    layers = ", ".join(s.name + ("" if math.isnan(s.sqnr_db) else f" ({s.sqnr_db:.1f} dB)") for s in kept[:8]) \
+        + (" …" if len(kept) > 8 else "")
     share = f"{100 * macs / total_macs:.1f}% of the MACs" if total_macs else "?"
     return (f"{len(kept)} layer(s) kept in FP32: {layers}; {share}, +{3 * params / 2**10:.0f} KB of weights "
             f"(FP32 instead of INT8, {100 * params / max(total_params, 1):.1f}% of them)")

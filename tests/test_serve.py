@@ -231,6 +231,7 @@ def test_not_ready_until_loaded_and_load_errors_are_reported(model, images):
 
 def test_metrics_per_app_registry(server, model, images):
     request("POST", server + "/predict", Path(images[0]).read_bytes())
+    assert request("POST", server + "/predict", b"not an image")[0] == 400  # the errors counter gets a sample
     text = request("GET", server + "/metrics")[2].decode()
     for needle in ('edgecls_requests_total{endpoint="/predict",status="200"}', 'edgecls_request_seconds_bucket{',
                    'stage="infer"', 'stage="decode"', "edgecls_decisions_total{", "edgecls_errors_total{",

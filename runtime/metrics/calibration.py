@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
@@ -53,11 +53,18 @@ def fit_temperature(
     lo, hi = float(bounds[0]), float(bounds[1])
     if not (0 < lo < hi and math.isfinite(hi)):
         raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}")
-    logs = np.linspace(math.log(lo), math.log(hi), int(max(grid, 3)))
-    values = np.array([_nll_logits(x, y, math.exp(t)) for t in logs])
+    return float(math.exp(argmin_on_interval(lambda t: _nll_logits(x, y, math.exp(t)), math.log(lo), math.log(hi),
+                                              grid, tol)))
+
+
+def argmin_on_interval(f: Callable[[float], float], lo: float, hi: float, grid: int = 81, tol: float = 1e-5) -> float:
+    """argmin of a 1-D function on ``[lo, hi]``: an even grid finds the best bracket, golden-section search refines
+    it to ``tol``; the grid point itself wins when it is at least as good (a minimum at a bound). The one line
+    search of the toolkit (temperature by NLL here, by KL to a reference in the export's re-fit)."""
+    xs = np.linspace(lo, hi, int(max(grid, 3)))
+    values = np.array([f(float(t)) for t in xs])
     i = int(np.argmin(values))
-    a, b = logs[max(i - 1, 0)], logs[min(i + 1, len(logs) - 1)]
-    f = lambda t: _nll_logits(x, y, math.exp(t))  # noqa: E731
+    a, b = float(xs[max(i - 1, 0)]), float(xs[min(i + 1, len(xs) - 1)])
     g = (math.sqrt(5) - 1) / 2
     c, d = b - g * (b - a), a + g * (b - a)
     fc, fd = f(c), f(d)
@@ -70,10 +77,8 @@ def fit_temperature(
             a, c, fc = c, d, fd
             d = a + g * (b - a)
             fd = f(d)
-    best_t, best_v = (c, fc) if fc <= fd else (d, fd)
-    if values[i] <= best_v:  # the grid point itself (e.g. at a bound) is as good as the refined interior
-        best_t = logs[i]
-    return float(math.exp(best_t))
+    best, best_v = (c, fc) if fc <= fd else (d, fd)
+    return float(xs[i]) if values[i] <= best_v else float(best)
 
 
 # ------------------------------------------------------------------------------------------- calibration

@@ -1,0 +1,134 @@
+"""``edgecls export --int8`` end to end on the tiny checkpoint: QAT and kept layers, the select/report split in
+parity.json, each artifact's own confidence, float outputs, and the confidence gate failing loudly (exit 3)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from models_helpers import make_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("ckpt8") / "best.pt")
+
+
+def _cli(argv, capsys):
+    import logging
+
+    from edgecls.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in argv])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_prepare_folds_batchnorm_and_strip_gives_the_float_model_back(tiny_ckpt):
+    from edgecls.export.qat import prepare, strip
+    from edgecls.reference.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_ckpt).build_model()
+    q, names = prepare(model)
+    assert len(names) == 21  # ResNet18: 20 convs + fc, each behind a fake-quant wrapper
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in q.modules())  # folded, as the ONNX export folds
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref, fq = model(x), q(x)
+        assert 0 < (fq - ref).abs().max() < 0.5 * ref.abs().max()  # fake quantization: close, not equal
+        back = strip(q, names)
+        assert torch.allclose(back(x), ref, atol=1e-4)  # folded float model == the original
+
+
+@pytest.mark.slow
+def test_qat_moves_the_weights_and_keeps_the_model(tiny_ckpt):
+    from edgecls.export.qat import QatConfig, qat_finetune
+    from edgecls.reference.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny_ckpt)
+    model, info = qat_finetune(ck, ck.spec, QatConfig(images=16, batch_size=8, observe_batches=1, min_steps=4))
+    assert info.steps >= 5 and info.device == "cpu" and np.isfinite(info.loss_last)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = ck.build_model()(x), model(x)
+    assert not torch.equal(ref, out)  # fine-tuned ...
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.5  # ... not another model
+
+
+@pytest.fixture(scope="module")
+def qat_export(tiny_ckpt, tmp_path_factory):
+    """--qat (forced), the ends kept in FP32, one calibration method: every INT8 path in one export."""
+    import logging
+
+    from edgecls.cli import main
+
+    out = tmp_path_factory.mktemp("int8") / "tiny"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(tiny_ckpt), "--out", str(out), "--int8", "--calib-count", "16", "--calib-method",
+                  "minmax", "--qat", "--qat-images", "16", "--int8-keep-fp32", "ends", "--tol-int8-p99-prob", "0.5"])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return e.value.code, out
+
+
+@pytest.mark.slow
+def test_qat_export_records_the_recipe_split_and_confidence(qat_export, tiny_ckpt):
+    from edgecls.export.quantize import quantized_tail
+    from edgecls.runtime.model_io import load_model_spec
+
+    code, out = qat_export
+    assert code == 0
+    parity = json.loads((out / "parity.json").read_text())
+    sel = parity["selection"]
+    assert sel["select_images"] + sel["report_images"] == 10 and parity["data"]["n"] == sel["report_images"]
+    assert not set(sel["select_files"]) & set(sel["report_files"])
+    for name in ("model_int8_qdq.onnx", "model_int8_cpu.onnx"):
+        e = parity["artifacts"][name]
+        assert e["status"] == "passed" and e["qat"] is True and e["n"] == sel["report_images"]
+        assert e["kept_fp32"] == ["/conv1/Conv", "/fc/Gemm"] or len(e["kept_fp32"]) == 2
+        # the output Q/DQ pair quantize_static put after the Gemm is removed (none when the Gemm itself is kept)
+        gemm_kept = any("Gemm" in k for k in e["kept_fp32"])
+        assert e["float_outputs"]["qdq_pairs_removed_after_last_layer"] == (0 if gemm_kept else 1)
+        assert e["selection"]["images"] == sel["select_images"] and e["selection"]["tried"]
+        assert e["refit"]["method"] == "match" and e["refit"]["n"] == sel["select_images"]
+        spec = load_model_spec(out / name)  # the artifact carries its own temperature
+        assert spec.temperature == pytest.approx(e["refit"]["temperature"]) == pytest.approx(e["temperature"])
+        m = onnx.load(str(out / name))
+        assert quantized_tail(m) == []
+        producer = {o: n for n in m.graph.node for o in n.output}
+        assert producer[m.graph.output[0].name].op_type == "Gemm"
+        for kept in e["kept_fp32"]:  # kept layers read float activations and float weights
+            node = next(n for n in m.graph.node if n.name == kept)
+            assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input)
+    assert parity["artifacts"]["model_int8_cpu.onnx"]["cost"]["latency_ms_b1"]["fp32"] > 0
+
+
+@pytest.mark.slow
+def test_confidence_gate_fails_loudly(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "strict"
+    code, stdout, stderr = _cli(["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu",
+                                 "--calib-count", "16", "--calib-method", "minmax", "--no-qat",
+                                 "--tol-int8-p99-prob", "0.000001"], capsys)
+    assert code == 3
+    assert "p99 |Δprob|" in stderr and "must be <= 1e-06" in stderr and "model_int8_cpu.onnx.failed" in stderr
+    assert "FAIL" in stdout and "ECE" in stdout and "p99|Δprob|" in stdout
+    assert (out / "model_int8_cpu.onnx.failed").is_file() and not (out / "model_int8_cpu.onnx").exists()
+    entry = json.loads((out / "parity.json").read_text())["artifacts"]["model_int8_cpu.onnx"]
+    assert entry["status"] == "failed" and any(c["name"] == "p99 |Δprob|" and not c["ok"] for c in entry["checks"])
