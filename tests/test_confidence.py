@@ -301,3 +301,14 @@ def test_guarantee_is_for_the_runtime_yes_which_excludes_unknown_images():
     assert g.certified and g.precision == pytest.approx(np.mean(y[yes] == 0))  # ...and never a "yes"
     raw = certify_threshold(p, y == 0, 0.95, 0.1, "mobile")  # p alone would count them as accepted
     assert raw.threshold > g.threshold or not raw.certified
+
+
+def test_point_threshold_stays_in_range_when_unknown_images_carry_negative_scores():
+    """Images flagged unknown carry -1 (never accepted). When only 'accept everything' meets the target, the
+    fallback threshold is 0 (every image the runtime can accept), never a negative number a spec would refuse."""
+    from edgecls.runtime.confidence.guarantee import certify_threshold
+
+    scores = np.array([-1.0, 0.2, 0.4, 0.6, 0.9])
+    y = np.array([True, True, True, True, True])
+    g = certify_threshold(scores, y, 0.95, 0.1)
+    assert not g.certified and g.threshold == 0.0 and g.precision == 1.0 and g.recall == pytest.approx(0.8)

@@ -117,7 +117,11 @@ def point_threshold(scores: np.ndarray, y: np.ndarray, target: float):
     from edgecls.runtime.metrics import threshold_for_precision
 
     choice = threshold_for_precision(scores, y, target)
-    below = scores[(scores < choice.threshold) & (scores >= 0.0)]  # negative scores: never-accepted images
+    if choice.threshold <= 0.0:  # only "accept everything" reaches it: every image the runtime can accept
+        accepted = scores >= 0.0  # negative scores: never-accepted images (unknown)
+        tp = int(np.sum(accepted & y))
+        return 0.0, tp / max(int(accepted.sum()), 1), tp / max(int(y.sum()), 1)
+    below = scores[(scores < choice.threshold) & (scores >= 0.0)]
     low = float(below.max()) if below.size else 0.0
     return (low + float(choice.threshold)) / 2.0, float(choice.precision), float(choice.recall)
 
