@@ -84,4 +84,8 @@ def kept_cost(ex, form: str, chosen, full, fp32, ranking: Sequence[Any]) -> Dict
     if "full_int8" in ms:
         lat += f", full INT8 {ms['full_int8']:.2f} ms (kept layers cost {ms['chosen'] - ms['full_int8']:+.2f} ms)"
     out["line"] += f"; {lat} (loadavg {load})"
+    if ms["chosen"] >= ms["fp32"]:  # not a gate (timings are noisy), but never a quiet one
+        out["slower_than_fp32"] = True
+        out["line"] += ("; SLOWER THAN FP32 on this CPU: the layers kept in FP32 break onnxruntime's int8 layout "
+                        "(deploy model.onnx here, or --int8-keep-fp32 none to trade fidelity for speed)")
     return out

@@ -290,3 +290,27 @@ def test_equalization_is_exact_in_float_and_balances_the_channels():
     assert np.allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     before, after = channel_maxima(model, ["c1"], x)["c1"], channel_maxima(eq, ["c1"], x)["c1"]
     assert before.max() / before.min() > 100 and after.max() / after.min() < before.max() / before.min() / 10
+
+
+# ------------------------------------------------------------------------------------------- cost of kept layers
+
+
+def test_a_cpu_form_slower_than_fp32_is_said_loudly(monkeypatch):
+    """Layers kept in FP32 can make the CPU form slower than FP32: the printed line and the record say so."""
+    from types import SimpleNamespace
+
+    import edgecls.export.int8_cost as cost
+
+    model = _graph()
+    conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    ex = SimpleNamespace(spec=SimpleNamespace(preprocess=SimpleNamespace(crop=8)),
+                         cfg=SimpleNamespace(threads=2, int8_settings=SimpleNamespace(latency=True)),
+                         split=SimpleNamespace(report=SimpleNamespace(x=_images(2))),
+                         timed=lambda _name, f, *a: f(*a))
+    chosen, full = SimpleNamespace(exclude=(conv,), model=model), SimpleNamespace(exclude=(), model=model)
+    for ms, slower in (({"fp32": 10.0, "chosen": 12.0, "full_int8": 6.0}, True),
+                       ({"fp32": 10.0, "chosen": 7.0, "full_int8": 6.0}, False)):
+        monkeypatch.setattr(cost, "interleaved_latency", lambda models, x, threads, ms=ms: ms)
+        out = cost.kept_cost(ex, "int8-cpu", chosen, full, model, [])
+        assert out["ratio_vs_fp32"] == ms["chosen"] / ms["fp32"]
+        assert ("SLOWER THAN FP32" in out["line"]) is slower and out.get("slower_than_fp32", False) is slower
