@@ -119,3 +119,50 @@ def test_rotate_option_reaches_the_recipe_and_the_transform():
     spec = PreprocessSpec.for_image_size(32)
     assert any(isinstance(t, RandomRot90) for t in train_transform(32, (0.5, 1), True, spec, 0.5).transforms)
     assert not any(isinstance(t, RandomRot90) for t in train_transform(32, (0.5, 1), True, spec).transforms)
+
+
+def test_rotate_gives_the_head_turned_views_in_the_recipe_share():
+    """--rotate reaches the head phase too (the head alone is often the kept model): features of every train image
+    turned 90/180/270°, upright ones repeated to keep the share; a train image that fails now falls back upright."""
+    from types import SimpleNamespace
+
+    from edgecls.train.linear_head import _with_turned_views
+
+    items = ["a", "b", "c", "d"]
+    calls = []
+
+    def run_eval(model, it, desc, hook_features=False, quarter_turns=0):
+        calls.append((quarter_turns, hook_features))
+        return np.full((len(it), 2), float(quarter_turns), np.float32), np.arange(len(it))
+
+    runner = SimpleNamespace(setup=SimpleNamespace(data=SimpleNamespace(train=items)), run_eval=run_eval)
+    feats, y = np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1])
+    x, yy, _ = _with_turned_views(runner, None, feats, y, 0.5)
+    assert calls == [(1, True), (2, True), (3, True)]
+    assert x.shape == (24, 2) and np.mean(x[:, 0] > 0) == 0.5  # half turned, as the fine-tuning epochs draw
+    assert sorted(set(x[:, 0])) == [0.0, 1.0, 2.0, 3.0] and list(yy) == list(y) * 6
+
+    def failing(model, it, desc, hook_features=False, quarter_turns=0):
+        return np.zeros((len(it) - 1, 2), np.float32), np.arange(len(it) - 1)
+
+    runner.run_eval = failing
+    x, yy, _ = _with_turned_views(runner, None, feats, y, 0.5)
+    assert x is feats and yy is y
+
+
+def test_eval_batches_turn_like_turned_photos():
+    """The centre crop of a photo turned k × 90° is the turned centre crop up to a pixel of crop rounding (what
+    run_eval's quarter_turns relies on): on a smooth photo-like image the two agree closely."""
+    from edgecls.runtime.preprocess import preprocess
+    from edgecls.runtime.spec import PreprocessSpec
+
+    yy, xx = np.mgrid[0:300, 0:400].astype(np.float32)
+    im = np.stack([127 + 120 * np.sin(xx / 17), 127 + 120 * np.cos(yy / 13), 127 + 100 * np.sin((xx + yy) / 23)], -1).astype(np.uint8)
+    spec = PreprocessSpec.for_image_size(224)
+    up = torch.from_numpy(preprocess([im], spec))
+    for k in (1, 2, 3):
+        turned = torch.from_numpy(preprocess([np.ascontiguousarray(np.rot90(im, k))], spec))
+        diff = (torch.rot90(up, k, dims=(2, 3)) - turned).abs()
+        assert diff.mean() < 0.15, (k, float(diff.mean()))  # normalized units: a fraction of one std
+        other = (torch.rot90(up, -k, dims=(2, 3)) - turned).abs().mean() if k != 2 else torch.tensor(9.0)
+        assert diff.mean() < other  # and the direction is right (counter-clockwise, like np.rot90)

@@ -91,10 +91,13 @@ class EpochRunner:
             pin_memory=self.ctx.cuda, generator=torch.Generator().manual_seed(0),
         )
 
-    def run_eval(self, model, items: Sequence, desc: str, hook_features: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    def run_eval(self, model, items: Sequence, desc: str, hook_features: bool = False,
+                 quarter_turns: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         """Forward ``items`` in eval mode: ``(outputs, index)`` gathered over ranks, sorted by index.
 
         ``hook_features`` returns the head's *input* (the frozen features) instead of the logits.
+        ``quarter_turns`` turns each eval view ``k`` × 90° counter-clockwise (the centre crop of a turned photo is the
+        turned centre crop, up to a pixel of crop rounding: the resize keys on the shorter side, which turning keeps).
         """
         import torch
 
@@ -115,8 +118,9 @@ class EpochRunner:
                     self.bad.note(batch.bad)
                     if len(batch.y) == 0:
                         continue
+                    x = torch.rot90(batch.x, quarter_turns, dims=(2, 3)) if quarter_turns % 4 else batch.x
                     with self.autocast():
-                        out = model(self.to_device(batch.x))
+                        out = model(self.to_device(x))
                     outs.append(grabbed.pop() if hook_features else out.float().cpu())
                     idxs.append(batch.index)
         finally:

@@ -96,6 +96,28 @@ def select_head_l2(
     return float(best["l2"]), table
 
 
+def _with_turned_views(runner: EpochRunner, model, feats: np.ndarray, y: np.ndarray,
+                       share: float) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Train features plus those of each image turned 1, 2 and 3 quarter turns, the upright ones repeated so that
+    turned views make up ``share`` of the fit (``--rotate`` 0.5: half), as the fine-tuning epochs' random turns do.
+    The L2 was chosen by CV on the upright features alone (turned twins of one image in different folds would leak)."""
+    t = time.monotonic()
+    turned = []
+    for k in (1, 2, 3):
+        f, idx = runner.run_eval(model, runner.setup.data.train, f"features train turned {90 * k}°",
+                                 hook_features=True, quarter_turns=k)
+        if len(idx) != len(y):  # an image that failed to decode now but not before: skip the turned views
+            log.warning("--rotate: %d of %d train images gave turned features; head fitted upright only",
+                        len(idx), len(y))
+            return feats, y, time.monotonic() - t
+        turned.append(f)
+    upright = max(1, int(round(3 * (1 - share) / max(share, 1e-9))))
+    x = np.concatenate([feats] * upright + turned)
+    yy = np.concatenate([y] * (upright + 3))
+    log.info("--rotate: head fitted on %d upright (x%d) + %d turned train views", len(y), upright, 3 * len(y))
+    return x, yy, time.monotonic() - t
+
+
 def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]) -> Tuple[Dict[str, Any], np.ndarray, np.ndarray]:
     """Cache the features, fit the head, copy it into ``model``: ``(metrics row, val logits, val index)``.
 
@@ -122,7 +144,12 @@ def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]) -> Tuple[D
             setup.config.seed, r.head_balance, r.head_max_iter,
         )
         head_info["cv"] = cv_table
-    weight, bias = fit_linear_head(feats_tr, y_tr, setup.num_classes, setup.head_weights, l2, r.head_max_iter)
+    fit_x, fit_y = feats_tr, y_tr
+    if r.rotate > 0:  # --rotate: the head also sees every train image turned 90/180/270°, in the recipe's share
+        fit_x, fit_y, turned_s = _with_turned_views(runner, model, feats_tr, y_tr, r.rotate)
+        extract_s += turned_s
+        t_fit += turned_s
+    weight, bias = fit_linear_head(fit_x, fit_y, setup.num_classes, setup.head_weights, l2, r.head_max_iter)
     fit_s = time.monotonic() - t_fit
     head_info.update(l2=l2, fit_seconds=round(fit_s, 3), feature_seconds=round(extract_s, 3),
                      feature_images=int(n_imgs), feature_dim=int(feats_tr.shape[1]))
@@ -132,7 +159,7 @@ def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]) -> Tuple[D
         head.bias.copy_(torch.from_numpy(bias).to(head.bias))
     tr_logits = feats_tr @ weight.T + bias
     va_logits = (feats_va @ weight.T + bias).astype(np.float32)
-    log.info("head (L2 %g) fitted on %d cached features in %.3fs", l2, len(y_tr), fit_s)
+    log.info("head (L2 %g) fitted on %d cached features in %.3fs", l2, len(fit_y), fit_s)
     row = {
         "lr": None,
         "train_loss": weighted_ce(tr_logits, y_tr, setup.head_weights),
