@@ -26,23 +26,3 @@ def deployed(tmp_path_factory, tiny_data) -> Dict[str, Any]:
     result = export_checkpoint(cfg)
     _CACHE.update(ckpt=ckpt, out=root / "export", triton=root / "repo", deepstream=root / "ds", result=result)
     return _CACHE
-
-
-def cli(argv) -> int:
-    """``edgecls ARGV`` in-process; its exit code. The root logger is restored afterwards (the CLI points it at
-    sys.stderr, which pytest swaps per test)."""
-    import logging
-
-    import pytest
-
-    from edgecls.cli import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return e.value.code

@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from deploy_helpers import cli, deployed  # noqa: E402
+from cli_helpers import run_cli as cli  # noqa: E402
+from deploy_helpers import deployed  # noqa: E402
 
 from edgecls.core.errors import InputError  # noqa: E402
 from edgecls.export.deepstream import CONFIG_NAME, config_text, labels_line, write_deepstream  # noqa: E402

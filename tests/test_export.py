@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from cli_helpers import run_cli_captured as run_cli  # noqa: E402
 from models_helpers import CROP, make_tiny_checkpoint  # noqa: E402
 
 from edgecls.runtime.spec import METADATA_KEY, ModelSpec, PreprocessSpec, sidecar_path  # noqa: E402
@@ -28,25 +29,6 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("ckpt") / "best.pt")
-
-
-def run_cli(argv, capsys):
-    """``edgecls ARGV`` in-process: (exit code, stdout, stderr). The root logger is restored afterwards (the CLI
-    points it at the captured stderr, which pytest closes)."""
-    import logging
-
-    from edgecls.cli import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 # The tiny model has a random backbone: its INT8 probabilities move more than a trained model's (p99 |Δprob| ~0.05
@@ -66,21 +48,12 @@ def _tiny_int8_config(**kw):
 @pytest.fixture(scope="module")
 def full_export(tiny_ckpt, tmp_path_factory, monkeypatch_module):
     """One export with every artifact, through the CLI."""
-    import logging
-
-    from edgecls.cli import main
+    from cli_helpers import run_cli as cli_exit_code
 
     out = tmp_path_factory.mktemp("export") / "tiny"
     monkeypatch_module.chdir(tmp_path_factory.mktemp("cwd"))  # no repo calib_images/: checkpoint fallback
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main(["export", str(tiny_ckpt), "--out", str(out), "--fp16", "--int8", "--calib-count", "24"] + TINY_INT8)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    assert e.value.code == 0
+    argv = ["export", tiny_ckpt, "--out", out, "--fp16", "--int8", "--calib-count", "24"] + TINY_INT8
+    assert cli_exit_code(argv) == 0
     return out
 
 

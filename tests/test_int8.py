@@ -270,9 +270,9 @@ def test_select_and_report_are_disjoint_stratified_and_deterministic():
 def test_equalization_is_exact_in_float_and_balances_the_channels():
     """Conv A (no activation after it) → Conv B: a linear region. Channel 0 of A's output is 1000× the others;
     after equalization the function is the same and the channel ranges are far closer."""
-    from edgecls.export.equalize import channel_maxima, equalize, find_regions
-
     from onnx import numpy_helper
+
+    from edgecls.export.equalize import channel_maxima, equalize, find_regions
 
     model = _graph()
     w1 = next(t for t in model.graph.initializer if t.name == "w1")

@@ -12,29 +12,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from cli_helpers import run_cli, run_cli_captured  # noqa: E402
 from models_helpers import make_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("ckpt8") / "best.pt")
-
-
-def _cli(argv, capsys):
-    import logging
-
-    from edgecls.cli import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_prepare_folds_batchnorm_and_strip_gives_the_float_model_back(tiny_ckpt):
@@ -71,21 +55,10 @@ def test_qat_moves_the_weights_and_keeps_the_model(tiny_ckpt):
 @pytest.fixture(scope="module")
 def qat_export(tiny_ckpt, tmp_path_factory):
     """--qat (forced), the ends kept in FP32, one calibration method: every INT8 path in one export."""
-    import logging
-
-    from edgecls.cli import main
-
     out = tmp_path_factory.mktemp("int8") / "tiny"
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main(["export", str(tiny_ckpt), "--out", str(out), "--int8", "--calib-count", "16", "--calib-method",
-                  "minmax", "--qat", "--qat-images", "16", "--int8-keep-fp32", "ends", "--tol-int8-p99-prob", "0.5"])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return e.value.code, out
+    code = run_cli(["export", tiny_ckpt, "--out", out, "--int8", "--calib-count", "16", "--calib-method", "minmax",
+                    "--qat", "--qat-images", "16", "--int8-keep-fp32", "ends", "--tol-int8-p99-prob", "0.5"])
+    return code, out
 
 
 @pytest.mark.slow
@@ -123,7 +96,7 @@ def test_qat_export_records_the_recipe_split_and_confidence(qat_export, tiny_ckp
 @pytest.mark.slow
 def test_confidence_gate_fails_loudly(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "strict"
-    code, stdout, stderr = _cli(["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu",
+    code, stdout, stderr = run_cli_captured(["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu",
                                  "--calib-count", "16", "--calib-method", "minmax", "--no-qat",
                                  "--tol-int8-p99-prob", "0.000001"], capsys)
     assert code == 3

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli_captured as cli
 from fuzz_helpers import garbled_second_idat, tiny_onnx_classifier
 from PIL import Image
 from runtime_helpers import read_jsonl, write_images
@@ -33,23 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
     return str(tiny_onnx_classifier(tmp_path_factory.mktemp("rel_model") / "tiny.onnx"))
-
-
-def cli(argv, capsys):
-    """The real CLI entry point in-process: (exit code, stdout, stderr)."""
-    import logging
-
-    from edgecls.cli import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-    finally:
-        root.handlers[:], root.level = handlers, level
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 # ------------------------------------------------------------------------------- 1. decoder exceptions

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli_captured as cli
 from fuzz_helpers import garbled_second_idat, tiny_onnx_classifier
 
 from edgecls.core import errors as E
@@ -22,21 +22,6 @@ from edgecls.runtime.model_io import load_model_spec
 from edgecls.runtime.spec import METADATA_KEY, ModelSpec, SpecError, sidecar_path
 
 SMALL = ["--arch", "mobilenet_v3_small", "--weights", "none", "--image-size", "32", "--no-progress"]
-
-
-def cli(argv, capsys):
-    """``edgecls ARGV`` in-process: (exit code, stdout, stderr); the root logger is restored afterwards."""
-    from edgecls.cli import main
-
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in argv])
-    finally:
-        root.handlers[:], root.level = handlers, level
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def full_disk_for(monkeypatch, name: str) -> None:

@@ -157,7 +157,8 @@ def test_eval_batches_turn_like_turned_photos():
     from edgecls.runtime.spec import PreprocessSpec
 
     yy, xx = np.mgrid[0:300, 0:400].astype(np.float32)
-    im = np.stack([127 + 120 * np.sin(xx / 17), 127 + 120 * np.cos(yy / 13), 127 + 100 * np.sin((xx + yy) / 23)], -1).astype(np.uint8)
+    im = np.stack([127 + 120 * np.sin(xx / 17), 127 + 120 * np.cos(yy / 13), 127 + 100 * np.sin((xx + yy) / 23)],
+                  -1).astype(np.uint8)
     spec = PreprocessSpec.for_image_size(224)
     up = torch.from_numpy(preprocess([im], spec))
     for k in (1, 2, 3):

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli_captured as cli
 from PIL import Image
 from runtime_helpers import export_tiny_onnx, read_jsonl, tiny_spec, torch_logits, write_images, write_video
 
@@ -36,16 +37,6 @@ def env(tmp_path_factory):
     video = write_video(d / "clip.avi", n=10)
     return {"dir": d, "model": str(d / "model.onnx"), "folder": str(folder), "good": good, "video": str(video),
             "torch": torch_model}
-
-
-def cli(argv, capsys):
-    """Run the real CLI entry point; return (exit code, stdout, stderr)."""
-    from edgecls.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_jsonl_over_folder_and_video_matches_torch_and_prints_summary(env, capsys):

@@ -307,7 +307,7 @@ def test_serve_config_validation():
 
 def test_serve_cli_refuses_a_model_without_spec_before_listening(tmp_path, capsys):
     pytest.importorskip("torch")
-    from deploy_helpers import cli
+    from cli_helpers import run_cli as cli
 
     path = tmp_path / "nospec.onnx"
     export_tiny_onnx(path, metadata=False, sidecar=False)

@@ -11,7 +11,8 @@ pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from deploy_helpers import cli, deployed  # noqa: E402
+from cli_helpers import run_cli as cli  # noqa: E402
+from deploy_helpers import deployed  # noqa: E402
 
 from edgecls.core.errors import InputError  # noqa: E402
 from edgecls.export.variants import (  # noqa: E402
