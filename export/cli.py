@@ -62,13 +62,23 @@ def export_command(
     parity_count: Optional[int] = typer.Option(None, "--parity-count", help="Use at most N parity images."),
     tol_fp32: float = typer.Option(1e-4, "--tol-fp32", help="FP32: max |Δlogit| <= this × max(1, max |logit|)."),
     tol_fp16_agreement: float = typer.Option(99.5, "--tol-fp16-agreement", help="FP16: min top-1 agreement, %."),
-    tol_int8_agreement: float = typer.Option(99.0, "--tol-int8-agreement", help="INT8: min top-1 agreement, %."),
-    tol_int8_acc_drop: float = typer.Option(0.5, "--tol-int8-acc-drop", help="INT8: max accuracy drop, points."),
-    tol_int8_ece: float = typer.Option(0.02, "--tol-int8-ece", help="INT8 confidence check: max ECE of the artifact "
-                                       "at its own re-fitted temperature (or PyTorch's own ECE on the same images "
-                                       "+ 0.01, when that is higher; not gated under 50 labelled images)."),
-    tol_int8_p99_prob: float = typer.Option(0.05, "--tol-int8-p99-prob", help="INT8 confidence check: max p99 "
-                                            "over images of |Δprob| vs PyTorch."),
+    tol_int8_acc_drop: float = typer.Option(1.0, "--tol-int8-acc-drop", help="INT8 gate: max accuracy drop vs "
+                                            "PyTorch on the labelled report images, points."),
+    tol_int8_ece: float = typer.Option(0.03, "--tol-int8-ece", help="INT8 gate: max ECE of the artifact at its own "
+                                       "temperature (or PyTorch's own ECE on the same images + 0.015, when higher; "
+                                       "not gated under 50 labelled images)."),
+    tol_int8_decisions: float = typer.Option(97.0, "--tol-int8-decisions", help="INT8 gate (with a positive "
+                                             "class): min % of yes/no/uncertain decisions equal to PyTorch's."),
+    tol_int8_agreement: Optional[float] = typer.Option(None, "--tol-int8-agreement", help="INT8 fidelity: min top-1 "
+                                                       "agreement, % [warned below 99; gated when given, with "
+                                                       "--strict, or when the images have no labels]."),
+    tol_int8_p99_prob: Optional[float] = typer.Option(None, "--tol-int8-p99-prob", help="INT8 fidelity: max p99 "
+                                                      "|Δprob| vs PyTorch at the checkpoint's temperature [warned "
+                                                      "above 0.05; gated when given or with --strict]."),
+    strict: bool = typer.Option(False, "--strict", help="INT8: also fail on fidelity (top-1 agreement, p99 "
+                                "|Δprob|), not only on accuracy, calibration and decisions."),
+    gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="More labelled images (class subfolders) "
+                                             "for the gates: added to the report split, never used for selection."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Also build TensorRT engines: fp16 | int8 | fp16,int8 "
                                          "(needs tensorrt and a GPU; else exit 4 with the trtexec command)."),
     batch: str = typer.Option("1,1,8", "--batch", help="Engine batch profile MIN,OPT,MAX (or MAX)."),
@@ -103,9 +113,12 @@ def export_command(
     tol = Tolerances(
         fp32_logit_rel=tol_fp32,
         fp16_agreement=_pct_fraction(tol_fp16_agreement, "--tol-fp16-agreement"),
-        int8_agreement=_pct_fraction(tol_int8_agreement, "--tol-int8-agreement"),
-        int8_accuracy_drop=_pct_fraction(tol_int8_acc_drop, "--tol-int8-acc-drop"),
-        int8_ece=tol_int8_ece, int8_p99_prob=tol_int8_p99_prob,
+        int8_accuracy_drop=_pct_fraction(tol_int8_acc_drop, "--tol-int8-acc-drop"), int8_ece=tol_int8_ece,
+        int8_decision_agreement=_pct_fraction(tol_int8_decisions, "--tol-int8-decisions"),
+        int8_agreement=0.99 if tol_int8_agreement is None else _pct_fraction(tol_int8_agreement,
+                                                                            "--tol-int8-agreement"),
+        int8_p99_prob=0.05 if tol_int8_p99_prob is None else tol_int8_p99_prob,
+        gate_agreement=strict or tol_int8_agreement is not None, gate_p99_prob=strict or tol_int8_p99_prob is not None,
     )
     cfg = ExportConfig(
         checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, int8_forms=_split(int8_forms), calib=calib,
@@ -114,7 +127,7 @@ def export_command(
         int8_settings=Int8Settings(max_keep=_pct_fraction(int8_max_keep, "--int8-max-keep"),
                                    qat={None: "auto", True: "on", False: "off"}[qat], qat_images=qat_images),
         opset=opset, simplify=not no_simplify,
-        parity_data=parity_data, parity_count=parity_count, tolerances=tol, engines=_split(engine),
+        parity_data=parity_data, parity_count=parity_count, gate_data=gate_data, tolerances=tol, engines=_split(engine),
         batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
         force_engine=force_engine, threads=threads, seed=seed, progress=sys.stderr.isatty(),
         deploy=DeployConfig(variants=parse_variants(variants), triton=triton, triton_name=triton_name,

@@ -53,6 +53,7 @@ class Int8Settings:
     qat_lr: float = 1e-5
     sensitivity_images: int = 32
     latency: bool = True  # time FP32 / full INT8 / chosen INT8 CPU form (b1) to print the cost of kept layers
+    refit_temperature: bool = True  # re-fit an artifact's temperature when that lowers cross-fitted held-out NLL
 
     def __post_init__(self) -> None:
         if self.qat not in QAT_CHOICES:
@@ -73,7 +74,7 @@ class Candidate:
     report: ParityReport  # on the selection split
     spec: ModelSpec  # with its own re-fitted confidence
     refit: Optional[RefitRecord]
-    score: float  # mean KL(PyTorch || artifact) on the selection split, each at its own temperature
+    score: float  # mean KL(PyTorch || artifact) on the selection split, both at the checkpoint's temperature
 
     @property
     def passed(self) -> bool:
@@ -178,11 +179,11 @@ class Int8Chooser:
         record = None
         if self.sel.y is not None and np.all(np.isfinite(logits)):
             spec, record = refit_with_record(spec, logits, self.sel.y, f"selection split; {form} logits",
-                                             self.sel_ref.logits, self.sel_ref.temperature)
+                                             refit_temperature=self.s.refit_temperature)
         report = compare(ARTIFACT_NAMES[form], path, form, logits, self.sel_ref, self.sel, spec, ex.cfg.tolerances,
                          seconds=time.perf_counter() - t0)
         t_ref = self.sel_ref.temperature or ex.spec.temperature
-        score = _mean_kl(self.sel_ref.logits, t_ref, logits, spec.temperature) if report.agreement is not None \
+        score = _mean_kl(self.sel_ref.logits, t_ref, logits, t_ref) if report.agreement is not None \
             else float("inf")
         ex.timings["int8 selection runs"] = ex.timings.get("int8 selection runs", 0.0) + time.perf_counter() - t0
         remove_quietly(path)
@@ -339,15 +340,18 @@ def _publish(ex, form: str, res: FormResult, fp32) -> None:
              + (", after QAT" if res.qat else "")]
     if c.exclude or "latency_ms_b1" in cost:
         notes.append(cost["line"])
-    if c.refit is not None:
+    if c.refit is not None and ex.spec.positive is not None:
         r = c.refit
-        notes.append(f"confidence re-fitted on its own selection-split logits: T {r.temperature_before:.3f} -> "
-                     f"{r.temperature:.3f}" + (f", threshold {r.threshold_before:.3f} -> {r.threshold:.3f}"
-                                               if ex.spec.positive is not None else ""))
+        notes.append(f"threshold re-fitted on its own selection-split outputs: {r.threshold_before:.3f} -> "
+                     f"{r.threshold:.3f}")
     if not c.passed:
         notes.append("no recipe passed the INT8 gates on the selection split either: " + c.summary())
     check = qdq_check(ex, name, notes) if form == "int8-qdq" else None
     report = ex.publish(name, c.model, form, notes=notes, spec=c.spec, check=check)
+    if c.refit is not None:
+        import dataclasses
+
+        report = dataclasses.replace(report, temperature_source=c.refit.describe())
     entry = ex.extra.setdefault(name, {})
     entry.update({
         "form": form, "calib_method": c.method, "kept_fp32": list(c.exclude), "ops": c.info.op_counts,

@@ -1,11 +1,13 @@
 """Parity: every artifact against the PyTorch model, on the same preprocessed held-out images.
 
-Per artifact: max |Δlogit|, max and p99 |Δprob| (each side at its own temperature: the artifact's spec, the
-checkpoint's for PyTorch — the confidence each states), top-1 agreement, and — when labels are known — accuracy,
-expected calibration error (ECE, 15 bins) and per-class recall (positive-class recall at the spec's threshold).
-NaN/inf always fails. Tolerances by precision (overridable): FP32 max |Δlogit| <= 1e-4 · max(1, max |logit|); FP16
-top-1 agreement >= 99.5%; INT8 top-1 agreement >= 99%, accuracy drop <= 0.5 point and the confidence check: ECE
-<= 0.02 and p99 |Δprob| <= 0.05.
+Per artifact: max |Δlogit|, max and p99 |Δprob| (both sides at the checkpoint's temperature: fidelity, not a
+temperature difference), top-1 agreement, and — when labels are known — accuracy, expected calibration error (ECE,
+15 bins, the artifact at its *own* temperature: the confidence it states), per-class recall and, with a positive
+class, how often its yes / no / uncertain decision equals PyTorch's. NaN/inf always fails.
+
+Gates by precision (overridable): FP32 max |Δlogit| <= 1e-4 · max(1, max |logit|); FP16 top-1 agreement >= 99.5 %;
+INT8 the gates of :mod:`edgecls.export.gates` — accuracy, calibration and decisions, each printed with its n and
+a 95 % interval; fidelity (agreement, p99 |Δprob|) is a warning unless ``strict``.
 
 The artifact is run through the runtime's own backend (:func:`edgecls.runtime.backends.load_backend`), so parity
 tests what users deploy.
@@ -35,35 +37,34 @@ PARITY_FORMAT = "edgecls.parity/1"
 class Tolerances:
     fp32_logit_rel: float = 1e-4
     fp16_agreement: float = 0.995
-    int8_agreement: float = 0.99
-    int8_accuracy_drop: float = 0.005
-    int8_ece: float = 0.02  # the confidence check: ECE of the artifact at its own temperature (see ece_limit)
-    int8_ece_over_reference: float = 0.01  # ... or this much over PyTorch's own ECE, when that is above int8_ece
-    int8_p99_prob: float = 0.05  # ... and p99 over images of max |Δprob| vs PyTorch
+    int8_accuracy_drop: float = 0.01  # gate: PyTorch accuracy − the artifact's, on the labelled report images
+    int8_ece: float = 0.03  # gate: the artifact's own ECE <= max(int8_ece, PyTorch's ECE + int8_ece_over_reference)
+    int8_ece_over_reference: float = 0.015
+    int8_decision_agreement: float = 0.97  # gate (positive class): yes/no/uncertain equal to PyTorch's
+    int8_agreement: float = 0.99  # fidelity: warned below, gated only when gate_agreement (or without labels)
+    int8_p99_prob: float = 0.05  # fidelity: warned above, gated only when gate_p99_prob
+    gate_agreement: bool = False  # --strict or an explicit --tol-int8-agreement
+    gate_p99_prob: bool = False  # --strict or an explicit --tol-int8-p99-prob
     ece_min_images: int = 50  # fewer labelled images than this: ECE is reported, not gated (it would be noise)
 
     def __post_init__(self) -> None:
-        for name in ("fp16_agreement", "int8_agreement", "int8_ece", "int8_p99_prob", "int8_ece_over_reference"):
+        for name in ("fp16_agreement", "int8_agreement", "int8_ece", "int8_p99_prob", "int8_ece_over_reference",
+                     "int8_decision_agreement", "int8_accuracy_drop"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"tolerance {name} must be a fraction in [0, 1], got {v}")
-        if self.fp32_logit_rel < 0 or self.int8_accuracy_drop < 0:
-            raise InputError("tolerances fp32_logit_rel and int8_accuracy_drop must be >= 0")
+        if self.fp32_logit_rel < 0:
+            raise InputError("tolerance fp32_logit_rel must be >= 0")
 
     def ece_limit(self, reference_ece: Optional[float]) -> float:
-        """ECE <= int8_ece; when PyTorch's own ECE on the same images is already above that (a 15-bin ECE on a
-        hundred images is noisy, and no export can be asked to be better calibrated than its model), ECE <=
-        PyTorch's + int8_ece_over_reference."""
-        if reference_ece is None or reference_ece <= self.int8_ece:
+        """max(int8_ece, PyTorch's own ECE on the same images + int8_ece_over_reference): no export can be asked
+        to be better calibrated than its model, and a 15-bin ECE on a hundred images is noisy."""
+        if reference_ece is None:
             return self.int8_ece
-        return reference_ece + self.int8_ece_over_reference
+        return max(self.int8_ece, reference_ece + self.int8_ece_over_reference)
 
-    def to_dict(self) -> Dict[str, float]:
-        return {"fp32_logit_rel": self.fp32_logit_rel, "fp16_agreement": self.fp16_agreement,
-                "int8_agreement": self.int8_agreement, "int8_accuracy_drop": self.int8_accuracy_drop,
-                "int8_ece": self.int8_ece, "int8_ece_over_reference": self.int8_ece_over_reference,
-                "int8_p99_prob": self.int8_p99_prob,
-                "ece_min_images": self.ece_min_images}
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def precision_family(precision: str) -> str:
@@ -81,12 +82,27 @@ class Check:
     limit: float
     op: str  # "<=" or ">="
     ok: bool
+    n: Optional[int] = None  # images the value is measured on
+    interval: Optional[Tuple[float, float]] = None  # its 95 % interval
+    gated: bool = True  # False: reported (and warned about when not ok), never fails the artifact
 
     def describe(self) -> str:
-        return f"{self.name} {_fmt(self.value)} (must be {self.op} {_fmt(self.limit)})"
+        extra = []
+        if self.interval is not None:
+            extra.append(f"95% CI {_fmt(self.interval[0])}..{_fmt(self.interval[1])}")
+        if self.n is not None:
+            extra.append(f"n={self.n}")
+            from edgecls.export.gates import evidence_note
+
+            if evidence_note(self.n):
+                extra.append("low evidence")
+        return (f"{self.name} {_fmt(self.value)} (must be {self.op} {_fmt(self.limit)})"
+                + (f" [{', '.join(extra)}]" if extra else ""))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "value": _finite(self.value), "limit": self.limit, "op": self.op, "ok": self.ok}
+        return {"name": self.name, "value": _finite(self.value), "limit": self.limit, "op": self.op, "ok": self.ok,
+                "n": self.n, "interval": None if self.interval is None else [_finite(v) for v in self.interval],
+                "gated": self.gated}
 
 
 def _fmt(v: float) -> str:
@@ -158,6 +174,8 @@ class ParityReport:
     ece: Optional[float] = None
     temperature: Optional[float] = None  # the artifact's own (its spec's)
     threshold: Optional[float] = None  # the artifact's own positive-class threshold (its spec's)
+    warnings: Tuple[str, ...] = ()  # reported checks (fidelity) outside their limits: said, not failed
+    temperature_source: Optional[str] = None  # how the artifact's temperature was chosen (INT8: kept / re-fitted)
 
     @property
     def passed(self) -> bool:
@@ -167,8 +185,14 @@ class ParityReport:
         return self.passed
 
     @property
+    def low_evidence(self) -> bool:
+        from edgecls.export.gates import LOW_EVIDENCE
+
+        return any(c.gated and c.n is not None and c.n < LOW_EVIDENCE for c in self.checks)
+
+    @property
     def status(self) -> str:
-        return "pass" if self.passed else "FAIL"
+        return ("pass" if self.passed else "FAIL") + (" (low evidence)" if self.low_evidence else "")
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -184,6 +208,8 @@ class ParityReport:
             "seconds": round(self.seconds, 3), "notes": list(self.notes),
             "decision_agreement": _finite(self.decision_agreement), "p99_abs_prob": _finite(self.p99_abs_prob),
             "ece": _finite(self.ece), "temperature": self.temperature, "threshold": self.threshold,
+            "warnings": list(self.warnings), "temperature_source": self.temperature_source,
+            "low_evidence": self.low_evidence,
         }
 
 
@@ -246,7 +272,7 @@ def reference_subset(reference: Reference, data: ParityData, index: np.ndarray, 
 def compare(
     artifact: str, path: PathLike, precision: str, logits: np.ndarray, reference: Reference, data: ParityData,
     spec: ModelSpec, tolerances: Tolerances, providers: Sequence[str] = (), seconds: float = 0.0,
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), temperature_source: Optional[str] = None,
 ) -> ParityReport:
     """Metrics and pass/fail of one artifact's logits against the reference (``spec``: the artifact's, with its
     own temperature and threshold; the reference's are the checkpoint's)."""
@@ -270,47 +296,68 @@ def compare(
         return ParityReport(artifact, os.fspath(path), precision, size, data.n, tuple(providers), float("nan"), scale,
                             float("nan"), agree, None, reference.accuracy, spec.positive, None, {}, nonfinite, (),
                             tuple(failures), seconds, tuple(notes))
+    from edgecls.export import gates as G
+
     logits = logits.astype(np.float32)
+    n = data.n
     max_logit = float(np.abs(logits - ref).max()) if ref.size else 0.0
     t_ref = reference.temperature if reference.temperature is not None else spec.temperature
-    dprob = np.abs(_probs(logits, spec.temperature) - _probs(ref, t_ref)).max(axis=1) if ref.size else np.zeros(1)
+    thr_ref = reference.threshold if reference.threshold is not None else spec.threshold
+    # fidelity: both sides at the checkpoint's temperature (a re-fitted temperature is not a difference in the model)
+    dprob = np.abs(_probs(logits, t_ref) - _probs(ref, t_ref)).max(axis=1) if ref.size else np.zeros(1)
     max_prob, p99_prob = float(dprob.max()), float(np.percentile(dprob, 99))
+    own = _probs(logits, spec.temperature)  # what the artifact states
     ece = _ece(data.y, logits, spec.temperature)
-    agreement = float(np.mean(np.argmax(logits, 1) == np.argmax(ref, 1))) if ref.size else 1.0
+    same_top1 = np.argmax(logits, 1) == np.argmax(ref, 1)
+    agreement = float(np.mean(same_top1)) if ref.size else 1.0
     decisions = None
+    same_decision = None
     if spec.positive_index is not None and ref.size:
-        k = spec.positive_index
-        mine = _probs(logits, spec.temperature)[:, k] >= spec.threshold
-        theirs = _probs(ref, t_ref)[:, k] >= (reference.threshold if reference.threshold is not None else spec.threshold)
-        decisions = float(np.mean(mine == theirs))
-    acc, pos, per = _label_metrics(data.y, logits, spec)
+        from edgecls.runtime.decision import positive_decisions
 
-    def check(name: str, value: float, op: str, limit: float) -> None:
+        k = spec.positive_index
+        same_decision = positive_decisions(own[:, k], spec.threshold) == \
+            positive_decisions(_probs(ref, t_ref)[:, k], thr_ref)
+        decisions = float(np.mean(same_decision))
+    acc, pos, per = _label_metrics(data.y, logits, spec)
+    warnings: List[str] = []
+
+    def check(name: str, value: float, op: str, limit: float, count: Optional[int] = None,
+              interval: Optional[Tuple[float, float]] = None, gated: bool = True) -> None:
         ok = value <= limit if op == "<=" else value >= limit
-        checks.append(Check(name, value, limit, op, ok))
-        if not ok:
-            failures.append(checks[-1].describe())
+        checks.append(Check(name, value, limit, op, ok, count, interval, gated))
+        if ok:
+            return
+        (failures if gated else warnings).append(checks[-1].describe())
 
     if fam == "fp32":
         check("max |Δlogit|", max_logit, "<=", tolerances.fp32_logit_rel * scale)
     elif fam == "fp16":
-        check("top-1 agreement", agreement, ">=", tolerances.fp16_agreement)
+        check("top-1 agreement", agreement, ">=", tolerances.fp16_agreement, n,
+              G.proportion_interval(int(same_top1.sum()), n))
     else:
-        check("top-1 agreement", agreement, ">=", tolerances.int8_agreement)
-        if acc is not None and reference.accuracy is not None:
-            check("accuracy drop", reference.accuracy - acc, "<=", tolerances.int8_accuracy_drop + 1e-12)
-        if ece is not None and data.n >= tolerances.ece_min_images:  # the confidence check: the probability it
-            limit = tolerances.ece_limit(reference.ece)  # states must still be true ...
-            check("ECE" if limit == tolerances.int8_ece else f"ECE (PyTorch's {reference.ece:.3f} + "
-                  f"{tolerances.int8_ece_over_reference:g})", ece, "<=", limit)
-        elif ece is not None:
-            notes = tuple(notes) + (f"ECE {ece:.3f} not gated: {data.n} labelled images < "
-                                    f"{tolerances.ece_min_images} (too few for a 15-bin ECE)",)
-        check("p99 |Δprob|", p99_prob, "<=", tolerances.int8_p99_prob)  # ... and PyTorch's, image by image
+        labelled = data.y is not None and acc is not None and reference.accuracy is not None
+        if labelled:
+            y = np.asarray(data.y)
+            drop, ci = G.accuracy_drop(np.argmax(ref, 1) == y, np.argmax(logits, 1) == y)
+            check("accuracy drop", drop, "<=", tolerances.int8_accuracy_drop + 1e-12, n, ci)
+            if data.n >= tolerances.ece_min_images:
+                check("ECE", ece, "<=", tolerances.ece_limit(reference.ece), n, G.ece_interval(own, y))
+            else:
+                notes = tuple(notes) + (f"ECE {ece:.3f} not gated: {data.n} labelled images < "
+                                        f"{tolerances.ece_min_images} (too few for a 15-bin ECE)",)
+        if same_decision is not None:
+            check("decision agreement", decisions, ">=", tolerances.int8_decision_agreement, n,
+                  G.proportion_interval(int(same_decision.sum()), n))
+        check("top-1 agreement", agreement, ">=", tolerances.int8_agreement, n,
+              G.proportion_interval(int(same_top1.sum()), n), gated=tolerances.gate_agreement or not labelled)
+        check("p99 |Δprob| at the same T", p99_prob, "<=", tolerances.int8_p99_prob, n,
+              gated=tolerances.gate_p99_prob)
     return ParityReport(
         artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
         acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
         decisions, p99_prob, ece, spec.temperature, spec.threshold if spec.positive is not None else None,
+        tuple(warnings), temperature_source,
     )
 
 

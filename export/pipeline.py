@@ -53,6 +53,7 @@ class ExportConfig:
     simplify: bool = True
     parity_data: Optional[Path] = None
     parity_count: Optional[int] = None
+    gate_data: Optional[Path] = None  # more labelled images, added to the report split (never selection)
     tolerances: Tolerances = field(default_factory=Tolerances)
     engines: Tuple[str, ...] = ()
     batch: BatchProfile = field(default_factory=BatchProfile)
@@ -225,8 +226,11 @@ class _Exporter:
         self.data = self.timed("load parity images", lambda: (
             parity_data_from_folder(cfg.parity_data, ckpt.spec, cfg.parity_count) if cfg.parity_data is not None
             else parity_data_from_checkpoint(ckpt, cfg.parity_count)))
+        extra = self.timed("load parity images", lambda: gate_data(cfg.gate_data, ckpt.spec, self.data))
         with TorchBackend(model, spec=ckpt.spec, threads=cfg.threads) as torch_be:
             self.reference = self.timed("pytorch reference", lambda: reference_from(torch_be, self.data, ckpt.spec))
+            extra_ref = None if extra is None else self.timed(
+                "pytorch reference", lambda: reference_from(torch_be, extra, ckpt.spec))
 
         want_fp16 = cfg.fp16 or "fp16" in cfg.engines
         want_int8 = cfg.int8 or "int8" in cfg.engines
@@ -242,6 +246,10 @@ class _Exporter:
             log.info("parity images split: %s", self.split.rule)
             self._confidence_refit = ArtifactRefit(ckpt.data, self.split.select, cfg.threads)  # fits on select
             self.data, self.reference = self.split.report, self.split.report_reference
+        if extra is not None:
+            from edgecls.export.select_split import concat_parity
+
+            self.data, self.reference = concat_parity(self.data, self.reference, extra, extra_ref, ckpt.spec)
 
         from edgecls.export.onnx_export import export_onnx
 
@@ -340,6 +348,24 @@ class _Exporter:
                 write_sidecar(res.path, refit_artifact(self, res.path, spec, res.path.name, device="auto"))
             self.reports.append(report)
         return results, ("\n".join(errors) if errors else None)
+
+
+def gate_data(folder: Optional[Path], spec: ModelSpec, parity: ParityData) -> Optional[ParityData]:
+    """``--gate-data``: labelled images (class subfolders) for the gates, none of them a parity image."""
+    if folder is None:
+        return None
+    from edgecls.export.parity_data import parity_data_from_folder
+
+    extra = parity_data_from_folder(folder, spec)
+    if extra.y is None:
+        raise InputError(f"--gate-data {os.fspath(folder)!r} must be labelled: images in subfolders named after "
+                         f"the classes ({', '.join(spec.classes[:6])}{', ...' if len(spec.classes) > 6 else ''})")
+    seen = {os.path.realpath(p) for p in parity.paths}
+    both = [p for p in extra.paths if os.path.realpath(p) in seen]
+    if both:
+        raise InputError(f"--gate-data holds {len(both)} of the parity images (e.g. {both[0]}): give images the "
+                         "export does not already use")
+    return extra
 
 
 def require_export_dependencies() -> None:

@@ -1,23 +1,19 @@
-"""A quantized artifact's own confidence: its temperature re-fitted on its own logits, then everything fitted at
-that temperature (conformal sets, OOD threshold, the positive-class threshold for the checkpoint's target
-precision) by :func:`edgecls.runtime.confidence.refit_spec` — the one fitting function training and export share.
+"""A quantized artifact's own confidence: its temperature re-fitted on its own logits only when that helps on
+images the fit did not see, then everything fitted at that temperature (conformal sets, OOD threshold, the
+positive-class threshold for the checkpoint's target precision) by :func:`edgecls.runtime.confidence.refit_spec` —
+the one fitting function training and export share.
 
-INT8 moves logits (a little, and not uniformly): the checkpoint's temperature fitted on the PyTorch logits no
-longer states the artifact's confidence. :func:`refit_confidence` is the one place an artifact's confidence is
-re-fitted from held-out images (the *selection* split, never the images the export reports on); extend it rather
-than adding a second fit.
-
-The temperature, given PyTorch's logits for the same images (``reference_logits``), is the one whose
-probabilities come closest to the checkpoint's calibrated ones (least mean KL): the checkpoint's temperature was
-fitted on labelled images by NLL, and this carries that calibration over — a faithful artifact keeps it, an
-artifact whose logits shrank or grew gets it corrected — without a second NLL fit on half the images adding its own
-sampling noise. Without reference logits, the temperature is the NLL fit on the labels.
+INT8 moves logits a little. Whether that calls for another temperature is decided by held-out NLL, cross-fitted on
+the selection split (:func:`crossfit_temperature`: K folds, the NLL-optimal temperature of the other folds scored on
+each fold, against the checkpoint's temperature on the same images). The re-fit is kept only when it lowers that
+held-out NLL; otherwise the artifact keeps the checkpoint's temperature — a re-fit on ~130 images adds its own
+sampling noise, and a difference in temperature alone is not a difference in the model. The record says which.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -42,25 +38,21 @@ class RefitRecord:
     ece: float
     n: int
     source: str
-    identifiable: bool = True
-    method: str = "match"  # match: PyTorch's calibrated probabilities (least KL); nll: the labels
+    refitted: bool = False  # True: the cross-fitted NLL fell, the temperature moved; False: the checkpoint's kept
+    nll_heldout_kept: float = float("nan")  # cross-fitted NLL at the checkpoint's temperature ...
+    nll_heldout_refit: float = float("nan")  # ... and at the temperature fitted on the other folds
+
+    def describe(self) -> str:
+        if self.refitted:
+            return (f"re-fitted {self.temperature_before:.3f} -> {self.temperature:.3f} (held-out NLL "
+                    f"{self.nll_heldout_kept:.4f} -> {self.nll_heldout_refit:.4f}, {self.n} selection images)")
+        why = (f"the re-fit does not lower held-out NLL: {self.nll_heldout_kept:.4f} vs {self.nll_heldout_refit:.4f}"
+               if np.isfinite(self.nll_heldout_refit) else "re-fit switched off")
+        return f"the checkpoint's {self.temperature:.3f} kept ({why}, {self.n} selection images)"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
-
-
-def match_temperature(logits: np.ndarray, reference_logits: np.ndarray, reference_temperature: float) -> float:
-    """The temperature T minimising mean KL(softmax(reference / T_ref) || softmax(logits / T))."""
-    from edgecls.runtime.metrics.calibration import argmin_on_interval, log_softmax
-
-    z = np.asarray(logits, np.float64)
-    lp = log_softmax(np.asarray(reference_logits, np.float64), reference_temperature)
-    p = np.exp(lp)
-
-    def kl(log_t: float) -> float:
-        return float(np.mean(np.sum(p * (lp - log_softmax(z, float(np.exp(log_t)))), axis=1)))
-
-    return float(np.exp(argmin_on_interval(kl, np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1]), grid=61)))
+        return {k: (round(v, 6) if isinstance(v, float) and np.isfinite(v) else None if isinstance(v, float)
+                    else v) for k, v in self.__dict__.items()}
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
@@ -74,18 +66,41 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
     return t
 
 
-def refit_confidence(spec: ModelSpec, logits: Any, labels: Any, source: str = "",
-                     reference_logits: Any = None, reference_temperature: Optional[float] = None) -> ModelSpec:
-    """``spec`` with the temperature re-fitted on this artifact's ``logits`` for the labelled images ``labels``
-    (matched to PyTorch's calibrated probabilities when ``reference_logits`` are given, see the module), then its
-    confidence (sets, OOD threshold, positive threshold) fitted at that temperature."""
-    new, _ = refit_with_record(spec, logits, labels, source, reference_logits, reference_temperature)
+def crossfit_temperature(logits: np.ndarray, y: np.ndarray, t_keep: float, folds: int = 5
+                          ) -> Tuple[Optional[float], float, float]:
+    """``(T, held-out NLL at t_keep, cross-fitted held-out NLL)``: T is the NLL fit on all images when the
+    cross-fitted NLL (each fold scored at the temperature fitted on the others) is lower than at ``t_keep``, else
+    None (keep ``t_keep``). Folds interleave the images (fold ``i % folds``)."""
+    from edgecls.runtime import metrics as M
+
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(y, np.int64).ravel()
+    n = y.size
+    k = max(2, min(int(folds), n))
+    fold = np.arange(n) % k
+    nll_keep = float(M.nll(M.softmax(z, t_keep), y))
+    total = 0.0
+    for f in range(k):
+        train, test = fold != f, fold == f
+        t = fit_temperature(z[train], y[train])
+        total += float(M.nll(M.softmax(z[test], t if t is not None else t_keep), y[test])) * int(test.sum())
+    nll_cv = total / n
+    if nll_cv >= nll_keep:
+        return None, nll_keep, nll_cv
+    return fit_temperature(z, y), nll_keep, nll_cv
+
+
+def refit_confidence(spec: ModelSpec, logits: Any, labels: Any, source: str = "") -> ModelSpec:
+    """``spec`` with its temperature re-fitted on this artifact's ``logits`` for the labelled images ``labels``
+    when that lowers the cross-fitted NLL (see the module), then its confidence (sets, OOD threshold, positive
+    threshold) fitted at that temperature."""
+    new, _ = refit_with_record(spec, logits, labels, source)
     return new
 
 
-def refit_with_record(spec: ModelSpec, logits: Any, labels: Any, source: str = "", reference_logits: Any = None,
-                      reference_temperature: Optional[float] = None) -> tuple[ModelSpec, RefitRecord]:
-    """:func:`refit_confidence` and what it changed."""
+def refit_with_record(spec: ModelSpec, logits: Any, labels: Any, source: str = "",
+                      refit_temperature: bool = True) -> Tuple[ModelSpec, RefitRecord]:
+    """:func:`refit_confidence` and what it changed (``refit_temperature=False``: always keep the temperature)."""
     from edgecls.runtime import metrics as M
     from edgecls.runtime.confidence import refit_spec
 
@@ -95,24 +110,18 @@ def refit_with_record(spec: ModelSpec, logits: Any, labels: Any, source: str = "
         raise ValueError(f"refit_confidence needs a logits model, got output={spec.output!r}")
     if z.ndim != 2 or z.shape != (y.size, spec.num_classes) or not y.size:
         raise ValueError(f"logits {z.shape} and labels ({y.size},) do not match {spec.num_classes} classes")
-    if reference_logits is not None:
-        t_ref = spec.temperature if reference_temperature is None else float(reference_temperature)
-        t: Optional[float] = match_temperature(z, np.asarray(reference_logits), t_ref)
-    else:
-        t = fit_temperature(z, y)
-    identifiable = t is not None
-    if t is None:
-        log.warning("%s: the images are perfectly separated; the temperature is not identifiable, keeping %.4f",
-                    source or "refit", spec.temperature)
-        t = spec.temperature
-    new = refit_spec(spec.replace(temperature=float(t)), z, y, source=source)
-    p0, p1 = M.softmax(z, spec.temperature), M.softmax(z, new.temperature)
+    t_keep = float(spec.temperature)
+    t, nll_keep, nll_cv = (None, float("nan"), float("nan"))
+    if refit_temperature:
+        t, nll_keep, nll_cv = crossfit_temperature(z, y, t_keep)
+    refitted = t is not None
+    new = refit_spec(spec.replace(temperature=float(t if refitted else t_keep)), z, y, source=source)
+    p0, p1 = M.softmax(z, t_keep), M.softmax(z, new.temperature)
     record = RefitRecord(
-        temperature_before=float(spec.temperature), temperature=float(new.temperature),
+        temperature_before=t_keep, temperature=float(new.temperature),
         threshold_before=float(spec.threshold), threshold=float(new.threshold),
         nll_before=float(M.nll(p0, y)), nll=float(M.nll(p1, y)),
         ece_before=float(M.expected_calibration_error(p0, y)), ece=float(M.expected_calibration_error(p1, y)),
-        n=int(y.size), source=source, identifiable=identifiable,
-        method="match" if reference_logits is not None else "nll",
+        n=int(y.size), source=source, refitted=refitted, nll_heldout_kept=nll_keep, nll_heldout_refit=nll_cv,
     )
     return new, record

@@ -83,3 +83,14 @@ def split_select_report(data: ParityData, reference: Reference, spec: ModelSpec,
     return SelectReportSplit(
         _subset(data, sel, "select"), _subset(data, rep, "report"),
         reference_subset(reference, data, sel, spec), reference_subset(reference, data, rep, spec), rule)
+
+
+def concat_parity(data: ParityData, reference: Reference, extra: ParityData, extra_reference: Reference,
+                  spec: ModelSpec):
+    """``(data + extra, their reference)``: ``--gate-data`` appended to the images the gates judge."""
+    both = ParityData(np.concatenate([data.x, extra.x]),
+                      None if data.y is None or extra.y is None else np.concatenate([data.y, extra.y]),
+                      data.paths + extra.paths, f"{data.source} + --gate-data {extra.source}")
+    joined = Reference(np.concatenate([reference.logits, extra_reference.logits]), None, None, {},
+                       reference.seconds + extra_reference.seconds, reference.temperature, None, reference.threshold)
+    return both, reference_subset(joined, both, np.arange(both.n), spec)

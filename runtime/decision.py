@@ -93,6 +93,12 @@ def positive_decision(p: float, threshold: float) -> str:
     return UNCERTAIN
 
 
+def positive_decisions(p: Any, threshold: float) -> np.ndarray:
+    """:func:`positive_decision` for an array of positive-class probabilities (an array of yes / no / uncertain)."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.where(p >= threshold, YES, np.where(p < min(threshold, 1.0 - threshold), NO, UNCERTAIN))
+
+
 class Smoother:
     """Per-source moving average of probabilities over the last ``window`` frames."""
 

@@ -80,7 +80,7 @@ def test_qat_export_records_the_recipe_split_and_confidence(qat_export, tiny_ckp
         gemm_kept = any("Gemm" in k for k in e["kept_fp32"])
         assert e["float_outputs"]["qdq_pairs_removed_after_last_layer"] == (0 if gemm_kept else 1)
         assert e["selection"]["images"] == sel["select_images"] and e["selection"]["tried"]
-        assert e["refit"]["method"] == "match" and e["refit"]["n"] == sel["select_images"]
+        assert isinstance(e["refit"]["refitted"], bool) and e["refit"]["n"] == sel["select_images"]
         spec = load_model_spec(out / name)  # the artifact carries its own temperature
         assert spec.temperature == pytest.approx(e["refit"]["temperature"]) == pytest.approx(e["temperature"])
         m = onnx.load(str(out / name))
@@ -104,4 +104,55 @@ def test_confidence_gate_fails_loudly(tiny_ckpt, tmp_path, capsys):
     assert "FAIL" in stdout and "ECE" in stdout and "p99|Δprob|" in stdout
     assert (out / "model_int8_cpu.onnx.failed").is_file() and not (out / "model_int8_cpu.onnx").exists()
     entry = json.loads((out / "parity.json").read_text())["artifacts"]["model_int8_cpu.onnx"]
-    assert entry["status"] == "failed" and any(c["name"] == "p99 |Δprob|" and not c["ok"] for c in entry["checks"])
+    assert entry["status"] == "failed" and any(c["name"].startswith("p99 |Δprob|") and not c["ok"] and c["gated"]
+                                           for c in entry["checks"])
+
+
+def _swap_classes(model):
+    """The model with its two output classes swapped (a Gather after the logits): a truly worse artifact."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = model.graph.output[0].name
+    for n in model.graph.node:
+        for j, name in enumerate(n.output):
+            if name == out:
+                n.output[j] = out + "/before_swap"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 0], np.int64), "swap_idx"))
+    model.graph.node.append(helper.make_node("Gather", [out + "/before_swap", "swap_idx"], [out], axis=1))
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.slow
+def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """Issue 18's harm test: an INT8 artifact with two classes swapped fails the accuracy / decision gates (exit 3,
+    kept as .failed, an earlier good file untouched); one whose temperature alone differs (the re-fit forced to
+    move it by 1.5x) passes — fidelity is compared at the same temperature."""
+    import edgecls.export.quantize as Q
+    import edgecls.export.refit as R
+
+    out = tmp_path / "harm"
+    args = ["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu", "--calib-count", "16",
+            "--calib-method", "minmax", "--no-qat", "--int8-keep-fp32", "none"]
+    real_crossfit = R.crossfit_temperature
+
+    def warmer(z, y, t_keep, folds=5):
+        _, keep, cv = real_crossfit(z, y, t_keep, folds)
+        return 1.5 * t_keep, keep, keep - 1.0
+
+    monkeypatch.setattr(R, "crossfit_temperature", warmer)
+    code, stdout, _ = run_cli_captured(args, capsys)
+    assert code == 0, stdout
+    entry = json.loads((out / "parity.json").read_text())["artifacts"]["model_int8_cpu.onnx"]
+    assert entry["refit"]["refitted"] and entry["temperature"] != pytest.approx(entry["refit"]["temperature_before"])
+    assert "re-fitted" in stdout
+    good = (out / "model_int8_cpu.onnx").read_bytes()
+    monkeypatch.setattr(R, "crossfit_temperature", real_crossfit)
+    real_quantize = Q.quantize
+    monkeypatch.setattr(Q, "quantize", lambda *a, **k: (lambda m, i: (_swap_classes(m), i))(*real_quantize(*a, **k)))
+    code, stdout, stderr = run_cli_captured(args, capsys)
+    assert code == 3
+    assert "accuracy drop" in stderr and "model_int8_cpu.onnx.failed" in stderr
+    assert (out / "model_int8_cpu.onnx.failed").is_file()
+    assert (out / "model_int8_cpu.onnx").read_bytes() == good  # the earlier good artifact is left as it was

@@ -1,0 +1,73 @@
+"""The INT8 gates: what a deployment relies on, each with its n and a 95 % interval (issue 18).
+
+An INT8 artifact is judged on the images that chose nothing (the *report* split, plus ``--gate-data``):
+
+- **accuracy** against the labels: no worse than the PyTorch model's by more than ``int8_accuracy_drop`` (1 point);
+- **calibration**: the artifact's own ECE (at its own temperature) <= max(0.03, PyTorch's ECE + 0.015);
+- **decisions** (with a ``--positive`` class): its yes / no / uncertain equals PyTorch's on >= 97 % of images.
+
+Fidelity — top-1 agreement and p99 |Δprob| with *both* sides at the checkpoint's temperature — is reported and
+warned about (below 99 % / above 0.05) but fails the export only under ``--strict`` or an explicit
+``--tol-int8-agreement`` / ``--tol-int8-p99-prob``: a top-1 flip that turns a wrong answer right is not a harm, and
+a temperature difference is not one either. Without labels, agreement is the only evidence and is gated.
+
+Intervals: Clopper–Pearson for proportions (agreements), a paired bootstrap (2,000 resamples, fixed seed) for the
+accuracy drop and the ECE. A verdict on fewer than ``LOW_EVIDENCE`` images says so.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+LOW_EVIDENCE = 100  # a verdict on fewer images than this is marked "low evidence"
+BOOTSTRAP = 2000
+Interval = Tuple[float, float]
+
+
+def proportion_interval(k: int, n: int, level: float = 0.95) -> Optional[Interval]:
+    """Clopper–Pearson interval of k successes in n (None when n == 0)."""
+    from edgecls.runtime.confidence.bounds import cp_lower, cp_upper
+
+    if n <= 0:
+        return None
+    a = (1.0 - level) / 2.0
+    return float(cp_lower(int(k), int(n), a)), float(cp_upper(int(k), int(n), a))
+
+
+def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, level: float = 0.95,
+                       resamples: int = BOOTSTRAP, seed: int = 0) -> Optional[Interval]:
+    """Percentile bootstrap of ``stat(index)`` over ``n`` paired rows (deterministic: fixed seed)."""
+    if n <= 1:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(resamples)])
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1.0 - a))
+
+
+def ece_of(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """15-bin top-1 ECE (the same definition as :func:`edgecls.runtime.metrics.expected_calibration_error`,
+    vectorized for the bootstrap)."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    return float(np.sum(np.abs(acc_sum - conf_sum)) / max(len(y), 1))
+
+
+def accuracy_drop(ref_correct: np.ndarray, art_correct: np.ndarray) -> Tuple[float, Optional[Interval]]:
+    """PyTorch accuracy − artifact accuracy on the same images, and its paired-bootstrap 95 % interval."""
+    d = ref_correct.astype(np.float64) - art_correct.astype(np.float64)
+    if not np.any(d):  # identical right/wrong on every image: the interval is a point
+        return 0.0, (0.0, 0.0)
+    return float(d.mean()), bootstrap_interval(lambda i: float(d[i].mean()), d.size)
+
+
+def ece_interval(probs: np.ndarray, y: np.ndarray) -> Optional[Interval]:
+    return bootstrap_interval(lambda i: ece_of(probs[i], y[i]), len(y))
+
+
+def evidence_note(n: int) -> str:
+    return f"low evidence: {n} images < {LOW_EVIDENCE}" if n < LOW_EVIDENCE else ""
