@@ -83,6 +83,7 @@ class CalibSet:
     source: str
     groups: Dict[str, int] = field(default_factory=dict)
     requested: int = DEFAULT_CALIB_COUNT
+    unused: Tuple[Path, ...] = ()  # folder images not sampled for the ranges (unlabelled agreement evidence)
 
     @property
     def count(self) -> int:
@@ -119,8 +120,9 @@ def calib_from_folder(folder: PathLike, count: int, seed: int = 0) -> CalibSet:
         )
     groups = [group_of(p, folder) for p in images]
     chosen = stratified_sample(list(zip(images, groups)), groups, count, seed)
+    used = {p for p, _ in chosen}
     return CalibSet(tuple(p for p, _ in chosen), f"folder {os.fspath(folder)}",
-                    _group_counts([g for _, g in chosen]), count)
+                    _group_counts([g for _, g in chosen]), count, tuple(p for p in images if p not in used))
 
 
 def calib_from_checkpoint(data: Dict, classes: Sequence[str], count: int, seed: int = 0) -> CalibSet:

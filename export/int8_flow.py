@@ -292,8 +292,11 @@ def run_int8(ex, fp32, forms: Sequence[str]):
             [f for f in forms if not results[f].best.passed] if s.qat == "auto" else []
         if qat_forms:
             _with_qat(ex, chooser, qat_forms, results, images, s)
+        from edgecls.export.agreement import UnlabelledAgreement
+
+        agree = UnlabelledAgreement(ex, calib_set)
         for form in forms:
-            _publish(ex, form, results[form], fp32)
+            _publish(ex, form, results[form], fp32, agree)
     finally:
         shutil.rmtree(chooser.tmp, ignore_errors=True)
     first = results[forms[0]].best.method
@@ -328,7 +331,7 @@ def _with_qat(ex, chooser: Int8Chooser, qat_forms: Sequence[str], results: Dict[
     ex.extra.setdefault("qat", {}).update(qinfo.to_dict())
 
 
-def _publish(ex, form: str, res: FormResult, fp32) -> None:
+def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
     from edgecls.export.int8_cost import kept_cost
 
     c = res.best
@@ -348,10 +351,18 @@ def _publish(ex, form: str, res: FormResult, fp32) -> None:
         notes.append("no recipe passed the INT8 gates on the selection split either: " + c.summary())
     check = qdq_check(ex, name, notes) if form == "int8-qdq" else None
     report = ex.publish(name, c.model, form, notes=notes, spec=c.spec, check=check)
-    if c.refit is not None:
-        import dataclasses
+    import dataclasses
 
+    if c.refit is not None:
         report = dataclasses.replace(report, temperature_source=c.refit.describe())
+    unlabelled = agree(report.path, form, c.spec) if agree is not None and report.passed else None
+    if unlabelled is not None:
+        ex.extra.setdefault(name, {})["unlabelled_agreement"] = {k: v for k, v in unlabelled.items() if k != "line"}
+        warn = () if unlabelled["agreement"] >= ex.cfg.tolerances.int8_agreement else (
+            f"top-1 agreement {unlabelled['line'].split('agreement ')[1]} below "
+            f"{100 * ex.cfg.tolerances.int8_agreement:g}% on unlabelled images",)
+        report = dataclasses.replace(report, notes=report.notes + (unlabelled["line"],),
+                                     warnings=report.warnings + warn)
     entry = ex.extra.setdefault(name, {})
     entry.update({
         "form": form, "calib_method": c.method, "kept_fp32": list(c.exclude), "ops": c.info.op_counts,

@@ -125,7 +125,8 @@ def _swap_classes(model):
 
 
 @pytest.mark.slow
-def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tmp_path, capsys, monkeypatch):
+def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tiny_data, tmp_path, capsys,
+                                                               monkeypatch):
     """Issue 18's harm test: an INT8 artifact with two classes swapped fails the accuracy / decision gates (exit 3,
     kept as .failed, an earlier good file untouched); one whose temperature alone differs (the re-fit forced to
     move it by 1.5x) passes — fidelity is compared at the same temperature."""
@@ -133,7 +134,8 @@ def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tmp_pa
     import edgecls.export.refit as R
 
     out = tmp_path / "harm"
-    args = ["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu", "--calib-count", "16",
+    args = ["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu", "--calib-count", "8",
+            "--calib", tiny_data / "train",
             "--calib-method", "minmax", "--no-qat", "--int8-keep-fp32", "none"]
     real_crossfit = R.crossfit_temperature
 
@@ -147,12 +149,15 @@ def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tmp_pa
     entry = json.loads((out / "parity.json").read_text())["artifacts"]["model_int8_cpu.onnx"]
     assert entry["refit"]["refitted"] and entry["temperature"] != pytest.approx(entry["refit"]["temperature_before"])
     assert "re-fitted" in stdout
+    # the calibration folder's images not sampled for the ranges: unlabelled agreement, with its n
+    unl = entry["unlabelled_agreement"]
+    assert unl["n"] > 0 and 0.0 <= unl["agreement"] <= 1.0 and "unlabelled calibration-folder images" in stdout
     good = (out / "model_int8_cpu.onnx").read_bytes()
     monkeypatch.setattr(R, "crossfit_temperature", real_crossfit)
     real_quantize = Q.quantize
     monkeypatch.setattr(Q, "quantize", lambda *a, **k: (lambda m, i: (_swap_classes(m), i))(*real_quantize(*a, **k)))
     code, stdout, stderr = run_cli_captured(args, capsys)
-    assert code == 3
+    assert code == 3, stderr[-2000:]
     assert "accuracy drop" in stderr and "model_int8_cpu.onnx.failed" in stderr
     assert (out / "model_int8_cpu.onnx.failed").is_file()
     assert (out / "model_int8_cpu.onnx").read_bytes() == good  # the earlier good artifact is left as it was
