@@ -88,13 +88,15 @@ def latency(paths: Dict[str, Path], threads: int, rounds: int, iters: int) -> Di
     return interleaved_latency({k: p.read_bytes() for k, p in paths.items()}, x, threads, rounds, iters)
 
 
-def modelopt_row(ckpt_path: Path, work: Path) -> Dict[str, Any]:
-    """ModelOpt PTQ (INT8_DEFAULT_CFG) → Q/DQ ONNX, judged like edgecls's artifacts on the same split."""
-    import warnings
+def modelopt_rows(ckpt_path: Path, out: Path, work: Path) -> Dict[str, Dict[str, Any]]:
+    """NVIDIA ModelOpt's ONNX PTQ (``modelopt.onnx.quantization.quantize``, INT8, ``max`` and ``entropy``
+    calibration on the same calibration images, FP32 high-precision dtype: its FP16 default collapses under
+    onnxruntime's CPU optimizer) on a *copy* of edgecls's model.onnx (it rewrites its input in place), judged like
+    edgecls's artifacts: same report split, same gates, temperature kept unless the cross-fitted NLL falls."""
+    import shutil
 
-    import modelopt.torch.quantization as mtq
     import numpy as np
-    import torch
+    from modelopt.onnx.quantization import quantize as mo_quantize
 
     from edgecls.export.calib import calib_from_checkpoint
     from edgecls.export.calib_ranges import CalibrationImages
@@ -107,37 +109,30 @@ def modelopt_row(ckpt_path: Path, work: Path) -> Dict[str, Any]:
     from edgecls.runtime.backends import load_backend
 
     ck = load_checkpoint(ckpt_path)
-    t0 = time.perf_counter()
     calib = CalibrationImages(calib_from_checkpoint(ck.data, ck.spec.classes, 256).paths, ck.spec.preprocess)
-    model = ck.build_model()
-
-    def loop(m):
-        with torch.no_grad():
-            for b in calib.batches(16):
-                m(torch.from_numpy(b))
-
-    q = mtq.quantize(model, mtq.INT8_DEFAULT_CFG, loop)
-    path = work / "modelopt_int8.onnx"
-    c = ck.spec.preprocess.crop
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(q, torch.zeros(1, 3, c, c), str(path), opset_version=17, dynamo=False,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    seconds = time.perf_counter() - t0
+    x_cal = np.concatenate(list(calib.batches(32)))
     data = parity_data_from_checkpoint(ck)
     with TorchBackend(ck.build_model(), spec=ck.spec) as be:
         ref = reference_from(be, data, ck.spec)
     split = split_select_report(data, ref, ck.spec, ck.data)
-    spec = ck.spec.replace(precision="int8-qdq")
-    with load_backend(path, device="cpu", spec=spec) as be:
-        sel = np.asarray(be.infer(split.select.x), np.float32)
-        rep = np.asarray(be.infer(split.report.x), np.float32)
-    spec, _ = refit_with_record(spec, sel, split.select.y, "selection split; modelopt logits",
-                                split.select_reference.logits, split.select_reference.temperature)
-    report = compare("modelopt_int8.onnx", path, "int8-qdq", rep, split.report_reference, split.report, spec,
-                     Tolerances())
-    return {"report": report.to_dict(), "seconds": round(seconds, 1), "path": str(path)}
+    rows = {}
+    for method in ("max", "entropy"):
+        src = work / f"modelopt_src_{method}.onnx"
+        shutil.copyfile(out / "model.onnx", src)
+        path = work / f"modelopt_int8_{method}.onnx"
+        t0 = time.perf_counter()
+        mo_quantize(str(src), quantize_mode="int8", calibration_data=x_cal, calibration_method=method,
+                    calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(path))
+        seconds = time.perf_counter() - t0
+        spec = ck.spec.replace(precision="int8-qdq")
+        with load_backend(path, device="cpu", spec=spec) as be:
+            sel = np.asarray(be.infer(split.select.x), np.float32)
+            rep = np.asarray(be.infer(split.report.x), np.float32)
+        spec, _ = refit_with_record(spec, sel, split.select.y, f"selection split; modelopt {method} logits")
+        report = compare(path.name, path, "int8-qdq", rep, split.report_reference, split.report, spec, Tolerances())
+        rows[path.name] = {"report": report.to_dict(), "seconds": round(seconds, 1), "path": str(path),
+                           "method": method}
+    return rows
 
 
 def one(arch: str, dataset: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -166,10 +161,10 @@ def one(arch: str, dataset: str, args: argparse.Namespace) -> Dict[str, Any]:
                 break
     if args.modelopt:
         try:
-            row["modelopt"] = modelopt_row(ckpt, out)
-            paths["modelopt_int8.onnx"] = Path(row["modelopt"]["path"])
+            row["modelopt"] = modelopt_rows(ckpt, out, folder)
+            paths.update({k: Path(v["path"]) for k, v in row["modelopt"].items()})
         except ImportError as e:
-            row["modelopt"] = {"error": f"modelopt not installed ({e}): pip install 'edgecls[modelopt]'"}
+            row["modelopt_error"] = f"modelopt not installed ({e}): pip install 'edgecls[modelopt]'"
     load0 = loadavg()
     row["latency_ms"] = latency(paths, args.threads, args.rounds, args.iters)
     row["latency_load"] = [load0, loadavg()]
@@ -182,7 +177,7 @@ def _f(v: Optional[float], fmt: str) -> str:
 
 def table(rows: List[Dict[str, Any]], threads: int) -> str:
     head = ("| model | data | artifact | size MB | latency b1 ms | ×FP32 | accuracy | Δacc pt | agree | ECE | "
-            "p99 \\|Δp\\| | T | kept FP32 | calib | QAT | status |")
+            "p99 \\|Δp\\| | decisions | T | kept FP32 | calib | status (n) |")
     lines = [head, "|" + "---|" * 16]
     for r in rows:
         if "parity" not in r:
@@ -192,11 +187,11 @@ def table(rows: List[Dict[str, Any]], threads: int) -> str:
         fp32 = lat.get("model.onnx")
         ref = r["parity"]["reference"]
         items = list(r["artifacts"].items())
-        if "modelopt" in r and "report" in r["modelopt"]:
-            items.append(("modelopt_int8.onnx", dict(r["modelopt"]["report"], calib_method="max (ModelOpt)")))
+        for name, m in r.get("modelopt", {}).items():
+            items.append((name, dict(m["report"], calib_method=f"{m['method']} (ModelOpt ONNX PTQ)")))
         lines.append(f"| {r['arch']} | {r['dataset']} | pytorch (reference) | - | - | - | "
                      f"{100 * ref['accuracy']:.2f}% | - | - | {ref.get('ece') or 0:.3f} | - | "
-                     f"{ref.get('temperature') or 0:.3f} | - | - | - | - |")
+                     f"- | {ref.get('temperature') or 0:.3f} | - | - | - |")
         for name, a in items:
             ms = lat.get(name)
             size = a.get("size_bytes", 0) / 2**20
@@ -206,9 +201,10 @@ def table(rows: List[Dict[str, Any]], threads: int) -> str:
             cells = [r["arch"], r["dataset"], name, f"{size:.2f}", _f(ms, "{:.2f}"),
                      _f(None if ms is None or not fp32 else ms / fp32, "{:.2f}"), _f(acc, "{:.2%}"),
                      _f(dacc, "{:+.2f}"), _f(a.get("agreement"), "{:.2%}"), _f(a.get("ece"), "{:.3f}"),
-                     _f(a.get("p99_abs_prob"), "{:.3f}"), _f(a.get("temperature"), "{:.3f}"),
-                     "-" if kept is None else str(len(kept)), a.get("calib_method", "-"),
-                     "yes" if a.get("qat") else "-", a.get("status", "-")]
+                     _f(a.get("p99_abs_prob"), "{:.3f}"), _f(a.get("decision_agreement"), "{:.2%}"),
+                     _f(a.get("temperature"), "{:.3f}"), "-" if kept is None else str(len(kept)),
+                     a.get("calib_method", "-"), f"{a.get('status', '-')} ({a.get('n', '-')})"
+                     + (" low evidence" if a.get("low_evidence") else "")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nlatency: onnxruntime CPU, batch 1, {threads} threads, interleaved in one process."
 

@@ -299,7 +299,6 @@ def compare(
     from edgecls.export import gates as G
 
     logits = logits.astype(np.float32)
-    n = data.n
     max_logit = float(np.abs(logits - ref).max()) if ref.size else 0.0
     t_ref = reference.temperature if reference.temperature is not None else spec.temperature
     thr_ref = reference.threshold if reference.threshold is not None else spec.threshold
@@ -321,6 +320,9 @@ def compare(
         decisions = float(np.mean(same_decision))
     acc, pos, per = _label_metrics(data.y, logits, spec)
     warnings: List[str] = []
+    if fam == "int8" and ece is not None and data.n < tolerances.ece_min_images:
+        notes = tuple(notes) + (f"ECE {ece:.3f} not gated: {data.n} labelled images < "
+                                f"{tolerances.ece_min_images} (too few for a 15-bin ECE)",)
 
     def check(name: str, value: float, op: str, limit: float, count: Optional[int] = None,
               interval: Optional[Tuple[float, float]] = None, gated: bool = True) -> None:
@@ -333,32 +335,39 @@ def compare(
     if fam == "fp32":
         check("max |Δlogit|", max_logit, "<=", tolerances.fp32_logit_rel * scale)
     elif fam == "fp16":
-        check("top-1 agreement", agreement, ">=", tolerances.fp16_agreement, n,
-              G.proportion_interval(int(same_top1.sum()), n))
+        check("top-1 agreement", agreement, ">=", tolerances.fp16_agreement, data.n,
+              G.proportion_interval(int(same_top1.sum()), data.n))
     else:
-        labelled = data.y is not None and acc is not None and reference.accuracy is not None
-        if labelled:
-            y = np.asarray(data.y)
-            drop, ci = G.accuracy_drop(np.argmax(ref, 1) == y, np.argmax(logits, 1) == y)
-            check("accuracy drop", drop, "<=", tolerances.int8_accuracy_drop + 1e-12, n, ci)
-            if data.n >= tolerances.ece_min_images:
-                check("ECE", ece, "<=", tolerances.ece_limit(reference.ece), n, G.ece_interval(own, y))
-            else:
-                notes = tuple(notes) + (f"ECE {ece:.3f} not gated: {data.n} labelled images < "
-                                        f"{tolerances.ece_min_images} (too few for a 15-bin ECE)",)
-        if same_decision is not None:
-            check("decision agreement", decisions, ">=", tolerances.int8_decision_agreement, n,
-                  G.proportion_interval(int(same_decision.sum()), n))
-        check("top-1 agreement", agreement, ">=", tolerances.int8_agreement, n,
-              G.proportion_interval(int(same_top1.sum()), n), gated=tolerances.gate_agreement or not labelled)
-        check("p99 |Δprob| at the same T", p99_prob, "<=", tolerances.int8_p99_prob, n,
-              gated=tolerances.gate_p99_prob)
+        _int8_checks(check, tolerances, data, reference, ref, logits, own, ece, same_top1, same_decision, p99_prob)
     return ParityReport(
         artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
         acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
         decisions, p99_prob, ece, spec.temperature, spec.threshold if spec.positive is not None else None,
         tuple(warnings), temperature_source,
     )
+
+
+def _int8_checks(check, tolerances: Tolerances, data: ParityData, reference: Reference, ref: np.ndarray,
+                 logits: np.ndarray, own: np.ndarray, ece: Optional[float], same_top1: np.ndarray,
+                 same_decision: Optional[np.ndarray], p99_prob: float) -> None:
+    """The INT8 gates of :mod:`edgecls.export.gates` (accuracy, calibration, decisions), then fidelity (gated only
+    when asked, or when there are no labels)."""
+    from edgecls.export import gates as G
+
+    n = data.n
+    labelled = data.y is not None and reference.accuracy is not None
+    if labelled:
+        y = np.asarray(data.y)
+        drop, ci = G.accuracy_drop(np.argmax(ref, 1) == y, np.argmax(logits, 1) == y)
+        check("accuracy drop", drop, "<=", tolerances.int8_accuracy_drop + 1e-12, n, ci)
+        if n >= tolerances.ece_min_images:
+            check("ECE", ece, "<=", tolerances.ece_limit(reference.ece), n, G.ece_interval(own, y))
+    if same_decision is not None:
+        check("decision agreement", float(np.mean(same_decision)), ">=", tolerances.int8_decision_agreement, n,
+              G.proportion_interval(int(same_decision.sum()), n))
+    check("top-1 agreement", float(np.mean(same_top1)), ">=", tolerances.int8_agreement, n,
+          G.proportion_interval(int(same_top1.sum()), n), gated=tolerances.gate_agreement or not labelled)
+    check("p99 |Δprob| at the same T", p99_prob, "<=", tolerances.int8_p99_prob, n, gated=tolerances.gate_p99_prob)
 
 
 def check_artifact(

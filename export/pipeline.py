@@ -204,10 +204,7 @@ class _Exporter:
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> ExportResult:
         from edgecls.core.fileio import file_sha256
-        from edgecls.export.parity import reference_from
-        from edgecls.export.parity_data import parity_data_from_checkpoint, parity_data_from_folder
         from edgecls.reference.checkpoint import load_checkpoint
-        from edgecls.reference.torch_backend import TorchBackend
 
         cfg = self.cfg
         t_start = time.perf_counter()
@@ -223,33 +220,12 @@ class _Exporter:
         # an empty or missing --calib is refused now, not after the FP32 export and the parity runs
         self.calib_set = self.resolve_calib() if (cfg.int8 or "int8" in cfg.engines) else None
         model = ckpt.build_model()
-        self.data = self.timed("load parity images", lambda: (
-            parity_data_from_folder(cfg.parity_data, ckpt.spec, cfg.parity_count) if cfg.parity_data is not None
-            else parity_data_from_checkpoint(ckpt, cfg.parity_count)))
-        extra = self.timed("load parity images", lambda: gate_data(cfg.gate_data, ckpt.spec, self.data))
-        with TorchBackend(model, spec=ckpt.spec, threads=cfg.threads) as torch_be:
-            self.reference = self.timed("pytorch reference", lambda: reference_from(torch_be, self.data, ckpt.spec))
-            extra_ref = None if extra is None else self.timed(
-                "pytorch reference", lambda: reference_from(torch_be, extra, ckpt.spec))
-
         want_fp16 = cfg.fp16 or "fp16" in cfg.engines
         want_int8 = cfg.int8 or "int8" in cfg.engines
         forms = cfg.int8_forms if cfg.int8 else ("int8-qdq",) if want_int8 else ()
         if "int8" in cfg.engines and "int8-qdq" not in forms:
             forms = forms + ("int8-qdq",)
-        self.split = None
-        if forms:  # the images that choose the INT8 recipe are not the ones reported (edgecls.export.select_split)
-            from edgecls.export.confidence import ArtifactRefit
-            from edgecls.export.select_split import split_select_report
-
-            self.split = split_select_report(self.data, self.reference, ckpt.spec, ckpt.data)
-            log.info("parity images split: %s", self.split.rule)
-            self._confidence_refit = ArtifactRefit(ckpt.data, self.split.select, cfg.threads)  # fits on select
-            self.data, self.reference = self.split.report, self.split.report_reference
-        if extra is not None:
-            from edgecls.export.select_split import concat_parity
-
-            self.data, self.reference = concat_parity(self.data, self.reference, extra, extra_ref, ckpt.spec)
+        self.parity_images(model, bool(forms))
 
         from edgecls.export.onnx_export import export_onnx
 
@@ -286,6 +262,37 @@ class _Exporter:
         return ExportResult(self.out, ckpt.spec, self.sha, self.data, self.reference, tuple(self.reports),
                             dict(self.timings), parity_json, calib_set, calibration, tuple(engines),
                             tuple(self.warnings), engine_error, tuple(deployed))
+
+    def parity_images(self, model, split: bool) -> None:
+        """The parity images and PyTorch's logits on them; with INT8, split into selection and report (the images
+        that choose the INT8 recipe are not the ones reported: :mod:`edgecls.export.select_split`); ``--gate-data``
+        joins the reported images."""
+        from edgecls.export.parity import reference_from
+        from edgecls.export.parity_data import parity_data_from_checkpoint, parity_data_from_folder
+        from edgecls.reference.torch_backend import TorchBackend
+
+        cfg, ckpt = self.cfg, self.ckpt
+        self.data = self.timed("load parity images", lambda: (
+            parity_data_from_folder(cfg.parity_data, ckpt.spec, cfg.parity_count) if cfg.parity_data is not None
+            else parity_data_from_checkpoint(ckpt, cfg.parity_count)))
+        extra = self.timed("load parity images", lambda: gate_data(cfg.gate_data, ckpt.spec, self.data))
+        with TorchBackend(model, spec=ckpt.spec, threads=cfg.threads) as torch_be:
+            self.reference = self.timed("pytorch reference", lambda: reference_from(torch_be, self.data, ckpt.spec))
+            extra_ref = None if extra is None else self.timed(
+                "pytorch reference", lambda: reference_from(torch_be, extra, ckpt.spec))
+        self.split = None
+        if split:
+            from edgecls.export.confidence import ArtifactRefit
+            from edgecls.export.select_split import split_select_report
+
+            self.split = split_select_report(self.data, self.reference, ckpt.spec, ckpt.data)
+            log.info("parity images split: %s", self.split.rule)
+            self._confidence_refit = ArtifactRefit(ckpt.data, self.split.select, cfg.threads)  # fits on select
+            self.data, self.reference = self.split.report, self.split.report_reference
+        if extra is not None:
+            from edgecls.export.select_split import concat_parity
+
+            self.data, self.reference = concat_parity(self.data, self.reference, extra, extra_ref, ckpt.spec)
 
     def prepare_out(self) -> None:
         """The export folder made this checkpoint's: another checkpoint's artifacts moved to ``stale/<sha>/``

@@ -100,9 +100,32 @@ def _read_sidecar(path: PathLike) -> Optional[ModelSpec]:
     return _spec_from_json_text(text, f"sidecar {os.fspath(side)!r}")
 
 
-def _differences(a: ModelSpec, b: ModelSpec) -> Dict[str, object]:
-    da, db = a.to_dict(), b.to_dict()
-    return {k: (da.get(k), db.get(k)) for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)}
+def _flat(d: object, prefix: str = "") -> Dict[str, object]:
+    """Nested mappings as dotted keys (``confidence.conformal.scores``): the leaves a difference can name."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: Dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _short(v: object, limit: int = 60) -> str:
+    """A value for a log line: lists by their length, long text cut (never a dump of calibration scores)."""
+    if isinstance(v, (list, tuple)) and len(v) > 4:
+        return f"[{len(v)} values]"
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _differences(a: ModelSpec, b: ModelSpec, limit: int = 6) -> str:
+    """Where ``a`` and ``b`` differ, one short phrase per leaf (``key: a's vs b's``), at most ``limit`` of them."""
+    da, db = _flat(a.to_dict()), _flat(b.to_dict())
+    keys = [k for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+    parts = [f"{k}: {_short(da.get(k))} vs {_short(db.get(k))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return ", ".join(parts)
 
 
 def load_model_spec(path: PathLike, metadata: Optional[Dict[str, str]] = None) -> ModelSpec:
@@ -162,6 +185,6 @@ def _embedded_or_sidecar(p: Path, text: str) -> ModelSpec:
     if sidecar_spec is not None and sidecar_spec != spec:
         log.warning(
             "the sidecar %s disagrees with the spec embedded in %s (%s); using the embedded one",
-            side, p, ", ".join(f"{k}: {v[0]!r} vs {v[1]!r}" for k, v in _differences(spec, sidecar_spec).items()),
+            side, p, _differences(spec, sidecar_spec),
         )
     return spec

@@ -77,13 +77,85 @@ def test_training_calibrates_on_images_that_did_not_pick_the_epoch(trained):
     assert splits["calibration"]["counts"] == {"mobile": 10, "other": 12}
     calib = set(ck.data["calib"])
     assert calib == set(splits["calibration"]["paths"]) and calib < {p for p, _ in ck.items("val")}
-    conf = ck.spec.confidence
-    assert conf.n == 22 and "calibration split" in conf.source and conf.temperature == ck.spec.temperature
-    assert conf.conformal.n == 22 and conf.ood is not None
-    g = conf.guarantee  # 10 phones cannot certify 95 % (45 needed even without a miss): a visible refusal
-    assert g.positives == 10 and not g.certified and ck.spec.threshold == pytest.approx(g.threshold)
+    conf = ck.spec.confidence  # the head-phase model: cross-fitted scores of all 100 labelled images (issue 19)
+    assert conf.n == 100 and "cross-fitted" in conf.source and conf.temperature == ck.spec.temperature
+    assert conf.conformal.n == 100 and conf.ood is not None
+    g = conf.guarantee  # 44 phones cannot certify 95 % from a random backbone: a visible refusal
+    assert g.positives == 44 and not g.certified and ck.spec.threshold == pytest.approx(g.threshold)
     assert "NOT GUARANTEED" in g.statement() and "NOT GUARANTEED" in trained.table()
-    assert "splits     epoch picked on 22 val images; calibrated on 22 others" in trained.table()
+    assert "splits     epoch picked on 22 val images; calibrated on 100 cross-fitted scores" in trained.table()
+
+
+@pytest.fixture(scope="module")
+def fp32_and_int8(trained, tmp_path_factory):
+    """model.onnx (FP32 export) and an INT8 copy (onnxruntime dynamic quantization, spec stamped int8-cpu): the
+    INT8 export flow is tested elsewhere; here only an INT8 artifact with its spec is needed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgecls.export.metadata import embed_spec, read_sidecar, write_sidecar
+    from edgecls.export.pipeline import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("fp32")
+    export_checkpoint(ExportConfig(trained.best_path, out=out)).raise_for_status()
+    import onnx
+
+    bare = onnx.load(str(out / "model.onnx"))
+    del bare.graph.value_info[:]  # stale shapes trip onnxruntime's shape inference
+    onnx.save(bare, str(out / "bare.onnx"))
+    quantize_dynamic(str(out / "bare.onnx"), str(out / "model_int8_cpu.onnx"), weight_type=QuantType.QInt8)
+    spec = read_sidecar(out / "model.onnx").replace(precision="int8-cpu")
+    m = onnx.load(str(out / "model_int8_cpu.onnx"))
+    onnx.save(embed_spec(m, spec), str(out / "model_int8_cpu.onnx"))
+    write_sidecar(out / "model_int8_cpu.onnx", spec)
+    return out
+
+
+def test_calibrate_refits_pt_fp32_and_int8_from_a_labelled_folder(fp32_and_int8, trained, conf_data, tmp_path):
+    """``edgecls calibrate`` on copies of best.pt, model.onnx and model_int8_cpu.onnx: each re-fitted on its own
+    outputs for the folder, weights untouched, ONNX metadata and sidecar agree."""
+    import shutil
+
+    import onnx
+    import torch
+
+    from edgecls.cli import main
+    from edgecls.export.metadata import read_sidecar, spec_of_model
+    from edgecls.reference.checkpoint import load_checkpoint
+    from edgecls.runtime.confidence import nonconformity
+    from edgecls.runtime.confidence.conformal import round_up
+    from edgecls.runtime.confidence.recalibrate import labelled_folder
+    from edgecls.runtime.metrics import softmax
+    from edgecls.runtime.model_io import load_model_spec
+    from edgecls.runtime.spec import sidecar_path
+
+    names = ("best.pt", "model.onnx", "model_int8_cpu.onnx")
+    shutil.copy(trained.best_path, tmp_path / "best.pt")
+    for n in names[1:]:
+        shutil.copy(fp32_and_int8 / n, tmp_path / n)
+        shutil.copy(sidecar_path(fp32_and_int8 / n), sidecar_path(tmp_path / n))
+    before = {n: onnx.load(str(tmp_path / n)).graph.SerializeToString() for n in names[1:]}
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", *[str(tmp_path / n) for n in names], "--data", str(conf_data / "val"),
+              "--target-precision", "0.8"])
+    assert e.value.code == 0
+    items = labelled_folder(conf_data / "val", ("mobile", "other"))
+    y = np.array([lab for _, lab in items])
+    ck = load_checkpoint(tmp_path / "best.pt")
+    old = load_checkpoint(trained.best_path)
+    assert all(torch.equal(ck.state_dict[k], old.state_dict[k]) for k in old.state_dict)
+    assert ck.spec.confidence.n == 44 and "labelled folder" in ck.spec.confidence.source
+    assert ck.spec.confidence.guarantee.target == 0.8 and ck.metrics["recalibrated"]["images"] == 44
+    for n in names[1:]:
+        spec = load_model_spec(tmp_path / n)
+        assert onnx.load(str(tmp_path / n)).graph.SerializeToString() == before[n]  # weights untouched
+        assert spec == read_sidecar(tmp_path / n) == spec_of_model(onnx.load(str(tmp_path / n)))
+        assert spec.confidence.n == 44
+        assert f"outputs of {n}" in spec.confidence.source and spec.precision == load_model_spec(fp32_and_int8 / n).precision
+        out = _onnx_outputs(tmp_path / n, [p for p, _ in items], spec.preprocess)
+        scores = round_up(nonconformity(softmax(out, spec.temperature), y, "lac"))
+        assert spec.confidence.conformal.scores == pytest.approx(scores, abs=2e-6), n  # its own outputs'
+    with open(sidecar_path(tmp_path / "model.onnx")) as f:
+        assert json.loads(f.read())["confidence"]["n"] == 44
 
 
 def test_every_artifact_carries_confidence_fitted_on_its_own_outputs(exported, trained):

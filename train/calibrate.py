@@ -80,12 +80,12 @@ class Calibration:
         }
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+def fit_temperature(logits: np.ndarray, y: np.ndarray, announce: bool = True) -> float:
     t = float(M.fit_temperature(logits, y, bounds=T_BOUNDS))
     if t <= T_BOUNDS[0] * 1.001 and t < 1.0:
         # the NLL keeps falling as T -> 0: the images are perfectly separated. Such a temperature only saturates
         # every probability to 0/1 (and the positive threshold with it), it says nothing about new images.
-        log.warning("the calibration images are perfectly separated: the temperature is not identifiable (fit ran "
+        log.log(logging.WARNING if announce else logging.DEBUG, "the calibration images are perfectly separated: the temperature is not identifiable (fit ran "
                     "to %.3g); keeping T = 1", t)
         t = 1.0
     return t
@@ -100,25 +100,30 @@ def calibrate(
     settings: Optional[ConfidenceSettings] = None,
     source: str = "",
     honest: bool = True,
+    announce: bool = True,
 ) -> Calibration:
     """Fit the temperature on ``(logits, y)``, then the confidence the checkpoint carries (sets, OOD threshold and,
-    for ``positive``, the threshold with its guarantee for ``target_precision`` — or the visible fallback)."""
+    for ``positive``, the threshold with its guarantee for ``target_precision`` — or the visible fallback).
+
+    ``announce``: log the fit and the promise (or its refusal) — once per run, for the model the run ends with;
+    the per-epoch calibrations of the checkpoints are logged at debug level."""
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if not y.size:
         raise ValueError("calibration needs at least one image")
     settings = settings or ConfidenceSettings(target_precision=target_precision)
     p1 = M.softmax(logits)
-    t = fit_temperature(logits, y)
+    t = fit_temperature(logits, y, announce)
     pt = M.softmax(logits, t)
     conf = fit_confidence(logits, y, classes, temperature=t, positive=positive, settings=settings, source=source)
     choice = None
+    level = logging.WARNING if announce else logging.DEBUG
     g = conf.guarantee
     if g is not None:
         if g.positives == 0:
-            log.warning("no %r images among the calibration images: threshold left at 0.5", positive)
-        elif not g.certified:
-            log.warning("%s", g.statement())
+            log.log(level, "no %r images among the calibration images: threshold left at 0.5", positive)
+        elif announce:
+            log.log(logging.INFO if g.certified else logging.WARNING, "%s", g.statement())
         choice = M.ThresholdChoice(g.threshold, g.precision, g.recall, g.precision >= g.target - 1e-12, g.target)
     cal = Calibration(
         temperature=t,
@@ -132,6 +137,6 @@ def calibrate(
         images=int(y.size),
         honest=honest,
     )
-    log.info("temperature %.4f: ECE %.4f -> %.4f, NLL %.4f -> %.4f (%d calibration images)", t, cal.ece_before,
+    log.log(logging.INFO if announce else logging.DEBUG, "temperature %.4f: ECE %.4f -> %.4f, NLL %.4f -> %.4f (%d calibration images)", t, cal.ece_before,
              cal.ece_after, cal.nll_before, cal.nll_after, y.size)
     return cal

@@ -41,6 +41,15 @@ def train_command(
     calib_fraction: Optional[float] = typer.Option(
         None, "--calib-fraction", help="Share of val held out to calibrate (temperature, threshold, sets, unknown), "
         "never used to pick the epoch [default: 0.5; 0: calibrate on the selection images, not honest]."),
+    best_promise: bool = typer.Option(
+        False, "--best-promise", help="Deploy the highest precision target (of 0.99, 0.98, 0.95, 0.9, ... up to "
+        "--target-precision) the calibration images certify at --delta (each target tested at delta/m)."),
+    crossfit: bool = typer.Option(
+        True, "--crossfit/--no-crossfit", help="Head-phase model: calibrate on cross-fitted scores of every labelled "
+        "image (K heads on cached frozen features, each blind to its fold) instead of half of val."),
+    calib_data: Optional[str] = typer.Option(
+        None, "--calib-data", help="Labelled folder (<class>/ subfolders) to calibrate best.pt and last.pt on at "
+        "the end (temperature, threshold guarantee, sets, unknown), instead of val or cross-fitted scores."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 2, seed 25]; 0 = head only (fast)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 8, seed 4]."),
     image_size: Optional[int] = typer.Option(
@@ -82,7 +91,7 @@ def train_command(
                  "target_precision": target_precision, "delta": delta, "coverage": coverage,
                  "calib_fraction": calib_fraction, "batch_size": batch_size, "image_size": image_size,
                  "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out,
-                 "rotate": rotate}
+                 "rotate": rotate, "calib_data": calib_data, "best_promise": best_promise or None}
         cfg, last = _resume_config(resume, given, epochs=epochs, patience=patience, workers=workers, device=device,
                                    max_minutes=max_minutes, progress=progress)
         result = train(cfg, resume_from=last)
@@ -92,7 +101,7 @@ def train_command(
             target_precision=target_precision, delta=delta, coverage=coverage, calib_fraction=calib_fraction,
             epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr,
             balance=balance, patience=patience, rotate=rotate, val_fraction=val_fraction, seed=seed, workers=workers,
-            device=device,
+            device=device, best_promise=best_promise, crossfit=crossfit, calib_data=calib_data,
             out=out, name=name, exist_ok=exist_ok, max_minutes=max_minutes, amp=amp, progress=progress,
         ))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -115,7 +124,7 @@ def _resume_config(resume: str, given: Dict[str, Any], **changes: Any):
 
 def _new_config(*, data, recipe, arch, weights, positive, target_precision, delta, coverage, calib_fraction, epochs,
                 batch_size, image_size, lr, balance, patience, rotate, val_fraction, seed, workers, device, out, name,
-                exist_ok, max_minutes, amp, progress):
+                exist_ok, max_minutes, amp, progress, best_promise=False, crossfit=True, calib_data=None):
     """The TrainConfig of a new run: the recipe with the options given on the command line."""
     from edgecls.core.errors import InputError
     from edgecls.train.config import TrainConfig, get_recipe
@@ -130,7 +139,8 @@ def _new_config(*, data, recipe, arch, weights, positive, target_precision, delt
     kwargs = dict(
         data=data, recipe=rec, arch=arch or "resnet18", weights=weights or "imagenet", out=out, name=name,
         exist_ok=exist_ok, device=device or "auto", positive=positive, workers=workers,
-        max_minutes=max_minutes, amp=amp, progress=progress,
+        max_minutes=max_minutes, amp=amp, progress=progress, best_promise=best_promise, crossfit=crossfit,
+        calib_data=calib_data,
     )
     for k, v in (("target_precision", target_precision), ("delta", delta), ("coverage", coverage),
                  ("calib_fraction", calib_fraction), ("val_fraction", val_fraction), ("seed", seed)):

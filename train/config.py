@@ -267,6 +267,9 @@ class TrainConfig:
     delta: float = 0.10  # the precision promise may fail with at most this probability
     coverage: float = 0.90  # default coverage of the conformal sets the checkpoint serves
     calib_fraction: float = 0.5  # share of val kept for calibration (never used to pick the epoch); 0 = none
+    best_promise: bool = False  # deploy the highest ladder target <= target_precision the images certify
+    crossfit: bool = True  # head-phase model: calibrate on cross-fitted scores of every labelled image
+    calib_data: Optional[str] = None  # a labelled folder the final checkpoints are re-calibrated on
     val_fraction: float = 0.2
     seed: int = 0
     workers: Optional[int] = None  # None = auto (0 on small CPU machines)

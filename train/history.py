@@ -17,6 +17,7 @@ import numpy as np
 
 from edgecls.core.fileio import write_text
 from edgecls.train.config import TrainConfig
+from edgecls.train.crossfit import CrossFit
 from edgecls.train.selection import ValJudgement
 
 CSV_COLUMNS = (
@@ -36,6 +37,8 @@ class RunState:
     bad_epochs: int = 0  # epochs since the last improvement
     head_done: bool = False
     head_info: Dict[str, Any] = field(default_factory=dict)
+    crossfit: Optional[CrossFit] = None  # the head phase's out-of-fold scores of every labelled image
+    head_model: Optional[Dict[str, Any]] = None  # the head phase's weights, val logits/index (this process only)
     stop_reason: Optional[str] = None  # set when the run ends (None while it runs)
     elapsed_before: float = 0.0  # seconds spent before a resume
     t0: float = field(default_factory=time.monotonic)
@@ -55,6 +58,7 @@ class RunState:
             head_info=dict(ts.get("head_info") or {}),
             elapsed_before=float(ts.get("elapsed_s", 0.0)),
             t0=t0,
+            crossfit=CrossFit.from_state(ts.get("crossfit")),
         )
         if ts.get("best_val_logits") is not None:
             state.best_logits = ts["best_val_logits"].numpy().astype(np.float32)
@@ -75,6 +79,7 @@ class RunState:
             "elapsed_s": float(self.elapsed()),
             "stop_reason": self.stop_reason or "running",
             "head_info": jsonable(self.head_info),
+            "crossfit": self.crossfit.to_state() if self.crossfit is not None else None,
         }
 
     def record(self, epoch: int, phase: str, row: Dict[str, Any], j: ValJudgement, logits: np.ndarray,

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgecls.runtime import metrics as M
 from edgecls.train import distributed as D
+from edgecls.train.crossfit import crossfit_head
 from edgecls.train.epoch import EpochRunner
 from edgecls.train.selection import weighted_ce
 
@@ -118,10 +119,12 @@ def _with_turned_views(runner: EpochRunner, model, feats: np.ndarray, y: np.ndar
     return x, yy, time.monotonic() - t
 
 
-def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]) -> Tuple[Dict[str, Any], np.ndarray, np.ndarray]:
-    """Cache the features, fit the head, copy it into ``model``: ``(metrics row, val logits, val index)``.
+def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]):
+    """Cache the features, fit the head, copy it into ``model``: ``(metrics row, val logits, val index, crossfit)``.
 
     ``head_info`` gets the chosen L2 (and the CV table when it was chosen by CV), timings and the feature size.
+    ``crossfit``: the out-of-fold scores of every labelled image (:mod:`~edgecls.train.crossfit`), None when
+    they cannot be made (a class with one image, ``--rotate``: the deployed head also saw turned views).
     """
     import torch
 
@@ -160,6 +163,18 @@ def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]) -> Tuple[D
     tr_logits = feats_tr @ weight.T + bias
     va_logits = (feats_va @ weight.T + bias).astype(np.float32)
     log.info("head (L2 %g) fitted on %d cached features in %.3fs", l2, len(fit_y), fit_s)
+    crossfit = None
+    if r.rotate > 0:
+        log.info("no cross-fitted scores with --rotate (the head also fits turned views): calibration on val only")
+    else:
+        t_cf = time.monotonic()
+        crossfit = D.on_rank0(setup.ctx, crossfit_head, feats_tr, y_tr, feats_va, setup.val_y[idx_va],
+                              setup.num_classes, l2, setup.config.seed, r.head_balance, r.head_max_iter)
+        if crossfit is not None:
+            head_info["crossfit"] = {"folds": crossfit.folds, "images": crossfit.n,
+                                     "seconds": round(time.monotonic() - t_cf, 3)}
+            log.info("cross-fitted head: out-of-fold scores of %d labelled images (%d folds) in %.1fs",
+                     crossfit.n, crossfit.folds, time.monotonic() - t_cf)
     row = {
         "lr": None,
         "train_loss": weighted_ce(tr_logits, y_tr, setup.head_weights),
@@ -167,4 +182,4 @@ def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]) -> Tuple[D
         "train_samples": int(len(y_tr)),
         "seconds": round(time.monotonic() - t, 3),
     }
-    return row, va_logits, idx_va
+    return row, va_logits, idx_va, crossfit

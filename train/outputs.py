@@ -68,7 +68,8 @@ def save_checkpoint(setup: RunSetup, bad: BadImages, path: Path, epoch: int, wei
 def write_epoch(setup: RunSetup, state: RunState, bad: BadImages, epoch: int, phase: str, model,
                 logits: np.ndarray, index: np.ndarray, improved: bool, optimizer, scaler) -> None:
     """Calibrate this epoch on val, save ``best.pt`` (when ``improved``) and ``last.pt``, rewrite metrics.csv."""
-    weights, cal = cpu_state(model), calibrate_val(setup, logits, index)
+    crossfit = state.crossfit if phase == "head" and setup.config.crossfit else None
+    weights, cal = cpu_state(model), calibrate_val(setup, logits, index, crossfit)
     report = calibrated_report(setup, logits, index, cal)
     run_dir = setup.run_dir
     if improved:

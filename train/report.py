@@ -13,7 +13,14 @@ from edgecls.core.fileio import write_text
 from edgecls.runtime import metrics as M
 from edgecls.train.calibrate import Calibration
 from edgecls.train.history import RunState, jsonable
-from edgecls.train.selection import calibrate_val, calibrated_report, model_spec, split_summary
+from edgecls.train.selection import (
+    calibrate_val,
+    calibrated_report,
+    judge,
+    model_spec,
+    split_of,
+    split_summary,
+)
 from edgecls.train.session import BadImages, RunSetup
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,12 @@ class TrainResult:
             f"val {s['data']['val_counts']}  skipped {s['data']['skipped']}",
             f"epochs     {self.epochs_run} run, best epoch {self.best_epoch} ({s['recipe']['select']}), "
             f"stopped: {self.stop_reason}, time {self.elapsed_s:.1f}s",
+        ]
+        pr = s.get("promise") or {}
+        if pr.get("replaced_epoch") is not None:
+            lines.append(f"deployed   epoch 0 (head phase) instead of epoch {pr['replaced_epoch']}: as good on the "
+                         "selection images, and its promise (cross-fitted scores) is stronger")
+        lines += [
             f"confidence temperature {cal.temperature:.4f}: ECE {cal.ece_before:.4f} -> {cal.ece_after:.4f}, "
             f"NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}",
         ]
@@ -55,6 +68,10 @@ class TrainResult:
                 f"precision {t.precision:.4f}, recall {t.recall:.4f}" + ("" if t.achieved else "  (TARGET NOT MET)")
             )
         lines += _confidence_lines(cal, s.get("splits", {}))
+        rc = s.get("recalibrated")
+        if rc:
+            lines.append(f"calib-data best.pt re-fitted on {rc['best.pt']['images']} labelled images of "
+                         f"{rc['data']} (the lines above are val's): {rc['best.pt']['statement']}")
         lines += ["", self.report.table(), "", f"best.pt {self.best_path}", f"last.pt {self.last_path}"]
         return "\n".join(lines)
 
@@ -62,7 +79,11 @@ class TrainResult:
 def _confidence_lines(cal: Calibration, splits: Dict[str, Any]) -> list:
     """What the checkpoint can state about its confidence, and which images it was fitted on."""
     lines = []
-    if splits:
+    conf = cal.confidence
+    if splits and conf is not None and conf.source.startswith("cross-fitted"):
+        lines.append(f"splits     epoch picked on {splits['selection']['images']} val images; calibrated on "
+                     f"{conf.n} cross-fitted scores (every labelled image, scored by a head that never saw it)")
+    elif splits:
         sel, c = splits["selection"]["images"], splits["calibration"]["images"]
         lines.append(f"splits     epoch picked on {sel} val images; calibrated on {c} others" if splits["honest"]
                      else f"splits     calibrated on the same {c} val images that picked the epoch (NOT an honest "
@@ -87,8 +108,9 @@ def finish(setup: RunSetup, state: RunState, bad: BadImages) -> TrainResult:
     from edgecls.reference.checkpoint import versions
 
     state.stop_reason = state.stop_reason or "completed"
+    promise = choose_deployed(setup, state, bad)
     logits, index = state.best_logits, state.best_index
-    cal = calibrate_val(setup, logits, index)
+    cal = calibrate_val(setup, logits, index, _crossfit_for(setup, state, state.best_epoch), announce=True)
     report = calibrated_report(setup, logits, index, cal)
     run_dir = setup.run_dir
     summary = {
@@ -106,6 +128,7 @@ def finish(setup: RunSetup, state: RunState, bad: BadImages) -> TrainResult:
         "val": report.to_dict(),
         "calibration": cal.to_dict(),
         "splits": split_summary(setup, index),
+        "promise": promise,
         "elapsed_s": round(state.elapsed(), 3),
         "history": state.history,
         "files": {},
@@ -163,3 +186,66 @@ def plot_run(setup: RunSetup, state: RunState, report: M.ClassificationReport, c
     except Exception as e:  # a plotting problem must not lose a finished training run
         log.warning("plotting failed (%s: %s); checkpoints and metrics are written", type(e).__name__, e)
     return files
+
+
+AS_GOOD = 0.01  # the head-phase model is "as good" within this much balanced accuracy (and AP) on the selection images
+
+
+def _crossfit_for(setup: RunSetup, state: RunState, epoch: int):
+    return state.crossfit if epoch == 0 and setup.config.crossfit and state.crossfit is not None else None
+
+
+def _strength(cal: Calibration) -> Tuple[float, float]:
+    """How strong a promise is: (the certified target — or 0 — , its recall)."""
+    g = cal.confidence.guarantee if cal.confidence is not None else None
+    if g is None or not g.certified:
+        return (0.0, 0.0)
+    return (g.target, g.recall)
+
+
+def _option(cal: Calibration) -> Dict[str, Any]:
+    g = cal.confidence.guarantee if cal.confidence is not None else None
+    return {"statement": cal.statement, "certified": bool(g is not None and g.certified),
+            "source": cal.confidence.source if cal.confidence is not None else None,
+            "best_target": getattr(g, "best_target", None), "best_recall": getattr(g, "best_recall", None)}
+
+
+def choose_deployed(setup: RunSetup, state: RunState, bad: BadImages) -> Dict[str, Any]:
+    """The honest promise options of the run, measured, and the model deployed as ``best.pt``.
+
+    When the best epoch is a fine-tuned one, its promise can only come from the held-out calibration split; the
+    head-phase model (frozen backbone) can use the cross-fitted scores of every labelled image. The head-phase model
+    replaces ``best.pt`` when it is as good on the selection images (balanced accuracy and the positive class's AP
+    within :data:`AS_GOOD`) and its promise is stronger. Returns what was compared, for ``summary.json``."""
+    from edgecls.train.outputs import save_checkpoint
+
+    head = state.head_model
+    out: Dict[str, Any] = {"deployed_epoch": state.best_epoch, "options": {}}
+    if state.best_epoch == 0 or head is None or setup.config.positive is None or not setup.config.crossfit:
+        out["reason"] = "the selected epoch" + (" (the head phase: cross-fitted scores)"
+                                                if _crossfit_for(setup, state, state.best_epoch) else "")
+        return out
+    best_cal = calibrate_val(setup, state.best_logits, state.best_index)
+    head_cal = calibrate_val(setup, head["logits"], head["index"], state.crossfit)
+    jb, jh = judge(setup, state.best_logits, state.best_index), judge(setup, head["logits"], head["index"])
+    out["options"] = {f"epoch {state.best_epoch} (fine-tuned), held-out calibration split": _option(best_cal),
+                      "epoch 0 (head phase), cross-fitted scores": _option(head_cal)}
+    as_good = (jh.report.balanced_accuracy >= jb.report.balanced_accuracy - AS_GOOD
+               and (jh.pos_ap or 0.0) >= (jb.pos_ap or 0.0) - AS_GOOD)
+    stronger = _strength(head_cal) > _strength(best_cal)
+    out["head_as_good"], out["head_promise_stronger"] = bool(as_good), bool(stronger)
+    if not (as_good and stronger):
+        out["reason"] = ("the fine-tuned epoch: the head-phase model is " +
+                         ("not as good on the selection images" if not as_good else "not a stronger promise"))
+        return out
+    log.info("deploying the head-phase model (epoch 0) instead of epoch %d: as good on the %d selection images "
+             "(balanced accuracy %.4f vs %.4f) and its promise, on cross-fitted scores of every labelled image, is "
+             "stronger than the held-out split's", state.best_epoch, len(split_of(setup, head["index"], False)),
+             jh.report.balanced_accuracy, jb.report.balanced_accuracy)
+    out.update(deployed_epoch=0, replaced_epoch=state.best_epoch,
+               reason="the head-phase model: as good on the selection images, stronger promise")
+    if setup.ctx.is_main:
+        report = calibrated_report(setup, head["logits"], head["index"], head_cal)
+        save_checkpoint(setup, bad, setup.run_dir / "best.pt", 0, head["weights"], head_cal, report, "head", None)
+    state.best_epoch, state.best_logits, state.best_index = 0, head["logits"], head["index"]
+    return out

@@ -73,18 +73,26 @@ def judge(setup: RunSetup, logits: np.ndarray, index: np.ndarray) -> ValJudgemen
                         selection_score(report, setup.recipe.select, val_loss, pos_ap))
 
 
-def calibrate_val(setup: RunSetup, logits: np.ndarray, index: np.ndarray) -> Calibration:
-    """Temperature, threshold and confidence fitted on the calibration images of val."""
+def calibrate_val(setup: RunSetup, logits: np.ndarray, index: np.ndarray, crossfit=None,
+                  announce: bool = False) -> Calibration:
+    """Temperature, threshold and confidence fitted on the calibration images of val — or, for the head-phase
+    model (frozen backbone) with ``crossfit``, on the out-of-fold scores of every labelled image
+    (:mod:`~edgecls.train.crossfit`). A fine-tuned model's scores on its own train images are never used."""
     from edgecls.runtime.confidence import ConfidenceSettings
 
     cfg = setup.config
+    settings = ConfidenceSettings(coverage=cfg.coverage, target_precision=cfg.target_precision, delta=cfg.delta,
+                                  best=cfg.best_promise)
+    if crossfit is not None:
+        return calibrate(crossfit.logits, crossfit.y, setup.classes, cfg.positive, cfg.target_precision,
+                         settings=settings, source=crossfit.source(cfg.positive, setup.classes), honest=True,
+                         announce=announce)
     keep = split_of(setup, index, calibration=True)
     honest = setup.calibrating_apart
     source = (f"calibration split of val ({len(keep)} images, never used to pick the epoch), PyTorch checkpoint"
               if honest else f"val ({len(keep)} images, also used to pick the epoch: not an honest split)")
-    settings = ConfidenceSettings(coverage=cfg.coverage, target_precision=cfg.target_precision, delta=cfg.delta)
     return calibrate(logits[keep], setup.val_y[index[keep]], setup.classes, cfg.positive, cfg.target_precision,
-                     settings=settings, source=source, honest=honest)
+                     settings=settings, source=source, honest=honest, announce=announce)
 
 
 def split_summary(setup: RunSetup, index: np.ndarray) -> dict:

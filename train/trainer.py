@@ -69,6 +69,8 @@ class Trainer:
                             setup.run_dir)
             raise
         result = finish(setup, state, bad)
+        if self.config.calib_data and self.ctx.is_main:
+            result = calibrate_on_folder(result, self.config)
         D.barrier(self.ctx)
         return result
 
@@ -102,8 +104,13 @@ class _Phases:
                      start_epoch - 1, r.epochs)
 
     def head(self, model) -> bool:
-        row, logits, index = head_phase(self.runner, model, self.state.head_info)
+        from edgecls.train.outputs import cpu_state
+
+        row, logits, index, crossfit = head_phase(self.runner, model, self.state.head_info)
         self.state.head_done = True
+        self.state.crossfit = crossfit
+        if crossfit is not None:  # kept to deploy it when its promise is stronger (report.choose_deployed)
+            self.state.head_model = {"weights": cpu_state(model), "logits": logits, "index": index, "row": row}
         return self.end_epoch(0, "head", row, logits, index, model)
 
     def _fine_tune_setup(self, model, opt_state, scaler_state) -> FineTune:
@@ -189,6 +196,30 @@ class _Phases:
             write_epoch(setup, state, self.bad, epoch, phase, model, logits, index, improved, self.optimizer,
                         self.scaler)
         return stop
+
+
+def calibrate_on_folder(result: TrainResult, config: TrainConfig) -> TrainResult:
+    """``--calib-data DIR``: best.pt and last.pt re-fitted on the labelled folder (their weights untouched); the
+    summary records what each can now state."""
+    import dataclasses
+    import json
+
+    from edgecls.core.fileio import write_text
+    from edgecls.reference.recalibrate import recalibrate_checkpoint
+    from edgecls.runtime.confidence import ConfidenceSettings
+
+    settings = ConfidenceSettings(coverage=config.coverage, target_precision=config.target_precision,
+                                  delta=config.delta, best=config.best_promise)
+    done = {}
+    for path in (result.best_path, result.last_path):
+        r = recalibrate_checkpoint(path, config.calib_data, settings)
+        done[path.name] = {"images": r.images, "positives": r.positives, "temperature": r.spec.temperature,
+                           "statement": r.statement}
+    log.info("--calib-data %s: best.pt re-fitted on %d labelled images: %s", config.calib_data,
+             done["best.pt"]["images"], done["best.pt"]["statement"])
+    summary = dict(result.summary, recalibrated={"data": config.calib_data, **done})
+    write_text(result.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return dataclasses.replace(result, summary=summary)
 
 
 def check_finite(setup: RunSetup, state: RunState, epoch: int, phase: str, row: Dict[str, Any],

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgecls.runtime.confidence.conformal import ConformalFit
 from edgecls.runtime.confidence.fitted import ConfidenceSettings, ConfidenceSpec
-from edgecls.runtime.confidence.guarantee import certify_threshold
+from edgecls.runtime.confidence.guarantee import best_promise, certify_threshold, with_best
 from edgecls.runtime.confidence.ood import OODFit, ood_scores
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,8 +52,12 @@ def fit_confidence(
         k = list(classes).index(positive)
         unknown = ood.unknown(ood_scores(z, kind, output, temperature))
         yes_score = np.where(unknown, -1.0, probs[:, k])  # below every threshold: never accepted
-        guarantee = certify_threshold(yes_score, y == k, s.target_precision, s.delta, positive)
-        log.info("%s", guarantee.statement())
+        guarantee = best_promise(yes_score, y == k, s.delta, positive, below=s.target_precision,
+                                 inclusive=True) if s.best else None
+        if guarantee is None:  # the requested target (or no ladder target certified): a refusal offers the best
+            guarantee = with_best(certify_threshold(yes_score, y == k, s.target_precision, s.delta, positive),
+                                  yes_score, y == k)
+        log.debug("%s", guarantee.statement())  # the caller states it, once (training: at the end of the run)
     return ConfidenceSpec(temperature=float(temperature), n=int(y.size), source=source, conformal=conformal,
                           ood=ood, guarantee=guarantee)
 

@@ -37,6 +37,7 @@ class ConfidenceSettings:
     delta: float = 0.10
     ood_kind: str = "energy"
     ood_accept: float = 0.95
+    best: bool = False  # deploy the best promise: the highest ladder target <= target_precision certified (δ/m each)
 
     def __post_init__(self) -> None:
         _unit("--coverage", self.coverage, "e.g. 0.9: sets hold the true label for 90 % of images")
@@ -74,8 +75,9 @@ class ConfidenceSpec:
         c, o, g = self.conformal, self.ood, self.guarantee
         return ConfidenceSettings(
             coverage=c.coverage if c else d.coverage, method=c.method if c else d.method,
-            target_precision=g.target if g else d.target_precision, delta=g.delta if g else d.delta,
-            ood_kind=o.kind if o else d.ood_kind, ood_accept=o.accept if o else d.ood_accept,
+            target_precision=(g.requested or g.target) if g else d.target_precision,
+            delta=g.delta if g else d.delta, ood_kind=o.kind if o else d.ood_kind,
+            ood_accept=o.accept if o else d.ood_accept, best=bool(g.ladder) if g else d.best,
         )
 
     def to_dict(self) -> Dict[str, Any]:
