@@ -196,11 +196,16 @@ def _crossfit_for(setup: RunSetup, state: RunState, epoch: int):
 
 
 def _strength(cal: Calibration) -> Tuple[float, float]:
-    """How strong a promise is: (the certified target — or 0 — , its recall)."""
+    """How strong a promise is: (the certified target, its recall); refused, the best promise the images allow
+    (always below the requested target); else (0, 0)."""
     g = cal.confidence.guarantee if cal.confidence is not None else None
-    if g is None or not g.certified:
+    if g is None:
         return (0.0, 0.0)
-    return (g.target, g.recall)
+    if g.certified:
+        return (g.target, g.recall)
+    if getattr(g, "best_target", None) is not None:
+        return (float(g.best_target), float(g.best_recall or 0.0))
+    return (0.0, 0.0)
 
 
 def _option(cal: Calibration) -> Dict[str, Any]:
