@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 CALIB_METHODS = ("minmax", "percentile", "entropy")
-CALIB_CHOICES = ("auto",) + CALIB_METHODS  # auto: all three measured in one pass, the selection split chooses
+CALIB_CHOICES = CALIB_METHODS
 
 
 @dataclass(frozen=True)

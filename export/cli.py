@@ -38,8 +38,8 @@ def export_command(
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images [default: calib_images/ if it "
                                          "has images, else a stratified sample of the checkpoint's training images]."),
     calib_count: int = typer.Option(256, "--calib-count", help="Calibration images to use (warns below 100)."),
-    calib_method: str = typer.Option("auto", "--calib-method", help="auto (all three measured in one pass, the "
-                                     "selection split chooses per INT8 form) | minmax | percentile | entropy."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="Activation ranges: percentile (of "
+                                     "|x|, --calib-percentile) | minmax | entropy (TensorRT's KL threshold)."),
     calib_percentile: float = typer.Option(99.99, "--calib-percentile", help="Percentile of |x| for --calib-method "
                                            "percentile."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache folder "
@@ -49,12 +49,7 @@ def export_command(
                                        "SQNR) kept in FP32; none: every layer INT8; ends: first and last layer "
                                        "FP32; depthwise; depthwise+ends. The layers kept are printed."),
     int8_max_keep: float = typer.Option(25.0, "--int8-max-keep", help="auto keeps at most this % of the weighted "
-                                        "layers in FP32 before falling back to QAT."),
-    qat: Optional[bool] = typer.Option(None, "--qat/--no-qat", help="--qat: fine-tune the fake-quantized model "
-                                       "briefly on the checkpoint's train split (CUDA when present) before INT8; "
-                                       "--no-qat: never. Default: only when PTQ misses the gates on the selection "
-                                       "split (announced)."),
-    qat_images: int = typer.Option(512, "--qat-images", help="Training images QAT sees (one pass)."),
+                                        "layers in FP32 (the export fails, exit 3, when even that misses a gate)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 parses on TensorRT 8.5 / JetPack 5)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Keep the exporter's graph as it is."),
     parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Held-out images for parity "
@@ -124,8 +119,7 @@ def export_command(
         checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, int8_forms=_split(int8_forms), calib=calib,
         calib_count=calib_count, calib_method=calib_method, calib_percentile=calib_percentile,
         calib_cache=calib_cache, int8_keep_fp32=int8_keep_fp32,
-        int8_settings=Int8Settings(max_keep=_pct_fraction(int8_max_keep, "--int8-max-keep"),
-                                   qat={None: "auto", True: "on", False: "off"}[qat], qat_images=qat_images),
+        int8_settings=Int8Settings(max_keep=_pct_fraction(int8_max_keep, "--int8-max-keep")),
         opset=opset, simplify=not no_simplify,
         parity_data=parity_data, parity_count=parity_count, gate_data=gate_data, tolerances=tol, engines=_split(engine),
         batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,

@@ -1,18 +1,21 @@
 """``edgecls export --int8``: choose each INT8 form's recipe on the selection images, then publish it.
 
-Per form (``int8-qdq`` for TensorRT, ``int8-cpu`` for onnxruntime's CPU provider):
+Per form (``int8-qdq`` for TensorRT, ``int8-cpu`` for onnxruntime's CPU provider), what the ablation
+(bench/INT8_RESULTS.md) kept:
 
-1. **calibration method** (``--calib-method auto``): minmax, percentile and entropy ranges (one measurement, two
-   passes) each quantize the full model; the selection split keeps the one closest to PyTorch (mean KL).
-2. **layers kept in higher precision** (``--int8-keep-fp32 auto``): if full INT8 misses a gate on the selection
-   split, the layers are ranked by their own quantization error (SQNR, :mod:`edgecls.export.sensitivity`) and the
-   fewest most sensitive ones are kept in FP32 (at most ``--int8-max-keep`` of them).
-3. **QAT** (``--qat``, or announced automatically when 1–2 miss the gate): a brief fine-tuning of the
-   fake-quantized model (:mod:`edgecls.export.qat`), then 1–2 again on its weights.
+1. **full INT8** first, with the ``--calib-method`` ranges (percentile by default: never less accurate than a
+   per-model method search in 12 of 12 measured cases);
+2. **layers kept in higher precision** (``--int8-keep-fp32 auto``) only when full INT8 misses a gate on the
+   selection split: layers ranked by their own quantization error (SQNR, :mod:`edgecls.export.sensitivity`), the
+   fewest most sensitive ones kept in FP32 (at most ``--int8-max-keep`` of them). On the CPU form each one costs
+   latency, which is measured against FP32 and printed (and said loudly when the result is slower than FP32).
+
+Cross-layer equalization, the calibration-method search and the QAT fallback were measured and deleted: none
+improved a gate result on both forms (QAT made the CPU form fail where PTQ passed).
 
 Every candidate is judged as the artifact would be: run through the runtime backend, its confidence re-fitted on
-its own logits (:mod:`edgecls.export.refit`), then the INT8 gates — all on the *selection* split only. The chosen
-model is then published by the pipeline and gated on the *report* split, which chose nothing.
+its own logits (:mod:`edgecls.export.refit`), then the INT8 gates plus top-1 agreement >= 99 % — all on the
+*selection* split only. The chosen model is then published by the pipeline and gated on the *report* split.
 """
 from __future__ import annotations
 
@@ -30,7 +33,6 @@ import numpy as np
 from edgecls.core.errors import InputError
 from edgecls.core.fileio import remove_quietly
 from edgecls.export import ARTIFACT_NAMES
-from edgecls.export.calib_ranges import CALIB_METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgecls.export.parity import ParityReport
@@ -41,28 +43,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-QAT_CHOICES = ("auto", "on", "off")
-
-
 @dataclass(frozen=True)
 class Int8Settings:
     """How the INT8 recipe is chosen (``edgecls export`` options)."""
 
     max_keep: float = 0.25  # auto may keep at most this share of the weighted layers in FP32
-    qat: str = "auto"  # on: always; off: never; auto: when PTQ misses the gate on the selection split (announced)
-    qat_images: int = 512  # training images seen by QAT (one pass)
-    qat_lr: float = 1e-5
     sensitivity_images: int = 32
     latency: bool = True  # time FP32 / full INT8 / chosen INT8 CPU form (b1) to print the cost of kept layers
     refit_temperature: bool = True  # re-fit an artifact's temperature when that lowers cross-fitted held-out NLL
 
     def __post_init__(self) -> None:
-        if self.qat not in QAT_CHOICES:
-            raise InputError(f"--qat {self.qat!r} is not one of {', '.join(QAT_CHOICES)}")
         if not 0.0 <= self.max_keep <= 1.0:
             raise InputError(f"--int8-max-keep must be a fraction in [0, 1], got {self.max_keep}")
-        if self.qat_images < 1 or self.sensitivity_images < 1:
-            raise InputError("QAT and sensitivity image counts must be >= 1")
+        if self.sensitivity_images < 1:
+            raise InputError("the sensitivity image count must be >= 1")
 
 
 @dataclass
@@ -96,7 +90,6 @@ class FormResult:
     tried: List[str] = field(default_factory=list)
     ranking: List[LayerSensitivity] = field(default_factory=list)
     full: Optional[Candidate] = None  # the best full-INT8 candidate (for the cost of the layers kept)
-    qat: bool = False
 
 
 EMULATED = "CPUExecutionProvider (exact Q/DQ, graph optimizations off)"
@@ -241,7 +234,7 @@ def _calibrate(ex, pre, images) -> Dict[str, Any]:
     from edgecls.export.calib_ranges import CalibConfig
 
     cfg = ex.cfg
-    methods = CALIB_METHODS if cfg.calib_method == "auto" else (cfg.calib_method,)
+    methods = (cfg.calib_method,)
     configs = [CalibConfig(method=m, percentile=cfg.calib_percentile) for m in methods]
     cache_dir = Path(cfg.calib_cache) if cfg.calib_cache is not None else ex.out / "calib_cache"
     with progress(total=passes_needed(configs) * len(images), desc=f"calibrating ({', '.join(methods)})",
@@ -249,16 +242,11 @@ def _calibrate(ex, pre, images) -> Dict[str, Any]:
         return ex.timed("calibration", calibrate_many, pre, images, configs, cache_dir, bar.update)
 
 
-def _prepare(ex, fp32, images):
-    """onnxruntime's quantization pre-processing, then cross-layer equalization of the linear regions
-    (:mod:`edgecls.export.equalize`; the same function in float, better ranges for 8 bits)."""
-    from edgecls.export.equalize import equalize
+def _prepare(ex, fp32):
+    """onnxruntime's quantization pre-processing (optimization + shape inference)."""
     from edgecls.export.quantize import preprocess_for_quantization
 
-    pre = ex.timed("quant pre-process", preprocess_for_quantization, fp32)
-    eq, regions = ex.timed("equalization", equalize, pre, images.data[:32])
-    ex.int8_equalized = regions
-    return eq
+    return ex.timed("quant pre-process", preprocess_for_quantization, fp32)
 
 
 def _calib_set(ex):
@@ -285,17 +273,11 @@ def run_int8(ex, fp32, forms: Sequence[str]):
     s: Int8Settings = ex.cfg.int8_settings
     calib_set = _calib_set(ex)
     images = ex.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, ex.spec.preprocess))
-    pre = _prepare(ex, fp32, images)
+    pre = _prepare(ex, fp32)
     cals = _calibrate(ex, pre, images)
     chooser = Int8Chooser(ex, s)
     try:
-        results: Dict[str, FormResult] = {}
-        if s.qat != "on":
-            results = {f: chooser.choose(pre, cals, f, images) for f in forms}
-        qat_forms = list(forms) if s.qat == "on" else \
-            [f for f in forms if not results[f].best.passed] if s.qat == "auto" else []
-        if qat_forms:
-            _with_qat(ex, chooser, qat_forms, results, images, s)
+        results = {f: chooser.choose(pre, cals, f, images) for f in forms}
         from edgecls.export.agreement import UnlabelledAgreement
 
         agree = UnlabelledAgreement(ex, calib_set)
@@ -307,34 +289,6 @@ def run_int8(ex, fp32, forms: Sequence[str]):
     return calib_set, cals.get(first) or next(iter(cals.values()))
 
 
-def _with_qat(ex, chooser: Int8Chooser, qat_forms: Sequence[str], results: Dict[str, FormResult], images,
-              s: Int8Settings) -> None:
-    from edgecls.export.onnx_export import export_onnx
-    from edgecls.export.qat import QatConfig, qat_finetune
-
-    if s.qat == "auto":
-        msg = (f"PTQ missed the INT8 gates on the selection split for {', '.join(qat_forms)} "
-               f"(best: {'; '.join(results[f].best.summary() for f in qat_forms)}): falling back to QAT "
-               "(--qat off to stop here)")
-        log.warning("%s", msg)
-        ex.warnings.append(msg)
-    cfg = QatConfig(images=s.qat_images, lr=s.qat_lr, seed=ex.cfg.seed, progress=ex.cfg.progress)
-    model, qinfo = ex.timed("qat", qat_finetune, ex.ckpt, ex.spec, cfg)
-    fp32_q, _ = ex.timed("qat export", export_onnx, model, ex.spec, ex.cfg.opset, ex.cfg.simplify)
-    pre_q = _prepare(ex, fp32_q, images)
-    cals_q = _calibrate(ex, pre_q, images)
-    for f in qat_forms:
-        r = chooser.choose(pre_q, cals_q, f, images)
-        r.qat = True
-        r.tried = [f"PTQ: {t}" for t in (results[f].tried if f in results else [])] + [f"QAT: {t}" for t in r.tried]
-        prev = results.get(f)
-        if prev is None or r.best.passed or (not prev.best.passed and r.best.score < prev.best.score):
-            results[f] = r
-        else:
-            prev.tried = r.tried
-    ex.extra.setdefault("qat", {}).update(qinfo.to_dict())
-
-
 def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
     from edgecls.export.int8_cost import kept_cost
 
@@ -344,7 +298,7 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
     cost = kept_cost(ex, form, c, res.full, fp32, res.ranking)
     notes = [f"recipe chosen on {ex.split.select.n} selection images (not the {ex.split.report.n} reported): "
              f"{c.method} calibration, " + (f"{len(c.exclude)} layer(s) kept in FP32" if c.exclude else "full INT8")
-             + (", after QAT" if res.qat else "")]
+]
     if c.exclude or "latency_ms_b1" in cost:
         notes.append(cost["line"])
     if c.refit is not None and ex.spec.positive is not None:
@@ -371,13 +325,12 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
     entry.update({
         "form": form, "calib_method": c.method, "kept_fp32": list(c.exclude), "ops": c.info.op_counts,
         "float_outputs": {"qdq_pairs_removed_after_last_layer": c.info.float_outputs},
-        "qat": res.qat, "selection": {"images": ex.split.select.n, "passed": c.passed, "tried": res.tried,
+        "selection": {"images": ex.split.select.n, "passed": c.passed, "tried": res.tried,
                                       "report": c.report.to_dict()},
         "kept_layers": [k.to_dict() if hasattr(k, "to_dict") else {"name": k} for k in kept],
         "sensitivity": [r.to_dict() for r in res.ranking[:12]],
         "cost": {k: v for k, v in cost.items() if k != "line"},
         "refit": c.refit.to_dict() if c.refit is not None else None,
-        "equalized_regions": getattr(ex, "int8_equalized", 0),
     })
     if c.exclude or not c.passed:
         log.warning("%s: %s", name, "; ".join(notes))

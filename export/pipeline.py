@@ -43,12 +43,12 @@ class ExportConfig:
     int8_forms: Tuple[str, ...] = INT8_FORMS
     calib: Optional[Path] = None
     calib_count: int = DEFAULT_CALIB_COUNT
-    calib_method: str = "auto"
+    calib_method: str = "percentile"
     calib_percentile: float = 99.99
     calib_cache: Optional[Path] = None
     calib_default_dir: Path = Path("calib_images")
     int8_keep_fp32: str = "auto"
-    int8_settings: Int8Settings = field(default_factory=Int8Settings)  # --int8-max-keep, --qat
+    int8_settings: Int8Settings = field(default_factory=Int8Settings)  # --int8-max-keep
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     parity_data: Optional[Path] = None

@@ -52,7 +52,7 @@ def exported(trained, tmp_path_factory):
                        int8_p99_prob=1.0)
     res = export_checkpoint(ExportConfig(trained.best_path, out=out, fp16=True, int8=True, int8_forms=("int8-cpu",),
                                          calib_count=16, tolerances=loose, deploy=DeployConfig(variants=("probs",)),
-                                         int8_settings=Int8Settings(qat="off", latency=False)))
+                                         int8_settings=Int8Settings(latency=False)))
     res.raise_for_status()
     return out
 

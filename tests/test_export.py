@@ -31,18 +31,17 @@ def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
-# The tiny model has a random backbone: its INT8 probabilities move more than a trained model's (p99 |Δprob| ~0.05
-# on 5 report images), so the plumbing tests loosen that one check; one calibration method keeps a single cache
-# file; no QAT fallback. tests/test_int8*.py cover the INT8 recipe, the gates and QAT themselves.
-TINY_INT8 = ["--calib-method", "entropy", "--no-qat", "--tol-int8-p99-prob", "0.2"]
+# One calibration method other than the default keeps a single, named cache file; fidelity (p99 |Δprob|) is reported,
+# not gated, by default. tests/test_int8*.py cover the INT8 recipe and the gates themselves.
+TINY_INT8 = ["--calib-method", "entropy"]
 
 
 def _tiny_int8_config(**kw):
     from edgecls.export.int8_flow import Int8Settings
     from edgecls.export.parity import Tolerances
 
-    return dict(calib_method=kw.pop("calib_method", "entropy"), tolerances=Tolerances(int8_p99_prob=0.2),
-                int8_settings=Int8Settings(qat="off"), **kw)
+    return dict(calib_method=kw.pop("calib_method", "entropy"), tolerances=Tolerances(),
+                int8_settings=Int8Settings(), **kw)
 
 
 @pytest.fixture(scope="module")

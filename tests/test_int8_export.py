@@ -1,4 +1,4 @@
-"""``edgecls export --int8`` end to end on the tiny checkpoint: QAT and kept layers, the select/report split in
+"""``edgecls export --int8`` end to end on the tiny checkpoint: kept layers, the select/report split in
 parity.json, each artifact's own confidence, float outputs, and the confidence gate failing loudly (exit 3)."""
 from __future__ import annotations
 
@@ -21,52 +21,21 @@ def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("ckpt8") / "best.pt")
 
 
-def test_prepare_folds_batchnorm_and_strip_gives_the_float_model_back(tiny_ckpt):
-    from edgecls.export.qat import prepare, strip
-    from edgecls.reference.checkpoint import load_checkpoint
-
-    model = load_checkpoint(tiny_ckpt).build_model()
-    q, names = prepare(model)
-    assert len(names) == 21  # ResNet18: 20 convs + fc, each behind a fake-quant wrapper
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in q.modules())  # folded, as the ONNX export folds
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        ref, fq = model(x), q(x)
-        assert 0 < (fq - ref).abs().max() < 0.5 * ref.abs().max()  # fake quantization: close, not equal
-        back = strip(q, names)
-        assert torch.allclose(back(x), ref, atol=1e-4)  # folded float model == the original
-
-
-@pytest.mark.slow
-def test_qat_moves_the_weights_and_keeps_the_model(tiny_ckpt):
-    from edgecls.export.qat import QatConfig, qat_finetune
-    from edgecls.reference.checkpoint import load_checkpoint
-
-    ck = load_checkpoint(tiny_ckpt)
-    model, info = qat_finetune(ck, ck.spec, QatConfig(images=16, batch_size=8, observe_batches=1, min_steps=4))
-    assert info.steps >= 5 and info.device == "cpu" and np.isfinite(info.loss_last)
-    x = torch.randn(6, 3, 32, 32)
-    with torch.no_grad():
-        ref, out = ck.build_model()(x), model(x)
-    assert not torch.equal(ref, out)  # fine-tuned ...
-    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.5  # ... not another model
-
-
 @pytest.fixture(scope="module")
-def qat_export(tiny_ckpt, tmp_path_factory):
-    """--qat (forced), the ends kept in FP32, one calibration method: every INT8 path in one export."""
+def kept_export(tiny_ckpt, tmp_path_factory):
+    """The ends kept in FP32, one calibration method: the kept-layer INT8 path in one export."""
     out = tmp_path_factory.mktemp("int8") / "tiny"
     code = run_cli(["export", tiny_ckpt, "--out", out, "--int8", "--calib-count", "16", "--calib-method", "minmax",
-                    "--qat", "--qat-images", "16", "--int8-keep-fp32", "ends", "--tol-int8-p99-prob", "0.5"])
+                    "--int8-keep-fp32", "ends"])
     return code, out
 
 
 @pytest.mark.slow
-def test_qat_export_records_the_recipe_split_and_confidence(qat_export, tiny_ckpt):
+def test_kept_export_records_the_recipe_split_and_confidence(kept_export, tiny_ckpt):
     from edgecls.export.quantize import quantized_tail
     from edgecls.runtime.model_io import load_model_spec
 
-    code, out = qat_export
+    code, out = kept_export
     assert code == 0
     parity = json.loads((out / "parity.json").read_text())
     sel = parity["selection"]
@@ -74,7 +43,7 @@ def test_qat_export_records_the_recipe_split_and_confidence(qat_export, tiny_ckp
     assert not set(sel["select_files"]) & set(sel["report_files"])
     for name in ("model_int8_qdq.onnx", "model_int8_cpu.onnx"):
         e = parity["artifacts"][name]
-        assert e["status"] == "passed" and e["qat"] is True and e["n"] == sel["report_images"]
+        assert e["status"] == "passed" and e["n"] == sel["report_images"]
         assert e["kept_fp32"] == ["/conv1/Conv", "/fc/Gemm"] or len(e["kept_fp32"]) == 2
         # the output Q/DQ pair quantize_static put after the Gemm is removed (none when the Gemm itself is kept)
         gemm_kept = any("Gemm" in k for k in e["kept_fp32"])
@@ -97,7 +66,7 @@ def test_qat_export_records_the_recipe_split_and_confidence(qat_export, tiny_ckp
 def test_confidence_gate_fails_loudly(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "strict"
     code, stdout, stderr = run_cli_captured(["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu",
-                                 "--calib-count", "16", "--calib-method", "minmax", "--no-qat",
+                                 "--calib-count", "16", "--calib-method", "minmax",
                                  "--tol-int8-p99-prob", "0.000001"], capsys)
     assert code == 3
     assert "p99 |Δprob|" in stderr and "must be <= 1e-06" in stderr and "model_int8_cpu.onnx.failed" in stderr
@@ -136,7 +105,7 @@ def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tiny_d
     out = tmp_path / "harm"
     args = ["export", tiny_ckpt, "--out", out, "--int8", "--int8-forms", "int8-cpu", "--calib-count", "8",
             "--calib", tiny_data / "train",
-            "--calib-method", "minmax", "--no-qat", "--int8-keep-fp32", "none"]
+            "--calib-method", "minmax", "--int8-keep-fp32", "none"]
     real_crossfit = R.crossfit_temperature
 
     def warmer(z, y, t_keep, folds=5):
