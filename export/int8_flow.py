@@ -10,12 +10,14 @@ Per form (``int8-qdq`` for TensorRT, ``int8-cpu`` for onnxruntime's CPU provider
    fewest most sensitive ones kept in FP32 (at most ``--int8-max-keep`` of them). On the CPU form each one costs
    latency, which is measured against FP32 and printed (and said loudly when the result is slower than FP32).
 
-Cross-layer equalization, the calibration-method search and the QAT fallback were measured and deleted: none
-improved a gate result on both forms (QAT made the CPU form fail where PTQ passed).
+The CPU form is quantized from the cross-layer-equalized model (:mod:`edgecls.export.equalize`), which the
+ablation measured to help it; the TensorRT form from the plain one (equalization cost it ~1 pt). The calibration-
+method search and the QAT fallback were measured and deleted: neither improved a gate result (QAT made the CPU
+form fail where PTQ passed).
 
 Every candidate is judged as the artifact would be: run through the runtime backend, its confidence re-fitted on
-its own logits (:mod:`edgecls.export.refit`), then the INT8 gates plus top-1 agreement >= 99 % — all on the
-*selection* split only. The chosen model is then published by the pipeline and gated on the *report* split.
+its own logits (:mod:`edgecls.export.refit`), then the INT8 gates (for the TensorRT form also top-1 agreement
+>= 99 %) — all on the *selection* split only. The chosen model is then published by the pipeline and gated on the *report* split.
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+# forms quantized from the cross-layer-equalized model (export/equalize.py): the ablation (bench/INT8_RESULTS.md)
+# measured products28's CPU form at +0.78 pt with it and +2.34 pt without (full INT8, 3 calibration samples),
+# the TensorRT form ~1 pt *worse* with it
+EQUALIZED_FORMS = ("int8-cpu",)
 
 @dataclass(frozen=True)
 class Int8Settings:
@@ -155,9 +162,12 @@ class Int8Chooser:
         self.sel = exporter.split.select
         self.sel_ref = exporter.split.select_reference
         self.tmp = Path(tempfile.mkdtemp(prefix="edgecls-int8-"))
-        # selection asks for fidelity too: ~140 images decide the recipe, and an accuracy gate met there because
-        # flips happened to cancel (3 of 142) failed on the report split; agreement >= 99 % is the stable proxy
-        self.sel_tol = dataclasses.replace(exporter.cfg.tolerances, gate_agreement=True)
+        # the TensorRT form's selection asks for fidelity too: ~140 images decide the recipe, and an accuracy gate
+        # met there because flips happened to cancel (3 of 142) failed on the report split; agreement >= 99 % is the
+        # stable proxy, and layers kept in FP16/FP32 cost TensorRT little. On the CPU form every kept layer costs
+        # latency, so full INT8 is kept whenever it meets the gates themselves.
+        tol = exporter.cfg.tolerances
+        self.sel_tol = {"int8-qdq": dataclasses.replace(tol, gate_agreement=True), "int8-cpu": tol}
 
     # -- one candidate ---------------------------------------------------------------------------------------
     def evaluate(self, pre, calibration, form: str, exclude: Sequence[str] = ()) -> Candidate:
@@ -177,7 +187,7 @@ class Int8Chooser:
         if self.sel.y is not None and np.all(np.isfinite(logits)):
             spec, record = refit_with_record(spec, logits, self.sel.y, f"selection split; {form} logits",
                                              refit_temperature=self.s.refit_temperature)
-        report = compare(ARTIFACT_NAMES[form], path, form, logits, self.sel_ref, self.sel, spec, self.sel_tol,
+        report = compare(ARTIFACT_NAMES[form], path, form, logits, self.sel_ref, self.sel, spec, self.sel_tol[form],
                          seconds=time.perf_counter() - t0)
         t_ref = self.sel_ref.temperature or ex.spec.temperature
         score = _mean_kl(self.sel_ref.logits, t_ref, logits, t_ref) if report.agreement is not None \
@@ -274,10 +284,16 @@ def run_int8(ex, fp32, forms: Sequence[str]):
     calib_set = _calib_set(ex)
     images = ex.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, ex.spec.preprocess))
     pre = _prepare(ex, fp32)
-    cals = _calibrate(ex, pre, images)
+    prepared = {f: pre for f in forms}
+    if any(f in EQUALIZED_FORMS for f in forms):
+        from edgecls.export.equalize import equalize
+
+        eq, ex.int8_equalized = ex.timed("equalization", equalize, pre, images.data[:32])
+        prepared.update({f: eq for f in forms if f in EQUALIZED_FORMS})
+    cals_of = {id(m): _calibrate(ex, m, images) for m in {id(m): m for m in prepared.values()}.values()}
     chooser = Int8Chooser(ex, s)
     try:
-        results = {f: chooser.choose(pre, cals, f, images) for f in forms}
+        results = {f: chooser.choose(prepared[f], cals_of[id(prepared[f])], f, images) for f in forms}
         from edgecls.export.agreement import UnlabelledAgreement
 
         agree = UnlabelledAgreement(ex, calib_set)
@@ -285,8 +301,7 @@ def run_int8(ex, fp32, forms: Sequence[str]):
             _publish(ex, form, results[form], fp32, agree)
     finally:
         shutil.rmtree(chooser.tmp, ignore_errors=True)
-    first = results[forms[0]].best.method
-    return calib_set, cals.get(first) or next(iter(cals.values()))
+    return calib_set, next(iter(cals_of[id(prepared[forms[0]])].values()))
 
 
 def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
@@ -331,6 +346,7 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
         "sensitivity": [r.to_dict() for r in res.ranking[:12]],
         "cost": {k: v for k, v in cost.items() if k != "line"},
         "refit": c.refit.to_dict() if c.refit is not None else None,
+        "equalized_regions": getattr(ex, "int8_equalized", 0) if form in EQUALIZED_FORMS else 0,
     })
     if c.exclude or not c.passed:
         log.warning("%s: %s", name, "; ".join(notes))

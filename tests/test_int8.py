@@ -311,6 +311,34 @@ def test_select_and_report_are_disjoint_stratified_and_deterministic():
         split_select_report(ParityData(data.x[:1], y[:1], paths[:1], "x"), ref, spec, {})
 
 
+# ------------------------------------------------------------------------------------------- equalization
+
+
+def test_equalization_is_exact_in_float_and_balances_the_channels():
+    """Conv A (no activation after it) → Conv B: a linear region. Channel 0 of A's output is 1000× the others;
+    after equalization the function is the same and the channel ranges are far closer."""
+    from onnx import numpy_helper
+
+    from edgecls.export.equalize import channel_maxima, equalize, find_regions
+
+    model = _graph()
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    w1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w1) * np.array([1000.0] + [1.0] * 7, np.float32)
+                                        .reshape(8, 1, 1, 1), "w1"))
+    assert find_regions(model) == []  # a Relu between them: not linear
+    model.graph.node.remove(model.graph.node[1])
+    model.graph.node[1].input[0] = "c1"  # conv2 now reads conv1's output directly
+    regions = find_regions(model)
+    assert [(r.producers, r.consumers) for r in regions] == [(("conv1",), ("conv2",))]
+    x = _images(16)
+    eq, n = equalize(model, x)
+    assert n == 1
+    ref, got = _run(model, x), _run(eq, x)
+    assert np.allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    before, after = channel_maxima(model, ["c1"], x)["c1"], channel_maxima(eq, ["c1"], x)["c1"]
+    assert before.max() / before.min() > 100 and after.max() / after.min() < before.max() / before.min() / 10
+
+
 # ------------------------------------------------------------------------------------------- cost of kept layers
 
 
