@@ -5,15 +5,17 @@ Per form (``int8-qdq`` for TensorRT, ``int8-cpu`` for onnxruntime's CPU provider
 
 1. **full INT8** first, with the ``--calib-method`` ranges (percentile by default: never less accurate than a
    per-model method search in 12 of 12 measured cases);
-2. **layers kept in higher precision** (``--int8-keep-fp32 auto``) only when full INT8 misses a gate on the
-   selection split: layers ranked by their own quantization error (SQNR, :mod:`edgecls.export.sensitivity`), the
+2. **ill-conditioned linear bottlenecks fused** (:mod:`edgecls.export.fuse_linear`) when full INT8 misses a gate:
+   a layer with SQNR below ``FUSE_BELOW_DB`` that reads a 1×1 projection (no activation between) is computed as one
+   convolution with it — exact in float, no INT8 tensor in between — then full INT8 again;
+3. **layers kept in higher precision** (``--int8-keep-fp32 auto``, on the plain model) only when that still misses
+   a gate on the selection split: layers ranked by their own quantization error (SQNR, :mod:`edgecls.export.sensitivity`), the
    fewest most sensitive ones kept in FP32 (at most ``--int8-max-keep`` of them). On the CPU form each one costs
    latency, which is measured against FP32 and printed (and said loudly when the result is slower than FP32).
 
-The CPU form is quantized from the cross-layer-equalized model (:mod:`edgecls.export.equalize`), which the
-ablation measured to help it; the TensorRT form from the plain one (equalization cost it ~1 pt). The calibration-
-method search and the QAT fallback were measured and deleted: neither improved a gate result (QAT made the CPU
-form fail where PTQ passed).
+Cross-layer equalization, the calibration-method search and the QAT fallback were measured and deleted: none
+improved a gate result on both forms (QAT made the CPU form fail where PTQ passed; equalization helped one form,
+hurt the other, and added nothing once bottlenecks are fused).
 
 Every candidate is judged as the artifact would be: run through the runtime backend, its confidence re-fitted on
 its own logits (:mod:`edgecls.export.refit`), then the INT8 gates (for the TensorRT form also top-1 agreement
@@ -45,10 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-# forms quantized from the cross-layer-equalized model (export/equalize.py): the ablation (bench/INT8_RESULTS.md)
-# measured products28's CPU form at +0.78 pt with it and +2.34 pt without (full INT8, 3 calibration samples),
-# the TensorRT form ~1 pt *worse* with it
-EQUALIZED_FORMS = ("int8-cpu",)
+# layers whose own quantization error is this bad (SQNR, dB) get their linear bottleneck fused into them before
+# layers are kept in FP32: products28's MobileNetV2 has one at -1..3 dB, every other layer >= 13 dB
+FUSE_BELOW_DB = 10.0
 
 @dataclass(frozen=True)
 class Int8Settings:
@@ -77,6 +78,7 @@ class Candidate:
     spec: ModelSpec  # with its own re-fitted confidence
     refit: Optional[RefitRecord]
     score: float  # mean KL(PyTorch || artifact) on the selection split, both at the checkpoint's temperature
+    fused: Tuple[str, ...] = ()  # linear bottlenecks fused into their readers before quantizing (A+B node names)
 
     @property
     def passed(self) -> bool:
@@ -197,9 +199,21 @@ class Int8Chooser:
         return Candidate(form, calibration.method, tuple(exclude), q, info, report, spec, record, score)
 
     # -- one form --------------------------------------------------------------------------------------------
+    def _ranking(self, model, cal, form: str, images) -> List[LayerSensitivity]:
+        from edgecls.export.quantize import quantize
+        from edgecls.export.sensitivity import layer_sensitivity
+
+        qa, _ = self.ex.timed(f"sensitivity {form}", quantize, model, cal, form, (), True)
+        x = images.data[: self.s.sensitivity_images]
+        return self.ex.timed(f"sensitivity {form}", layer_sensitivity, model, qa, x, self.ex.spec.preprocess.crop)
+
     def choose(self, pre, calibrations: Dict[str, Any], form: str, images) -> FormResult:
-        from edgecls.export.quantize import fixed_keep_set, quantize, weighted_nodes
-        from edgecls.export.sensitivity import fewest_passing, layer_sensitivity
+        """Full INT8; else the ill-conditioned linear bottlenecks fused into their readers, full INT8 again; else
+        the fewest most sensitive layers of the plain model kept in FP32 (on products28 the fused model needed 8
+        where the plain one needed 2)."""
+        from edgecls.export.fuse_linear import fuse_pointwise_pairs
+        from edgecls.export.quantize import fixed_keep_set, weighted_nodes
+        from edgecls.export.sensitivity import fewest_passing
 
         keep_choice = self.ex.cfg.int8_keep_fp32
         exclude: Tuple[str, ...] = () if keep_choice == "auto" else fixed_keep_set(pre, keep_choice)[1]
@@ -212,9 +226,19 @@ class Int8Chooser:
         if best.passed or keep_choice != "auto":
             return result
         cal = calibrations[best.method]
-        qa, _ = self.ex.timed(f"sensitivity {form}", quantize, pre, cal, form, (), True)
-        x = images.data[: self.s.sensitivity_images]
-        ranking = self.ex.timed(f"sensitivity {form}", layer_sensitivity, pre, qa, x, self.ex.spec.preprocess.crop)
+        ranking = self._ranking(pre, cal, form, images)
+        weak = {r.name for r in ranking if r.sqnr_db < FUSE_BELOW_DB}
+        fz, pairs = fuse_pointwise_pairs(pre, only=weak) if weak else (pre, [])
+        if pairs:
+            cal = next(iter(_calibrate(self.ex, fz, images).values()))
+            cf = self.evaluate(fz, cal, form, ())
+            cf.fused = tuple(pairs)
+            tried.append(f"{cal.method}, {len(pairs)} bottleneck(s) fused, 0 kept: {cf.summary()}")
+            log.info("%s: %d linear bottleneck(s) fused: %s", form, len(pairs), cf.summary())
+            if cf.passed:
+                result.best = result.full = cf
+                return result
+            cal = calibrations[best.method]  # (kept layers on the fused model needed more of them: measured)
         result.ranking = ranking
         order = [r.name for r in ranking]
         limit = min(len(order), max(1, int(round(self.s.max_keep * len(weighted_nodes(pre))))))
@@ -284,16 +308,10 @@ def run_int8(ex, fp32, forms: Sequence[str]):
     calib_set = _calib_set(ex)
     images = ex.timed("load calibration images", lambda: CalibrationImages(calib_set.paths, ex.spec.preprocess))
     pre = _prepare(ex, fp32)
-    prepared = {f: pre for f in forms}
-    if any(f in EQUALIZED_FORMS for f in forms):
-        from edgecls.export.equalize import equalize
-
-        eq, ex.int8_equalized = ex.timed("equalization", equalize, pre, images.data[:32])
-        prepared.update({f: eq for f in forms if f in EQUALIZED_FORMS})
-    cals_of = {id(m): _calibrate(ex, m, images) for m in {id(m): m for m in prepared.values()}.values()}
+    cals = _calibrate(ex, pre, images)
     chooser = Int8Chooser(ex, s)
     try:
-        results = {f: chooser.choose(prepared[f], cals_of[id(prepared[f])], f, images) for f in forms}
+        results = {f: chooser.choose(pre, cals, f, images) for f in forms}
         from edgecls.export.agreement import UnlabelledAgreement
 
         agree = UnlabelledAgreement(ex, calib_set)
@@ -301,7 +319,7 @@ def run_int8(ex, fp32, forms: Sequence[str]):
             _publish(ex, form, results[form], fp32, agree)
     finally:
         shutil.rmtree(chooser.tmp, ignore_errors=True)
-    return calib_set, next(iter(cals_of[id(prepared[forms[0]])].values()))
+    return calib_set, next(iter(cals.values()))
 
 
 def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
@@ -313,6 +331,7 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
     cost = kept_cost(ex, form, c, res.full, fp32, res.ranking)
     notes = [f"recipe chosen on {ex.split.select.n} selection images (not the {ex.split.report.n} reported): "
              f"{c.method} calibration, " + (f"{len(c.exclude)} layer(s) kept in FP32" if c.exclude else "full INT8")
+             + (f", {len(c.fused)} linear bottleneck(s) fused into their readers" if c.fused else "")
 ]
     if c.exclude or "latency_ms_b1" in cost:
         notes.append(cost["line"])
@@ -346,7 +365,7 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
         "sensitivity": [r.to_dict() for r in res.ranking[:12]],
         "cost": {k: v for k, v in cost.items() if k != "line"},
         "refit": c.refit.to_dict() if c.refit is not None else None,
-        "equalized_regions": getattr(ex, "int8_equalized", 0) if form in EQUALIZED_FORMS else 0,
+        "fused_bottlenecks": list(c.fused),
     })
     if c.exclude or not c.passed:
         log.warning("%s: %s", name, "; ".join(notes))

@@ -311,34 +311,6 @@ def test_select_and_report_are_disjoint_stratified_and_deterministic():
         split_select_report(ParityData(data.x[:1], y[:1], paths[:1], "x"), ref, spec, {})
 
 
-# ------------------------------------------------------------------------------------------- equalization
-
-
-def test_equalization_is_exact_in_float_and_balances_the_channels():
-    """Conv A (no activation after it) → Conv B: a linear region. Channel 0 of A's output is 1000× the others;
-    after equalization the function is the same and the channel ranges are far closer."""
-    from onnx import numpy_helper
-
-    from edgecls.export.equalize import channel_maxima, equalize, find_regions
-
-    model = _graph()
-    w1 = next(t for t in model.graph.initializer if t.name == "w1")
-    w1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w1) * np.array([1000.0] + [1.0] * 7, np.float32)
-                                        .reshape(8, 1, 1, 1), "w1"))
-    assert find_regions(model) == []  # a Relu between them: not linear
-    model.graph.node.remove(model.graph.node[1])
-    model.graph.node[1].input[0] = "c1"  # conv2 now reads conv1's output directly
-    regions = find_regions(model)
-    assert [(r.producers, r.consumers) for r in regions] == [(("conv1",), ("conv2",))]
-    x = _images(16)
-    eq, n = equalize(model, x)
-    assert n == 1
-    ref, got = _run(model, x), _run(eq, x)
-    assert np.allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    before, after = channel_maxima(model, ["c1"], x)["c1"], channel_maxima(eq, ["c1"], x)["c1"]
-    assert before.max() / before.min() > 100 and after.max() / after.min() < before.max() / before.min() / 10
-
-
 # ------------------------------------------------------------------------------------------- cost of kept layers
 
 
@@ -361,3 +333,51 @@ def test_a_cpu_form_slower_than_fp32_is_said_loudly(monkeypatch):
         out = cost.kept_cost(ex, "int8-cpu", chosen, full, model, [])
         assert out["ratio_vs_fp32"] == ms["chosen"] / ms["fp32"]
         assert ("SLOWER THAN FP32" in out["line"]) is slower and out.get("slower_than_fp32", False) is slower
+
+
+# --------------------------------------------------------------------------------------- bottleneck fusion
+
+
+def _pointwise_chain(bias_b: float = 0.0, second_reader: bool = False):
+    """input → 1×1 Conv A (8→4, linear) → 1×1 Conv B (4→6) → Relu → output (optionally A also read by a Relu)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    wa, ba = rng.normal(0, 1, (4, 8, 1, 1)).astype(np.float32), rng.normal(0, 1, 4).astype(np.float32)
+    wb, bb = rng.normal(0, 1, (6, 4, 1, 1)).astype(np.float32), np.full(6, bias_b, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["a", "wb", "bb"], ["b"], name="B", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["b"], ["y"], name="R")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 5, 5])]
+    if second_reader:
+        nodes.append(helper.make_node("Relu", ["a"], ["y2"], name="R2"))
+        outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 4, 5, 5]))
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])],
+                          outputs, [numpy_helper.from_array(v, k) for k, v in
+                                    (("wa", wa), ("ba", ba), ("wb", wb), ("bb", bb))])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_bottleneck_fusion_is_exact_and_only_where_allowed():
+    """Conv(1×1) → Conv(1×1) with nothing between is one linear map: the fused model gives the same outputs
+    (a large cancelling bias included); a projection read twice, a MAC limit or a name filter leaves it alone."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecls.export.fuse_linear import fuse_pointwise_pairs
+
+    x = np.random.default_rng(1).normal(0, 1, (1, 8, 5, 5)).astype(np.float32)
+
+    def run(m):
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(["y"], {"x": x})[0]
+
+    model = _pointwise_chain(bias_b=500.0)
+    fused, pairs = fuse_pointwise_pairs(model, max_growth=9.0)
+    onnx.checker.check_model(fused)
+    assert pairs == ["A+B"] and [n.op_type for n in fused.graph.node] == ["Conv", "Relu"]
+    assert np.allclose(run(fused), run(model), atol=1e-3)
+    assert fuse_pointwise_pairs(model, max_growth=0.5)[1] == []  # 8·6 > 0.5 · (8·4 + 4·6) multiply-adds
+    assert fuse_pointwise_pairs(model, max_growth=9.0, only={"other"})[1] == []
+    assert fuse_pointwise_pairs(_pointwise_chain(second_reader=True), max_growth=9.0)[1] == []
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "Relu"]  # the input model is not changed
