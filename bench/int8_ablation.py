@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """INT8 ablation (issue 18, item 4): which INT8 mechanisms of ``edgecls export`` actually pay?
 
+Measured at commit 3460f96, before its verdicts deleted QAT (export/qat.py), cross-layer equalization
+(export/equalize.py) and the calibration-method search: run it from that commit (``git worktree add /tmp/abl
+3460f96``) to reproduce bench/INT8_ABLATION.md; on later commits those imports no longer exist.
+
 For each checkpoint and each INT8 form (``int8-qdq``: TensorRT's Q/DQ form, run with exact Q/DQ semantics by
 ``int8_flow.artifact_logits``; ``int8-cpu``: onnxruntime's CPU form, run through the runtime backend) it builds the
 INT8 model with the export's own functions and switches one mechanism at a time:
