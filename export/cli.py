@@ -58,7 +58,8 @@ def export_command(
     tol_fp32: float = typer.Option(1e-4, "--tol-fp32", help="FP32: max |Δlogit| <= this × max(1, max |logit|)."),
     tol_fp16_agreement: float = typer.Option(99.5, "--tol-fp16-agreement", help="FP16: min top-1 agreement, %."),
     tol_int8_acc_drop: float = typer.Option(1.0, "--tol-int8-acc-drop", help="INT8 gate: max accuracy drop vs "
-                                            "PyTorch on the labelled report images, points."),
+                                            "PyTorch on the labelled report images, points (fails when also "
+                                            "significant: McNemar p < 0.05; --strict: always)."),
     tol_int8_ece: float = typer.Option(0.03, "--tol-int8-ece", help="INT8 gate: max ECE of the artifact at its own "
                                        "temperature (or PyTorch's own ECE on the same images + 0.015, when higher; "
                                        "not gated under 50 labelled images)."),
@@ -71,7 +72,8 @@ def export_command(
                                                       "|Δprob| vs PyTorch at the checkpoint's temperature [warned "
                                                       "above 0.05; gated when given or with --strict]."),
     strict: bool = typer.Option(False, "--strict", help="INT8: also fail on fidelity (top-1 agreement, p99 "
-                                "|Δprob|), not only on accuracy, calibration and decisions."),
+                                "|Δprob|), and on an accuracy drop over the limit even when McNemar's test finds "
+                                "it could be chance."),
     gate_data: Optional[Path] = typer.Option(None, "--gate-data", help="More labelled images (class subfolders) "
                                              "for the gates: added to the report split, never used for selection."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Also build TensorRT engines: fp16 | int8 | fp16,int8 "
@@ -114,6 +116,7 @@ def export_command(
                                                                             "--tol-int8-agreement"),
         int8_p99_prob=0.05 if tol_int8_p99_prob is None else tol_int8_p99_prob,
         gate_agreement=strict or tol_int8_agreement is not None, gate_p99_prob=strict or tol_int8_p99_prob is not None,
+        gate_accuracy_point=strict,
     )
     cfg = ExportConfig(
         checkpoint=checkpoint, out=out, fp16=fp16, int8=int8, int8_forms=_split(int8_forms), calib=calib,

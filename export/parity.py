@@ -45,6 +45,7 @@ class Tolerances:
     int8_p99_prob: float = 0.05  # fidelity: warned above, gated only when gate_p99_prob
     gate_agreement: bool = False  # --strict or an explicit --tol-int8-agreement
     gate_p99_prob: bool = False  # --strict or an explicit --tol-int8-p99-prob
+    gate_accuracy_point: bool = False  # --strict: an accuracy drop over the limit fails even when not significant
     ece_min_images: int = 50  # fewer labelled images than this: ECE is reported, not gated (it would be noise)
 
     def __post_init__(self) -> None:
@@ -338,36 +339,13 @@ def compare(
         check("top-1 agreement", agreement, ">=", tolerances.fp16_agreement, data.n,
               G.proportion_interval(int(same_top1.sum()), data.n))
     else:
-        _int8_checks(check, tolerances, data, reference, ref, logits, own, ece, same_top1, same_decision, p99_prob)
+        G.int8_checks(check, tolerances, data, reference, ref, logits, own, ece, same_top1, same_decision, p99_prob)
     return ParityReport(
         artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
         acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
         decisions, p99_prob, ece, spec.temperature, spec.threshold if spec.positive is not None else None,
         tuple(warnings), temperature_source,
     )
-
-
-def _int8_checks(check, tolerances: Tolerances, data: ParityData, reference: Reference, ref: np.ndarray,
-                 logits: np.ndarray, own: np.ndarray, ece: Optional[float], same_top1: np.ndarray,
-                 same_decision: Optional[np.ndarray], p99_prob: float) -> None:
-    """The INT8 gates of :mod:`edgecls.export.gates` (accuracy, calibration, decisions), then fidelity (gated only
-    when asked, or when there are no labels)."""
-    from edgecls.export import gates as G
-
-    n = data.n
-    labelled = data.y is not None and reference.accuracy is not None
-    if labelled:
-        y = np.asarray(data.y)
-        drop, ci = G.accuracy_drop(np.argmax(ref, 1) == y, np.argmax(logits, 1) == y)
-        check("accuracy drop", drop, "<=", tolerances.int8_accuracy_drop + 1e-12, n, ci)
-        if n >= tolerances.ece_min_images:
-            check("ECE", ece, "<=", tolerances.ece_limit(reference.ece), n, G.ece_interval(own, y))
-    if same_decision is not None:
-        check("decision agreement", float(np.mean(same_decision)), ">=", tolerances.int8_decision_agreement, n,
-              G.proportion_interval(int(same_decision.sum()), n))
-    check("top-1 agreement", float(np.mean(same_top1)), ">=", tolerances.int8_agreement, n,
-          G.proportion_interval(int(same_top1.sum()), n), gated=tolerances.gate_agreement or not labelled)
-    check("p99 |Δprob| at the same T", p99_prob, "<=", tolerances.int8_p99_prob, n, gated=tolerances.gate_p99_prob)
 
 
 def check_artifact(

@@ -334,8 +334,12 @@ def test_nan_outputs_always_fail_and_report_is_truthy_only_on_pass(tmp_path):
     assert ok and ok.agreement == 1.0 and ok.accuracy == 1.0
     flipped = compare("m.onnx", tmp_path / "m.onnx", "int8-cpu", ref_logits[:, ::-1].copy(), ref, data, spec,
                       Tolerances())
-    assert not flipped and any("agreement" in f for f in flipped.failures)
-    assert any("accuracy drop" in f for f in flipped.failures)
+    assert not flipped and any("decision agreement" in f for f in flipped.failures)
+    # 2 of 2 images wrong: a 100-point drop, yet McNemar's p = 0.25 on two images — said, refused only by --strict
+    assert any("accuracy drop (McNemar p=0.25)" in w for w in flipped.warnings)
+    strict = compare("m.onnx", tmp_path / "m.onnx", "int8-cpu", ref_logits[:, ::-1].copy(), ref, data, spec,
+                     Tolerances(gate_accuracy_point=True))
+    assert any("accuracy drop" in f for f in strict.failures)
 
 
 def test_torch_backend_is_the_checkpoint_model(tiny_ckpt):
