@@ -49,6 +49,8 @@ def fuse_pointwise_pairs(model: onnx.ModelProto, max_growth: float = MAX_MAC_GRO
     import onnx
     from onnx import helper, numpy_helper
 
+    from edgecls.export.quantize import prune_unused_initializers
+
     m = onnx.ModelProto.FromString(model.SerializeToString())
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     readers: Dict[str, List] = {}
@@ -84,10 +86,7 @@ def fuse_pointwise_pairs(model: onnx.ModelProto, max_growth: float = MAX_MAC_GRO
     del m.graph.node[:]
     m.graph.node.extend(keep)
     m.graph.initializer.extend(new_inits)
-    used = {x for n in m.graph.node for x in n.input}
-    inits_kept = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits_kept)
+    prune_unused_initializers(m)
     names = {o for n in m.graph.node for o in n.output}
     vi = [v for v in m.graph.value_info if v.name in names]
     del m.graph.value_info[:]

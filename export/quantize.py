@@ -157,11 +157,16 @@ def float_outputs(model: onnx.ModelProto) -> int:
     keep = [n for n in model.graph.node if id(n) not in drop]
     del model.graph.node[:]
     model.graph.node.extend(keep)
-    used = {x for n in keep for x in n.input}
+    prune_unused_initializers(model)
+    return removed
+
+
+def prune_unused_initializers(model: onnx.ModelProto) -> None:
+    """Drop the initializers no node reads (in place)."""
+    used = {x for n in model.graph.node for x in n.input}
     inits = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(inits)
-    return removed
 
 
 def _rename(model: onnx.ModelProto, old: str, new: str, skip: Tuple[int, ...] = ()) -> None:
@@ -242,10 +247,7 @@ def _prune_dead_qdq(model: onnx.ModelProto) -> None:
         keep = [n for n in model.graph.node if id(n) not in gone]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-    used = {x for n in model.graph.node for x in n.input}
-    inits = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(inits)
+    prune_unused_initializers(model)
 
 
 def _toposort(model: onnx.ModelProto) -> None:
