@@ -8,18 +8,19 @@ Per form (``int8-qdq`` for TensorRT, ``int8-cpu`` for onnxruntime's CPU provider
 2. **ill-conditioned linear bottlenecks fused** (:mod:`edgecls.export.fuse_linear`) when full INT8 misses a gate:
    a layer with SQNR below ``FUSE_BELOW_DB`` that reads a 1×1 projection (no activation between) is computed as one
    convolution with it — exact in float, no INT8 tensor in between — then full INT8 again;
-3. **layers kept in higher precision** (``--int8-keep-fp32 auto``, on the plain model) only when that still misses
-   a gate on the selection split: layers ranked by their own quantization error (SQNR, :mod:`edgecls.export.sensitivity`), the
-   fewest most sensitive ones kept in FP32 (at most ``--int8-max-keep`` of them). On the CPU form each one costs
-   latency, which is measured against FP32 and printed (and said loudly when the result is slower than FP32).
+3. **layers kept in higher precision** (``--int8-keep-fp32 auto``, on the plain model) only when that still
+   misses a gate on the selection split: layers ranked by their own quantization error (SQNR,
+   :mod:`edgecls.export.sensitivity`), the fewest most sensitive ones kept in FP32 (at most ``--int8-max-keep``).
+   On the CPU form each one costs latency, measured against FP32 and printed (loudly when slower than FP32).
 
 Cross-layer equalization, the calibration-method search and the QAT fallback were measured and deleted: none
 improved a gate result on both forms (QAT made the CPU form fail where PTQ passed; equalization helped one form,
 hurt the other, and added nothing once bottlenecks are fused).
 
 Every candidate is judged as the artifact would be: run through the runtime backend, its confidence re-fitted on
-its own logits (:mod:`edgecls.export.refit`), then the INT8 gates (for the TensorRT form also top-1 agreement
->= 99 %) — all on the *selection* split only. The chosen model is then published by the pipeline and gated on the *report* split.
+its own logits (:mod:`edgecls.export.refit`), then the INT8 gates with the accuracy drop as a point estimate (for
+the TensorRT form also top-1 agreement >= 99 %) — all on the *selection* split only. The chosen model is then
+published by the pipeline and gated on the *report* split (:mod:`edgecls.export.gates`).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # layers whose own quantization error is this bad (SQNR, dB) get their linear bottleneck fused into them before
 # layers are kept in FP32: products28's MobileNetV2 has one at -1..3 dB, every other layer >= 13 dB
 FUSE_BELOW_DB = 10.0
+
 
 @dataclass(frozen=True)
 class Int8Settings:

@@ -130,3 +130,21 @@ def test_harm_fails_with_exit_3_and_a_temperature_alone_passes(tiny_ckpt, tiny_d
     assert "accuracy drop" in stderr and "model_int8_cpu.onnx.failed" in stderr
     assert (out / "model_int8_cpu.onnx.failed").is_file()
     assert (out / "model_int8_cpu.onnx").read_bytes() == good  # the earlier good artifact is left as it was
+
+
+@pytest.mark.slow
+def test_gate_data_joins_the_report_split_and_never_a_parity_image(tiny_ckpt, tiny_data, tmp_path, capsys):
+    """--gate-data: its labelled images are added to the images the gates judge (n grows, selection unchanged);
+    images the export already uses are refused (exit 2) before anything is written."""
+    from edgecls.core.images import list_images
+
+    args = ["export", tiny_ckpt, "--int8", "--int8-forms", "int8-cpu", "--calib-count", "8",
+            "--calib-method", "minmax", "--int8-keep-fp32", "none"]
+    code, _, stderr = run_cli_captured(args + ["--out", tmp_path / "bad", "--gate-data", tiny_data / "val"], capsys)
+    assert code == 2 and "--gate-data holds" in stderr and not (tmp_path / "bad" / "model.onnx").exists()
+    code, stdout, _ = run_cli_captured(args + ["--out", tmp_path / "ok", "--gate-data", tiny_data / "train"], capsys)
+    assert code == 0, stdout
+    parity = json.loads((tmp_path / "ok" / "parity.json").read_text())
+    extra = len(list_images(tiny_data / "train"))
+    assert parity["data"]["n"] == parity["selection"]["report_images"] + extra
+    assert parity["artifacts"]["model_int8_cpu.onnx"]["n"] == parity["data"]["n"]
