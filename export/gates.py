@@ -50,17 +50,6 @@ def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, level: float
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1.0 - a))
 
 
-def ece_of(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """15-bin top-1 ECE (the same definition as :func:`edgecls.runtime.metrics.expected_calibration_error`,
-    vectorized for the bootstrap)."""
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
-    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
-    return float(np.sum(np.abs(acc_sum - conf_sum)) / max(len(y), 1))
-
-
 def accuracy_drop(ref_correct: np.ndarray, art_correct: np.ndarray) -> Tuple[float, Optional[Interval]]:
     """PyTorch accuracy − artifact accuracy on the same images, and its paired-bootstrap 95 % interval."""
     d = ref_correct.astype(np.float64) - art_correct.astype(np.float64)
@@ -80,11 +69,9 @@ def mcnemar_p(ref_correct: np.ndarray, art_correct: np.ndarray) -> float:
 
 
 def ece_interval(probs: np.ndarray, y: np.ndarray) -> Optional[Interval]:
-    return bootstrap_interval(lambda i: ece_of(probs[i], y[i]), len(y))
+    from edgecls.runtime.metrics import expected_calibration_error
 
-
-def evidence_note(n: int) -> str:
-    return f"low evidence: {n} images < {LOW_EVIDENCE}" if n < LOW_EVIDENCE else ""
+    return bootstrap_interval(lambda i: expected_calibration_error(probs[i], y[i]), len(y))
 
 
 def int8_checks(check, tolerances, data, reference, ref: np.ndarray,

@@ -334,8 +334,7 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
     cost = kept_cost(ex, form, c, res.full, fp32, res.ranking)
     notes = [f"recipe chosen on {ex.split.select.n} selection images (not the {ex.split.report.n} reported): "
              f"{c.method} calibration, " + (f"{len(c.exclude)} layer(s) kept in FP32" if c.exclude else "full INT8")
-             + (f", {len(c.fused)} linear bottleneck(s) fused into their readers" if c.fused else "")
-]
+             + (f", {len(c.fused)} linear bottleneck(s) fused into their readers" if c.fused else "")]
     if c.exclude or "latency_ms_b1" in cost:
         notes.append(cost["line"])
     if c.refit is not None and ex.spec.positive is not None:
@@ -346,16 +345,15 @@ def _publish(ex, form: str, res: FormResult, fp32, agree=None) -> None:
         notes.append("no recipe passed the INT8 gates on the selection split either: " + c.summary())
     check = qdq_check(ex, name, notes) if form == "int8-qdq" else None
     report = ex.publish(name, c.model, form, notes=notes, spec=c.spec, check=check)
-    import dataclasses
-
     if c.refit is not None:
         report = dataclasses.replace(report, temperature_source=c.refit.describe())
     unlabelled = agree(report.path, form, c.spec) if agree is not None and report.passed else None
     if unlabelled is not None:
         ex.extra.setdefault(name, {})["unlabelled_agreement"] = {k: v for k, v in unlabelled.items() if k != "line"}
-        warn = () if unlabelled["agreement"] >= ex.cfg.tolerances.int8_agreement else (
-            f"top-1 agreement {unlabelled['line'].split('agreement ')[1]} below "
-            f"{100 * ex.cfg.tolerances.int8_agreement:g}% on unlabelled images",)
+        limit = ex.cfg.tolerances.int8_agreement
+        warn = () if unlabelled["agreement"] >= limit else (
+            f"top-1 agreement {100 * unlabelled['agreement']:.2f}% below {100 * limit:g}% on {unlabelled['n']} "
+            "unlabelled calibration-folder images",)
         report = dataclasses.replace(report, notes=report.notes + (unlabelled["line"],),
                                      warnings=report.warnings + warn)
     entry = ex.extra.setdefault(name, {})

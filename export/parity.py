@@ -93,9 +93,9 @@ class Check:
             extra.append(f"95% CI {_fmt(self.interval[0])}..{_fmt(self.interval[1])}")
         if self.n is not None:
             extra.append(f"n={self.n}")
-            from edgecls.export.gates import evidence_note
+            from edgecls.export.gates import LOW_EVIDENCE
 
-            if evidence_note(self.n):
+            if self.n < LOW_EVIDENCE:
                 extra.append("low evidence")
         return (f"{self.name} {_fmt(self.value)} (must be {self.op} {_fmt(self.limit)})"
                 + (f" [{', '.join(extra)}]" if extra else ""))
@@ -273,7 +273,7 @@ def reference_subset(reference: Reference, data: ParityData, index: np.ndarray, 
 def compare(
     artifact: str, path: PathLike, precision: str, logits: np.ndarray, reference: Reference, data: ParityData,
     spec: ModelSpec, tolerances: Tolerances, providers: Sequence[str] = (), seconds: float = 0.0,
-    notes: Sequence[str] = (), temperature_source: Optional[str] = None,
+    notes: Sequence[str] = (),
 ) -> ParityReport:
     """Metrics and pass/fail of one artifact's logits against the reference (``spec``: the artifact's, with its
     own temperature and threshold; the reference's are the checkpoint's)."""
@@ -344,7 +344,7 @@ def compare(
         artifact, os.fspath(path), precision, size, data.n, tuple(providers), max_logit, scale, max_prob, agreement,
         acc, reference.accuracy, spec.positive, pos, per, 0, tuple(checks), tuple(failures), seconds, tuple(notes),
         decisions, p99_prob, ece, spec.temperature, spec.threshold if spec.positive is not None else None,
-        tuple(warnings), temperature_source,
+        tuple(warnings),
     )
 
 
