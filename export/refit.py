@@ -21,7 +21,6 @@ from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-T_BOUNDS = (0.05, 20.0)
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,12 @@ class RefitRecord:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
-    """The NLL-optimal temperature in ``T_BOUNDS``; None when the images are perfectly separated (the NLL keeps
+    """The NLL-optimal temperature (:func:`edgecls.runtime.confidence.recalibrate.fit_temperature`); None when the images are perfectly separated (the NLL keeps
     falling as T → 0, so the fit says nothing about new images)."""
-    from edgecls.runtime import metrics as M
+    from edgecls.runtime.confidence.recalibrate import fit_temperature as fit
 
-    t = float(M.fit_temperature(np.asarray(logits, np.float64), np.asarray(y, np.int64), bounds=T_BOUNDS))
-    if t <= T_BOUNDS[0] * 1.001 and t < 1.0:
-        return None
-    return t
+    t, identifiable = fit(np.asarray(logits, np.float64), np.asarray(y, np.int64))
+    return t if identifiable else None
 
 
 def crossfit_temperature(logits: np.ndarray, y: np.ndarray, t_keep: float, folds: int = 5

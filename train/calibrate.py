@@ -20,8 +20,6 @@ from edgecls.runtime.confidence import ConfidenceSettings, ConfidenceSpec, fit_c
 
 log = logging.getLogger(__name__)
 
-T_BOUNDS = (0.05, 20.0)
-
 
 def calibration_mask(y: Sequence[int], fraction: float, seed: int) -> np.ndarray:
     """Which val images (``y``: their labels) form the calibration split: per class, ``round(n * fraction)`` chosen
@@ -81,13 +79,14 @@ class Calibration:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, announce: bool = True) -> float:
-    t = float(M.fit_temperature(logits, y, bounds=T_BOUNDS))
-    if t <= T_BOUNDS[0] * 1.001 and t < 1.0:
+    from edgecls.runtime.confidence.recalibrate import fit_temperature as fit
+
+    t, identifiable = fit(logits, y)
+    if not identifiable:
         # the NLL keeps falling as T -> 0: the images are perfectly separated. Such a temperature only saturates
         # every probability to 0/1 (and the positive threshold with it), it says nothing about new images.
-        log.log(logging.WARNING if announce else logging.DEBUG, "the calibration images are perfectly separated: the temperature is not identifiable (fit ran "
-                    "to %.3g); keeping T = 1", t)
-        t = 1.0
+        log.log(logging.WARNING if announce else logging.DEBUG, "the calibration images are perfectly separated: "
+                "the temperature is not identifiable; keeping T = 1")
     return t
 
 
