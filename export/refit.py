@@ -55,7 +55,8 @@ class RefitRecord:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
-    """The NLL-optimal temperature (:func:`edgecls.runtime.confidence.recalibrate.fit_temperature`); None when the images are perfectly separated (the NLL keeps
+    """The NLL-optimal temperature (:func:`edgecls.runtime.confidence.recalibrate.fit_temperature`); None when
+    the images are perfectly separated (the NLL keeps
     falling as T → 0, so the fit says nothing about new images)."""
     from edgecls.runtime.confidence.recalibrate import fit_temperature as fit
 
