@@ -56,8 +56,7 @@ class RefitRecord:
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> Optional[float]:
     """The NLL-optimal temperature (:func:`edgecls.runtime.confidence.recalibrate.fit_temperature`); None when
-    the images are perfectly separated (the NLL keeps
-    falling as T → 0, so the fit says nothing about new images)."""
+    the images are perfectly separated (the NLL keeps falling as T → 0, so the fit says nothing about new images)."""
     from edgecls.runtime.confidence.recalibrate import fit_temperature as fit
 
     t, identifiable = fit(np.asarray(logits, np.float64), np.asarray(y, np.int64))
