@@ -15,13 +15,15 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 @contextlib.contextmanager
 def served(app: Any, timeout: float = 60.0) -> Iterator[Tuple[str, Any]]:
-    """Run ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread: yields ``(base url, uvicorn server)``;
-    on exit asks it to stop as SIGTERM would (``should_exit``) and waits for the thread."""
-    import uvicorn
+    """Run ``app`` (from ``create_app``) on 127.0.0.1 (a free port) in a thread, with the server ``edgecls serve``
+    builds (its timeouts and limits): yields ``(base url, uvicorn server)``; on exit asks it to stop as SIGTERM
+    would (``should_exit``, plus the draining flag its shutdown sets) and waits for the thread."""
+    import dataclasses
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on", access_log=False,
-                            timeout_graceful_shutdown=30)
-    server = uvicorn.Server(config)
+    from edgecls.runtime.serve.server import build_server
+
+    cfg = dataclasses.replace(app.state.edgecls.cfg, host="127.0.0.1", port=0)
+    server = build_server(app, cfg)
     thread = threading.Thread(target=server.run, daemon=True, name="test-uvicorn")
     thread.start()
     deadline = time.monotonic() + timeout
@@ -77,3 +79,40 @@ def png_header(w: int, h: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def host_port(base: str) -> Tuple[str, int]:
+    host, port = base.split("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def read_response(sock: Any, timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+    """One HTTP response off a raw socket: ``(status, lower-cased headers, body)``; ``(0, {}, b"")`` when the server
+    closed the connection without answering."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return (0, {}, b"") if not data else (-1, {}, data)
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+    n = int(headers.get("content-length", "0"))
+    while len(body) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+def raw_request(base: str, data: bytes, timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+    """Send ``data`` as is (any bytes, malformed or not) on a new connection; the response."""
+    import socket
+
+    with socket.create_connection(host_port(base), timeout=timeout) as s:
+        s.sendall(data)
+        return read_response(s, timeout)

@@ -383,7 +383,7 @@ def test_edgecls_serve_process_answers_in_flight_requests_on_sigterm(model, imag
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
-        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its graceful shutdown
+        assert proc.wait(60) == 143  # the documented exit code of a clean stop on SIGTERM, as `edgecls run`
         assert statuses == [200] * 4
     finally:
         if proc.poll() is None:

@@ -20,7 +20,14 @@ import numpy as np
 from edgecls.core.errors import CapabilityError
 from edgecls.runtime.serve.batching import MicroBatcher
 from edgecls.runtime.serve.config import DEFAULT_MAX_BATCH, ServeConfig
-from edgecls.runtime.serve.uploads import UploadError, decode_image, image_from_multipart, read_limited
+from edgecls.runtime.serve.uploads import (
+    ByteBudget,
+    Lease,
+    UploadError,
+    decode_image,
+    image_from_multipart,
+    read_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,10 @@ class ServeState:
         self.batcher: Optional[MicroBatcher] = None
         self.load_error: Optional[str] = None
         self.ready = False
+        self.draining = False  # set when shutdown starts: requests still uploading get a 503 (server.Guard)
         self.count = 0
+        self.budget = ByteBudget(config.buffer_budget)  # request bodies held at once (--max-buffered-bytes)
+        self.parse_lock: Optional[asyncio.Lock] = None  # one big JSON parse at a time (made on the server's loop)
         workers = config.workers or max(1, min(4, usable_cpus() // 2))
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="edgecls-serve-prep")
 
@@ -73,6 +83,7 @@ class ServeState:
                 self.on_load_error(e)
             return
         self.clf = clf
+        self.parse_lock = asyncio.Lock()  # json.loads holds the GIL anyway, and needs ~3x the text
         self.batcher = MicroBatcher(clf.infer, self.max_batch, self.cfg.max_wait_ms,
                                     on_batch=lambda n, ms: self.metrics.batch.observe(n))
         self.batcher.start()
@@ -156,6 +167,7 @@ def create_app(config: ServeConfig, classifier: Any = None,
     fastapi = import_fastapi()
     from edgecls.runtime.serve.metrics import ServeMetrics
     from edgecls.runtime.serve.routes import add_routes
+    from edgecls.runtime.serve.server import Guard
 
     metrics = ServeMetrics()
     load = (lambda: classifier) if classifier is not None else default_loader(config)
@@ -174,6 +186,7 @@ def create_app(config: ServeConfig, classifier: Any = None,
     app = fastapi.FastAPI(title="edgecls serve", version=_version(), lifespan=lifespan, docs_url=None,
                           redoc_url=None, openapi_url=None)
     app.state.edgecls = state
+    app.add_middleware(Guard, state=state)  # body deadlines, shutdown of uploads, JSON for anything unanswered
     add_routes(app, state, MULTIPART_OVERHEAD)
     return app
 
@@ -188,13 +201,16 @@ def is_multipart(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
 
 
-async def upload_bytes(request: Any, state: ServeState, overhead: int) -> Tuple[bytes, Optional[str]]:
-    """The image bytes of a ``/predict`` request: the raw body, or the one file of a multipart form."""
+async def upload_bytes(request: Any, state: ServeState, overhead: int, lease: Lease) -> Tuple[Any, Optional[str]]:
+    """The image bytes of a ``/predict`` request: the raw body, or the one file of a multipart form (held in
+    ``lease``'s share of the server's buffer budget)."""
     ctype = request.headers.get("content-type", "")
     limit = state.cfg.max_bytes + (overhead if is_multipart(ctype) else 0)
-    body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
+    body = await read_body(request, limit, lease)
     if is_multipart(ctype):
+        lease.take(len(body))  # the form parser's copy
         data, filename = await image_from_multipart(request.headers, body, state.cfg.max_bytes)
+        del body
         if len(data) > state.cfg.max_bytes:
             raise UploadError(413, f"image is {len(data)} bytes; this server accepts at most "
                                    f"{state.cfg.max_bytes} (--max-bytes)")

@@ -2,8 +2,10 @@
 
 The model's spec is checked before the server starts (a bad model exits 2 at once); the backend loads after
 startup (``/v2/health/ready`` is 503 until then; a backend that cannot load stops the server with its exit code).
-SIGTERM or Ctrl-C: uvicorn stops accepting connections, in-flight requests and queued batches finish, the model
-is closed.
+SIGTERM or Ctrl-C: uvicorn stops accepting connections, in-flight requests and queued batches finish (within
+``--shutdown-timeout``; requests still uploading get a 503), the model is closed, and the command exits 143
+(SIGTERM) or 130 (Ctrl-C), the codes ``edgecls run`` uses. The limits against slow and hostile clients are in
+:mod:`edgecls.runtime.serve.server`.
 """
 from __future__ import annotations
 
@@ -15,17 +17,20 @@ import typer
 
 log = logging.getLogger(__name__)
 
-GRACEFUL_SHUTDOWN_S = 30
+def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, access_log: bool = False) -> int:
+    """Serve ``cfg`` (a ServeConfig) until SIGTERM/SIGINT; raises the load error if the model could not load.
+    Returns the exit code of the clean stop: ``EXIT_TERMINATED`` (143) after SIGTERM, ``EXIT_INTERRUPTED`` (130)
+    after Ctrl-C, 0 otherwise (the codes ``edgecls run`` uses)."""
+    import signal
 
-
-def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, access_log: bool = False) -> None:
-    """Serve ``cfg`` (a ServeConfig) until SIGTERM/SIGINT; raises the load error if the model could not load."""
+    from edgecls.core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
     from edgecls.runtime.model_io import load_model_spec
     from edgecls.runtime.serve.app import create_app, import_fastapi
+    from edgecls.runtime.serve.server import build_server
 
     import_fastapi()
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as e:
         from edgecls.core.errors import CapabilityError
 
@@ -39,18 +44,8 @@ def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, acces
         if holder:
             holder[0].should_exit = True
 
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None):
-            await super().startup(sockets)
-            if self.started and announce is not None:
-                port = self.servers[0].sockets[0].getsockname()[1]
-                host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-                announce(f"http://{host}:{port}")
-
     app = create_app(cfg, on_load_error=on_load_error)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=access_log,
-                            lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False)
-    server = Server(config)
+    server = build_server(app, cfg, announce=announce, access_log=access_log)
     holder.append(server)
     server.run()
     if failures:
@@ -59,6 +54,11 @@ def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, acces
         from edgecls.core.errors import CapabilityError
 
         raise CapabilityError(f"edgecls serve could not listen on {cfg.host}:{cfg.port} (see the error above)")
+    if signal.SIGTERM in server.signals:
+        return EXIT_TERMINATED
+    if signal.SIGINT in server.signals:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def serve_command(
@@ -84,18 +84,34 @@ def serve_command(
     allow_fallback: bool = typer.Option(False, "--allow-fallback", help="Run on the CPU (with a loud warning) "
                                         "if the requested provider is missing."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a request's line and headers may "
+                                         "take (408 and closed after)."),
+    body_timeout: float = typer.Option(10.0, "--body-timeout", help="Seconds a request body may take, plus 1 s "
+                                       "per --min-upload-rate bytes received (408 after)."),
+    min_upload_rate: int = typer.Option(16 * 1024, "--min-upload-rate", help="Bytes/s an upload must average "
+                                        "beyond --body-timeout."),
+    max_connections: int = typer.Option(2048, "--max-connections", help="Open connections (more: 503 + "
+                                        "Retry-After, closed)."),
+    max_buffered_bytes: Optional[int] = typer.Option(None, "--max-buffered-bytes", help="Request bodies held at "
+                                                     "once, all requests together; 503 + Retry-After above "
+                                                     "[default: 8 x --max-bytes]."),
+    shutdown_timeout: float = typer.Option(3.0, "--shutdown-timeout", help="SIGTERM: seconds in-flight requests "
+                                           "get before the rest are answered 503 and closed."),
 ) -> None:
     """Serve a model over HTTP: POST /predict (image bytes or a multipart file → the record `edgecls run`
     prints), KServe v2 (/v2/health/live, /v2/health/ready, /v2/models/<name>/infer), Prometheus /metrics.
 
-    Concurrent requests are micro-batched; bad uploads get a 4xx JSON error; SIGTERM finishes in-flight work.
-    Needs the serve extra (FastAPI, uvicorn, prometheus-client). Exit codes: 2 bad model, 4 missing capability."""
+    Concurrent requests are micro-batched; bad uploads get a 4xx JSON error; slow clients time out; SIGTERM
+    finishes in-flight work. Needs the serve extra (FastAPI, uvicorn, prometheus-client). Exit codes: 2 bad
+    model, 4 missing capability, 143 stopped by SIGTERM, 130 by Ctrl-C."""
     from edgecls.runtime.serve.config import ServeConfig
 
     cfg = ServeConfig(model=model, host=host, port=port, device=device, threads=threads,
                       allow_fallback=allow_fallback, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, threshold=threshold, topk=topk,
-                      name=name, backend=backend)
+                      name=name, backend=backend, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                      min_upload_rate=min_upload_rate, max_connections=max_connections,
+                      max_buffered_bytes=max_buffered_bytes, shutdown_timeout_s=shutdown_timeout)
     if cfg.public:
         typer.echo(f"warning: listening on {host}: reachable from other machines, with no authentication or TLS "
                    "(put it behind a reverse proxy)", err=True)
@@ -105,4 +121,9 @@ def serve_command(
                    f"{url}/v2/models/{cfg.model_name}/infer, {url}/metrics)", err=True)
         sys.stderr.flush()
 
-    run_server(cfg, announce=announce, access_log=access_log)
+    code = run_server(cfg, announce=announce, access_log=access_log)
+    if code:
+        from edgecls.core.errors import EXIT_TERMINATED
+
+        typer.echo("terminated (SIGTERM)" if code == EXIT_TERMINATED else "interrupted", err=True)
+        raise typer.Exit(code)

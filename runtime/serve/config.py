@@ -13,6 +13,11 @@ from edgecls.runtime.preprocess import DEFAULT_MAX_PIXELS  # the loader's own bo
 
 DEFAULT_MAX_BYTES = 20 * 2**20  # 20 MiB per upload
 DEFAULT_MAX_BATCH = 8  # models with a dynamic batch; an engine's profile maximum wins
+DEFAULT_HEADER_TIMEOUT_S = 10.0  # a request line + headers must arrive within this, from the first byte
+DEFAULT_BODY_TIMEOUT_S = 10.0  # a body gets this long, plus 1 s per --min-upload-rate bytes received
+DEFAULT_MIN_UPLOAD_RATE = 16 * 1024  # bytes/s (a 20 MiB upload may take up to ~22 minutes)
+DEFAULT_MAX_CONNECTIONS = 2048  # open connections; more are answered 503 and closed
+DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0  # SIGTERM: in-flight requests get this long, then the rest are closed
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -35,6 +40,13 @@ class ServeConfig:
     topk: int = 3
     name: Optional[str] = None  # KServe model name (default: the model file's stem)
     backend: Optional[str] = None  # triton://host:port/name: preprocessing here, inference on a Triton server
+    # hostile and careless clients (see README "edgecls serve: limits")
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    min_upload_rate: int = DEFAULT_MIN_UPLOAD_RATE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_buffered_bytes: Optional[int] = None  # bodies held at once, all requests together (None: 8 x --max-bytes)
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -45,6 +57,18 @@ class ServeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        for name in ("min_upload_rate", "max_connections"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        for name in ("header_timeout_s", "body_timeout_s", "shutdown_timeout_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 < float(v) <= 3600.0:
+                raise InputError(f"--{name[:-2].replace('_', '-')} must be in (0, 3600] seconds, got {v!r}")
+        if self.max_buffered_bytes is not None and (not isinstance(self.max_buffered_bytes, int)
+                                                    or self.max_buffered_bytes < self.max_bytes):
+            raise InputError(f"--max-buffered-bytes must be an integer >= --max-bytes ({self.max_bytes}), "
+                             f"got {self.max_buffered_bytes!r}")
         for name in ("threads", "workers", "max_batch"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -62,6 +86,11 @@ class ServeConfig:
             return self.name
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(self.model).stem) or "model"
         return stem if NAME_RE.match(stem) else f"m_{stem}"
+
+    @property
+    def buffer_budget(self) -> int:
+        """Bytes of request bodies held at once across all requests (503 + Retry-After above)."""
+        return self.max_buffered_bytes if self.max_buffered_bytes is not None else 8 * self.max_bytes
 
     @property
     def public(self) -> bool:

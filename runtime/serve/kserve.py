@@ -5,7 +5,8 @@ Request (``POST /v2/models/<name>/infer``)::
     {"id": "42", "inputs": [{"name": "input", "shape": [N, 3, H, W], "datatype": "FP32", "data": [...]}],
      "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}
 
-``data`` is the preprocessed NCHW tensor (row-major, flat or nested). With the binary extension (what tritonclient
+``data`` is the preprocessed NCHW tensor (row-major, flat or nested), as JSON numbers (strings are refused, as
+Triton does, not converted). With the binary extension (what tritonclient
 sends by default) the JSON is followed by the raw little-endian bytes: the ``Inference-Header-Content-Length``
 header gives the JSON's length and each input's ``parameters.binary_data_size`` its byte count.
 
@@ -28,6 +29,33 @@ from edgecls.runtime.serve.uploads import UploadError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_IMAGES_PER_REQUEST = 256
+VERSIONS = ("1",)  # the one version a server has (the file it was started with)
+
+
+def short(value: Any, n: int = 60) -> str:
+    """``repr(value)`` cut to ``n`` characters: error messages never echo a whole (hostile) request."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # very deep nesting; ints too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _params(where: str, obj: Dict[str, Any]) -> Dict[str, Any]:
+    """``obj["parameters"]``: absent/null is ``{}``; anything but a JSON object is a 400."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise UploadError(400, f"\"parameters\" of {where} must be a JSON object, got {short(params)}")
+    return params
+
+
+def _flag(where: str, params: Dict[str, Any], key: str, default: bool) -> bool:
+    v = params.get(key, default)
+    if not isinstance(v, bool):
+        raise UploadError(400, f"parameter {key!r} of {where} must be true or false, got {short(v)}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -43,6 +71,14 @@ class InferRequest:
     output: RequestedOutput
 
 
+def header_size(header_length: str) -> int:
+    """The JSON length an ``Inference-Header-Content-Length`` claims (0 when not a number: the parser says why)."""
+    try:
+        return max(0, int(header_length))
+    except ValueError:
+        return 0
+
+
 def _json_part(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
     n = len(body)
     if header_length is not None:
@@ -53,63 +89,79 @@ def _json_part(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any
         if not 0 < n <= len(body):
             raise UploadError(400, f"{HEADER_LENGTH} {n} does not fit a body of {len(body)} bytes")
     try:
-        obj = json.loads(body[:n])
+        obj = json.loads(body if n == len(body) else body[:n])
     except (ValueError, UnicodeDecodeError) as e:
         raise UploadError(400, f"the inference request is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UploadError(400, "the inference request's JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise UploadError(400, "the inference request must be a JSON object with an \"inputs\" list")
-    return obj, body[n:]
+    return obj, memoryview(body)[n:]
 
 
-def _tensor(inp: Dict[str, Any], binary: bytes, input_name: str, crop: int) -> np.ndarray:
+def _tensor(inp: Dict[str, Any], binary: memoryview, input_name: str, crop: int) -> np.ndarray:
     if inp.get("name") != input_name:
-        raise UploadError(400, f"unknown input {inp.get('name')!r}; this model has one input, {input_name!r}")
+        raise UploadError(400, f"unknown input {short(inp.get('name'))}; this model has one input, {input_name!r}")
     if inp.get("datatype") != "FP32":
-        raise UploadError(400, f"input datatype {inp.get('datatype')!r} is not supported; send \"FP32\"")
+        raise UploadError(400, f"input datatype {short(inp.get('datatype'))} is not supported; send \"FP32\"")
     shape = inp.get("shape")
     want = [3, crop, crop]
-    if (not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(d, int) for d in shape)
+    if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
             or shape[1:] != want or not 1 <= shape[0] <= MAX_IMAGES_PER_REQUEST):
-        raise UploadError(400, f"input shape {shape!r} is not supported; send [N, 3, {crop}, {crop}] with "
+        raise UploadError(400, f"input shape {short(shape)} is not supported; send [N, 3, {crop}, {crop}] with "
                                f"1 <= N <= {MAX_IMAGES_PER_REQUEST} (preprocessed NCHW images)")
     count = math.prod(shape)
-    size = (inp.get("parameters") or {}).get("binary_data_size")
+    size = _params("the input", inp).get("binary_data_size")
     if size is not None:
-        if size != 4 * count or len(binary) < size:
-            raise UploadError(400, f"binary_data_size {size!r} does not match shape {shape} (needs {4 * count} "
-                                   f"bytes, {len(binary)} sent)")
+        if type(size) is not int or size != 4 * count or len(binary) < size:
+            raise UploadError(400, f"binary_data_size {short(size)} does not match shape {shape} (needs the "
+                                   f"integer {4 * count}, {len(binary)} bytes sent)")
         arr = np.frombuffer(binary[:size], dtype="<f4").astype(np.float32)
     else:
-        try:
-            arr = np.asarray(inp.get("data"), dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            raise UploadError(400, "input data must be a list of numbers") from None
-        if arr.size != count:
-            raise UploadError(400, f"input data has {arr.size} values; shape {shape} needs {count}")
+        arr = _numbers(inp.get("data"), count, shape)
     if not np.all(np.isfinite(arr)):
         raise UploadError(400, "input data contains NaN or inf")
     return arr.reshape(shape)
 
 
+def _numbers(data: Any, count: int, shape: List[int]) -> np.ndarray:
+    """JSON ``data`` as float32: numbers only (flat or nested as ``shape``); strings, booleans, objects: 400."""
+    if not isinstance(data, list):
+        raise UploadError(400, f"input data must be a list of numbers, got {short(data)}")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.asarray(data)  # no dtype: strings stay strings (refused below), not parsed as numbers
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError):
+        raise UploadError(400, "input data must be a list of numbers (flat, or nested as the shape)") from None
+    if arr.dtype.kind not in "iuf":
+        raise UploadError(400, "input data must be JSON numbers (FP32); strings, booleans, nulls and objects are "
+                               "not converted")
+    if arr.size != count:
+        raise UploadError(400, f"input data has {arr.size} values; shape {shape} needs {count}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return arr.astype(np.float32).reshape(-1)
+
+
 def _requested(obj: Dict[str, Any], output_name: str) -> RequestedOutput:
-    outs = obj.get("outputs") or []
-    default_binary = bool((obj.get("parameters") or {}).get("binary_data_output", False))
+    outs = obj.get("outputs")
+    outs = [] if outs is None else outs
+    default_binary = _flag("the request", _params("the request", obj), "binary_data_output", False)
     if not isinstance(outs, list) or len(outs) > 1:
         raise UploadError(400, f"\"outputs\" must list at most one output ({output_name!r})")
     if not outs:
         return RequestedOutput(0, default_binary)
     out = outs[0]
     if not isinstance(out, dict) or out.get("name") != output_name:
-        raise UploadError(400, f"unknown output {out.get('name') if isinstance(out, dict) else out!r}; "
+        raise UploadError(400, f"unknown output {short(out.get('name') if isinstance(out, dict) else out)}; "
                                f"this model has one output, {output_name!r}")
-    params = out.get("parameters") or {}
+    params = _params("the output", out)
     k = params.get("classification", 0)
-    if not isinstance(k, int) or k < 0:
-        raise UploadError(400, f"classification must be an integer >= 0, got {k!r}")
-    return RequestedOutput(k, bool(params.get("binary_data", default_binary)))
+    if type(k) is not int or k < 0:
+        raise UploadError(400, f"classification must be an integer >= 0, got {short(k)}")
+    return RequestedOutput(k, _flag("the output", params, "binary_data", default_binary))
 
 
-def parse_infer_request(body: bytes, header_length: Optional[str], input_name: str, output_name: str,
+def parse_infer_request(body: Any, header_length: Optional[str], input_name: str, output_name: str,
                         crop: int) -> InferRequest:
     """The request's id, its images as a float32 NCHW batch, and what output it wants; UploadError (400) else."""
     obj, binary = _json_part(body, header_length)
@@ -117,8 +169,10 @@ def parse_infer_request(body: bytes, header_length: Optional[str], input_name: s
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise UploadError(400, f"\"inputs\" must be a list with one tensor ({input_name!r})")
     rid = obj.get("id")
-    return InferRequest(None if rid is None else str(rid), _tensor(inputs[0], binary, input_name, crop),
-                        _requested(obj, output_name))
+    if rid is not None and not isinstance(rid, str):
+        raise UploadError(400, f"\"id\" must be a string, got {short(rid)}")
+    _params("the request", obj)
+    return InferRequest(rid, _tensor(inputs[0], binary, input_name, crop), _requested(obj, output_name))
 
 
 def classification_strings(probs: np.ndarray, classes: Sequence[str], k: int) -> List[List[str]]:
@@ -171,10 +225,25 @@ def infer_response(model_name: str, req: InferRequest, output_name: str, outputs
 def model_metadata(name: str, spec, platform: str) -> Dict[str, Any]:
     c = spec.preprocess.crop
     return {
-        "name": name, "versions": ["1"], "platform": platform,
+        "name": name, "versions": list(VERSIONS), "platform": platform,
         "inputs": [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, 3, c, c]}],
         "outputs": [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}],
         "parameters": {"classes": list(spec.classes), "output": spec.output, "temperature": spec.temperature,
                        "threshold": spec.threshold, "positive": spec.positive,
                        "preprocess": spec.preprocess.to_dict()},
+    }
+
+
+def model_config(name: str, spec, platform: str, max_wait_ms: float, max_batch: int) -> Dict[str, Any]:
+    """Triton's model configuration (``GET /v2/models/<name>/config``, tritonclient's ``get_model_config``) in its
+    JSON form: what Triton's ``config.pbtxt`` for this model would say (one version, NCHW FP32 in, FP32 out)."""
+    c = spec.preprocess.crop
+    return {
+        "name": name, "platform": platform, "backend": platform, "max_batch_size": MAX_IMAGES_PER_REQUEST,
+        "version_policy": {"specific": {"versions": [int(v) for v in VERSIONS]}},
+        "input": [{"name": spec.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, c, c]}],
+        "output": [{"name": spec.output_name, "data_type": "TYPE_FP32", "dims": [spec.num_classes]}],
+        "dynamic_batching": {"preferred_batch_size": [max_batch],
+                             "max_queue_delay_microseconds": int(round(max_wait_ms * 1000))},
+        "instance_group": [{"count": 1}],
     }

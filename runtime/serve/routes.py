@@ -3,10 +3,13 @@
 - ``POST /predict[?probs=true]``: image bytes, or a multipart form with one file → the record ``edgecls run``
   prints (plus ``timings_ms.queue``, the time spent waiting for a batch).
 - KServe v2: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (503 until loaded), ``/v2/models/<name>``
-  (metadata), ``/v2/models/<name>/ready``, ``POST /v2/models/<name>[/versions/1]/infer`` (:mod:`.kserve`).
+  (metadata), ``/v2/models/<name>/ready``, ``/v2/models/<name>/config`` (Triton's model configuration),
+  ``POST /v2/models/<name>/infer``; each also under ``/v2/models/<name>/versions/1/...`` (the one version: any
+  other is a 404) (:mod:`.kserve`). Request bodies may be ``Content-Encoding: gzip`` or ``deflate``.
 - ``GET /metrics``: Prometheus text (:mod:`.metrics`).
 
-Every error is JSON ``{"error": "..."}``: 4xx for what the client sent, 503 while loading or shutting down.
+Every error is JSON ``{"error": "..."}``: 4xx for what the client sent, 503 (with ``Retry-After`` when retrying
+helps) while loading, shutting down, or holding too many uploads.
 (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations, e.g. ``Request``.)
 """
 import asyncio
@@ -18,11 +21,12 @@ import numpy as np
 
 from edgecls.runtime.serve import kserve
 from edgecls.runtime.serve.batching import BatcherClosed
-from edgecls.runtime.serve.uploads import UploadError, read_limited
+from edgecls.runtime.serve.uploads import Lease, UploadError, read_body
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "edgecls"
+BIG_JSON = 1 << 20  # JSON bodies over this are parsed one at a time
 
 
 class Responder:
@@ -32,14 +36,14 @@ class Responder:
         self.state = state
         self.metrics = state.metrics
 
-    def reply(self, endpoint: str, status: int, content: Any, kind: str = "") -> Any:
+    def reply(self, endpoint: str, status: int, content: Any, kind: str = "", headers: Any = None) -> Any:
         from fastapi.responses import JSONResponse
 
         self.metrics.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
             self.metrics.errors.labels(kind or ("client" if status < 500 else "server")).inc()
             content = {"error": content}
-        return JSONResponse(content, status_code=status)
+        return JSONResponse(content, status_code=status, headers=headers or None)
 
     async def guarded(self, endpoint: str, work) -> Any:
         """Run ``work()`` (once the model is loaded); every failure becomes a JSON status, the server keeps serving."""
@@ -51,8 +55,8 @@ class Responder:
                 raise self.state.not_ready()
             return await work()
         except UploadError as e:
-            kind = {503: "unavailable", 404: "client", 422: "client"}.get(e.status, "upload")
-            return self.reply(endpoint, e.status, e.message, kind)
+            kind = {503: "unavailable", 404: "client", 422: "client", 408: "timeout"}.get(e.status, "upload")
+            return self.reply(endpoint, e.status, e.message, kind, e.headers)
         except BatcherClosed as e:
             return self.reply(endpoint, 503, str(e), "unavailable")
         except ClientDisconnect:
@@ -89,8 +93,9 @@ def add_routes(app: Any, state: Any, overhead: int) -> None:
         async def work():
             from edgecls.runtime.serve.app import upload_bytes
 
-            data, filename = await upload_bytes(request, state, overhead)
-            return resp.reply("/predict", 200, await state.classify(data, filename, probs, t0))
+            with Lease(state.budget) as lease:
+                data, filename = await upload_bytes(request, state, overhead, lease)
+                return resp.reply("/predict", 200, await state.classify(data, filename, probs, t0))
 
         return await resp.guarded("/predict", work)
 
@@ -118,9 +123,12 @@ def _health_routes(app: Any, state: Any) -> None:
         return JSONResponse({"ready": False, "error": state.not_ready().message}, status_code=503)
 
     @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "1"):
         if name != state.cfg.model_name:
-            return JSONResponse({"error": f"unknown model {name!r}"}, status_code=404)
+            return JSONResponse({"error": f"unknown model {kserve.short(name)}"}, status_code=404)
+        if version not in kserve.VERSIONS:
+            return JSONResponse({"error": unknown_version(name, version)}, status_code=404)
         return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
     @app.get("/metrics")
@@ -129,28 +137,46 @@ def _health_routes(app: Any, state: Any) -> None:
         return Response(body, media_type=ctype)
 
 
+def unknown_version(name: str, version: str) -> str:
+    return (f"model {kserve.short(name)} has no version {kserve.short(version)}; its versions: "
+            f"{', '.join(kserve.VERSIONS)}")
+
+
 def _kserve_routes(app: Any, state: Any, resp: Responder) -> None:
     from fastapi import Request
     from fastapi.responses import Response
 
-    def check_name(name: str) -> None:
+    def check_name(name: str, version: str = "1") -> None:
         if name != state.cfg.model_name:
-            raise UploadError(404, f"unknown model {name!r}; this server serves {state.cfg.model_name!r}")
+            raise UploadError(404, f"unknown model {kserve.short(name)}; this server serves "
+                                   f"{state.cfg.model_name!r}")
+        if version not in kserve.VERSIONS:
+            raise UploadError(404, unknown_version(name, version))
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str = "1"):
         async def work():
-            check_name(name)
+            check_name(name, version)
             return resp.reply("/v2/models/metadata", 200, kserve.model_metadata(name, state.clf.spec, PLATFORM))
 
         return await resp.guarded("/v2/models/metadata", work)
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str = "1"):
+        async def work():
+            check_name(name, version)
+            doc = kserve.model_config(name, state.clf.spec, PLATFORM, state.cfg.max_wait_ms, state.max_batch)
+            return resp.reply("/v2/models/config", 200, doc)
+
+        return await resp.guarded("/v2/models/config", work)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "1"):
         async def work():
-            check_name(name)
+            check_name(name, version)
             return await _infer(state, request, Response)
 
         return await resp.guarded("/v2/models/infer", work)
@@ -161,11 +187,20 @@ async def _infer(state: Any, request: Any, response_cls: Any) -> Any:
 
     clf = state.clf
     spec = clf.spec
-    limit = state.cfg.max_bytes
-    body = await read_limited(request.stream(), request.headers.get("content-length"), limit)
-    req = await asyncio.get_running_loop().run_in_executor(
-        state.pool, kserve.parse_infer_request, body, request.headers.get(kserve.HEADER_LENGTH),
-        spec.input_name, spec.output_name, spec.preprocess.crop)
+    loop = asyncio.get_running_loop()
+    header_length = request.headers.get(kserve.HEADER_LENGTH)
+    with Lease(state.budget) as lease:
+        body = await read_body(request, state.cfg.max_bytes, lease)
+        json_size = len(body) if header_length is None else min(len(body), kserve.header_size(header_length))
+        args = (kserve.parse_infer_request, body, header_length, spec.input_name, spec.output_name,
+                spec.preprocess.crop)
+        del body
+        if json_size > BIG_JSON:  # one at a time (ServeState.parse_lock)
+            async with state.parse_lock:
+                req = await loop.run_in_executor(state.pool, *args)
+        else:
+            req = await loop.run_in_executor(state.pool, *args)
+        del args  # the buffer goes before inference, and the lease's bytes with it
     results = await asyncio.gather(*(state.batcher.submit(x) for x in req.batch))
     outputs = np.stack([r.output for r in results]).astype(np.float32)
     probs = outputs.astype(np.float64) if spec.output == "probs" else softmax(outputs, spec.temperature)
