@@ -54,6 +54,9 @@ def run_command(
                                                "(frames, errors, reconnects, last-frame age) on this port (0: any)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Interface of --metrics-port (0.0.0.0: "
                                      "every interface)."),
+    view: Optional[str] = typer.Option(None, "--view", help="[HOST:]PORT: watch the run in a browser (annotated "
+                                       "stream, decisions, frames/s, latency, /metrics); 127.0.0.1 unless HOST is "
+                                       "given, which then needs an access token in $EDGECLS_TOKEN."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -63,6 +66,7 @@ def run_command(
     source lost, 130 Ctrl-C, 143 SIGTERM (both: the summary is printed and --save outputs finalized). A run put in
     the background by a script ignores SIGINT (POSIX shells do that): stop it with SIGTERM (`kill PID`).
     """
+    from edgecls.runtime.run.access import env_token
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
     from edgecls.runtime.run.signals import sigterm_as_interrupt
@@ -96,6 +100,8 @@ def run_command(
         backend=backend,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        view=view,
+        view_token=env_token(),
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

@@ -1,7 +1,7 @@
 """What ``edgecls run`` was asked to do, validated once."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from edgecls.core.errors import InputError
@@ -44,6 +44,8 @@ class RunConfig:
     backend: Optional[str] = None  # triton://host:port/model: inference on a Triton server (preprocessing here)
     metrics_port: Optional[int] = None  # Prometheus metrics of the run on this port (0: any free port)
     metrics_host: str = "127.0.0.1"
+    view: Optional[str] = None  # --view [HOST:]PORT: the run in a browser (webview.py)
+    view_token: Optional[str] = field(default=None, repr=False)  # $EDGECLS_TOKEN: needed beyond 127.0.0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))
@@ -68,6 +70,10 @@ class RunConfig:
             raise InputError(f"--max-pixels must be an integer >= 0 (0: no bound), got {self.max_pixels!r}")
         if self.metrics_port is not None and not (isinstance(self.metrics_port, int) and 0 <= self.metrics_port <= 65535):
             raise InputError(f"--metrics-port must be in 0..65535 (0: any free port), got {self.metrics_port!r}")
+        if self.view is not None:
+            from edgecls.runtime.run.access import check_exposure, parse_address
+
+            check_exposure(parse_address(self.view)[0], self.view_token)
         self.source_options()  # validates --open-timeout, --rtsp-latency, --rtsp-codec
         if not self.sources and not self.cameras:
             raise InputError("no source: give image files, folders, globs, videos, streams, csi://N or --camera N")

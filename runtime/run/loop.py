@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
@@ -25,11 +25,13 @@ import numpy as np
 from edgecls.core.errors import EXIT_TERMINATED
 from edgecls.runtime.decision import Prediction, Smoother
 from edgecls.runtime.run.config import RunConfig
+from edgecls.runtime.run.opened import Opened as _Open
 from edgecls.runtime.run.output import AnnotatedOutput
 from edgecls.runtime.run.records import error_record, prediction_record
 from edgecls.runtime.run.saver import Saver
 from edgecls.runtime.run.stats import RunStats
 from edgecls.runtime.run.viewer import Viewer
+from edgecls.runtime.run.webview import start_view
 from edgecls.runtime.run.writers import make_writer
 from edgecls.runtime.sources.files import ImageSource, read_image
 from edgecls.runtime.sources.frame import Frame
@@ -293,34 +295,6 @@ def _run_groups(loop: _Loop, sources: Sequence[Any], notify: threading.Event, st
             break
 
 
-@dataclass
-class _Open:
-    """What a run opened, closed in order at its end whatever happened."""
-
-    started: List[LiveSource] = field(default_factory=list)
-    loop: Optional[_Loop] = None
-    saver: Optional[Saver] = None
-    viewer: Optional[Viewer] = None
-    stats: Optional[RunStats] = None
-    metrics: Optional[Any] = None  # --metrics-port server
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
-        for s in self.started:
-            s.close()
-        if self.loop is not None:
-            self.loop.close()
-        if self.saver is not None:
-            saved = self.saver.close()
-            if self.stats is not None:
-                self.stats.saved.extend(os.fspath(p) for p in saved)
-                if self.saver.images:
-                    self.stats.saved.append(f"{self.saver.images} annotated images under {self.saver.root}")
-        if self.viewer is not None:
-            self.viewer.close()
-
-
 def run(
     config: RunConfig,
     out: Optional[TextIO] = None,
@@ -361,7 +335,8 @@ def run(
             opened.metrics = MetricsServer(stats, sources, config.metrics_port, config.metrics_host)
             err.write(f"edgecls run: metrics on {opened.metrics.url}\n")
             err.flush()
-        output = AnnotatedOutput(opened.saver, opened.viewer, stats)
+        opened.web = start_view(config, stats, sources, err)  # --view (None without)
+        output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
         opened.loop = _Loop(clf, config, writer, output, stats)
         try:

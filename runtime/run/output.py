@@ -21,17 +21,18 @@ log = logging.getLogger(__name__)
 class AnnotatedOutput:
     """Draws each prediction on its frame and hands the result to the saver and/or the viewer."""
 
-    def __init__(self, saver: Optional[Saver], viewer: Optional[Viewer], stats: RunStats) -> None:
+    def __init__(self, saver: Optional[Saver], viewer: Optional[Viewer], stats: RunStats, web: Any = None) -> None:
         self.saver = saver
         self.viewer = viewer
+        self.web = web  # --view (a WebView): gets a reference to each frame, draws only for a watching browser
         self.stats = stats
         self.sources: Dict[str, Any] = {}  # source name → source object (for its fps when saving video)
-        self._fps: Dict[str, Tuple[float, float]] = {}  # source → (last time, ema fps)
+        self._fps: Dict[str, Tuple[float, float]] = {}  # source → (last time, ema of the interval)
 
     @property
     def active(self) -> bool:
         """Whether frames must keep their decoded image until their prediction is out."""
-        return self.saver is not None or self.viewer is not None
+        return self.saver is not None or self.viewer is not None or self.web is not None
 
     def _fps_of(self, source: str) -> Optional[float]:
         now = time.perf_counter()
@@ -39,18 +40,22 @@ class AnnotatedOutput:
         if last is None:
             self._fps[source] = (now, 0.0)
             return None
-        dt = now - last[0]
-        inst = 1.0 / dt if dt > 0 else 0.0
-        ema = inst if last[1] == 0 else 0.9 * last[1] + 0.1 * inst
+        dt = now - last[0]  # the mean interval, inverted (a mean of 1/dt overstates a loop that emits in bursts)
+        ema = dt if last[1] == 0 else 0.9 * last[1] + 0.1 * dt
         self._fps[source] = (now, ema)
-        return ema
+        return 1.0 / ema if ema > 0 else 0.0
 
     def emit(self, frame: Frame, pred: Prediction) -> bool:
         """Save and/or show ``frame`` annotated with ``pred``, then drop its image; False when the viewer quits."""
-        if not isinstance(frame.image, np.ndarray):  # a decoded PIL image (RGB) from an image file
-            frame.image = np.asarray(frame.image)
         sequence = frame.frame is not None
         fps = self._fps_of(frame.source) if sequence else None
+        if self.web is not None:
+            self.web.publish(frame, pred, fps)
+            if self.saver is None and self.viewer is None:
+                frame.image = None
+                return True
+        if not isinstance(frame.image, np.ndarray):  # a decoded PIL image (RGB) from an image file
+            frame.image = np.asarray(frame.image)
         color = DECISION_COLORS.get(pred.decision, (255, 255, 255))
         lines = overlay_text(pred, fps)
         keep_going = True

@@ -166,6 +166,7 @@ def create_app(config: ServeConfig, classifier: Any = None,
     """The FastAPI app serving ``config.model`` (or an already loaded ``classifier``: tests, the Python API)."""
     fastapi = import_fastapi()
     from edgecls.runtime.serve.metrics import ServeMetrics
+    from edgecls.runtime.serve.page import add_page
     from edgecls.runtime.serve.routes import add_routes
     from edgecls.runtime.serve.server import Guard
 
@@ -188,6 +189,7 @@ def create_app(config: ServeConfig, classifier: Any = None,
     app.state.edgecls = state
     app.add_middleware(Guard, state=state)  # body deadlines, shutdown of uploads, JSON for anything unanswered
     add_routes(app, state, MULTIPART_OVERHEAD)
+    add_page(app, state)  # GET /: try a photo in a browser (page.py)
     return app
 
 
