@@ -80,8 +80,22 @@ def start(cmd: List[str], marker: str) -> Tuple[subprocess.Popen, str, List[str]
     return proc, url.rstrip("/"), lines
 
 
-def watch(url: str, counts: Dict[str, int]) -> None:
-    """Read the MJPEG stream until it ends (a browser's <img>): count the frames received."""
+def poll_state(url: str, counts: Dict[str, float], stop: threading.Event) -> None:
+    """What the page does beside the stream: /state.json every 0.5 s (the last answer kept)."""
+    while not stop.wait(0.5):
+        try:
+            with urllib.request.urlopen(url + "/state.json", timeout=5) as r:
+                st = json.loads(r.read())
+            counts["encode_ms"] = st["encode_ms_total"]
+            counts["encoded"] = st["encoded"]
+        except OSError:
+            return
+
+
+def watch(url: str, counts: Dict[str, float]) -> None:
+    """A browser on the page: the MJPEG stream read until it ends (the <img>), /state.json polled."""
+    stop = threading.Event()
+    threading.Thread(target=poll_state, args=(url, counts, stop), daemon=True).start()
     try:
         with urllib.request.urlopen(url + "/stream.mjpg", timeout=30) as r:
             while True:
@@ -95,13 +109,15 @@ def watch(url: str, counts: Dict[str, int]) -> None:
                     counts["frames"] += 1
     except OSError:
         return
+    finally:
+        stop.set()
 
 
 def timed_run(args: argparse.Namespace, video: Path, condition: str) -> Tuple[float, Dict[str, int]]:
     summary = Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [sys.executable, "-m", "edgecls", "run", args.model, str(video), "--loop", "--max-frames",
            str(args.frames), "--device", args.device, "--no-summary", "--summary-json", str(summary)]
-    counts = {"frames": 0, "bytes": 0}
+    counts = {"frames": 0, "bytes": 0, "encode_ms": 0.0, "encoded": 0}
     if condition == "off":
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, cwd=REPO)
     else:
@@ -112,14 +128,15 @@ def timed_run(args: argparse.Namespace, video: Path, condition: str) -> Tuple[fl
         if proc.wait() != 0:
             raise SystemExit("".join(lines))
         client.join(5) if condition == "watched" else None
-    fps = float(json.loads(summary.read_text())["frames_per_s"])
+    result = json.loads(summary.read_text())
     summary.unlink()
-    return fps, counts
+    counts["elapsed_s"] = float(result["elapsed_s"])
+    return float(result["frames_per_s"]), counts
 
 
 def bench(args: argparse.Namespace, video: Path) -> None:
     fps: Dict[str, List[float]] = {c: [] for c in CONDITIONS}
-    received: List[Dict[str, int]] = []
+    received: List[Dict[str, float]] = []
     for r in range(args.rounds):
         for c in CONDITIONS:
             value, counts = timed_run(args, video, c)
@@ -131,14 +148,20 @@ def bench(args: argparse.Namespace, video: Path) -> None:
     base = statistics.median(fps["off"])
     print(f"\nedgecls run over {video.name} ({args.size}, {args.frames} frames per timing, {args.rounds} rounds, "
           f"model {Path(args.model).name}, {args.device}, {os.cpu_count()} CPUs)")
-    print(f"{'':<34}{'median':>9}{'best':>9}{'median / off':>14}")
-    names = {"off": "without --view", "idle": "--view, nobody watching", "watched": "--view, a client on the stream"}
+    print(f"{'':<34}{'median':>9}{'best':>9}{'median/off':>12}{'paired':>9}")
+    names = {"off": "without --view", "idle": "--view, nobody watching", "watched": "--view, a browser watching"}
     for c in CONDITIONS:
         med = statistics.median(fps[c])
-        print(f"{names[c]:<34}{med:>9.2f}{max(fps[c]):>9.2f}{med / base:>13.3f}x")
+        paired = statistics.median(x / o for x, o in zip(fps[c], fps["off"]))  # same round: same background load
+        print(f"{names[c]:<34}{med:>9.2f}{max(fps[c]):>9.2f}{med / base:>11.3f}x{paired:>8.3f}x")
     frames = sum(x["frames"] for x in received)
     kb = sum(x["bytes"] for x in received) / max(1, frames) / 1024
-    print(f"viewer received {frames} frames in {len(received)} watched runs, {kb:.1f} KB per JPEG")
+    enc_ms = sum(x["encode_ms"] for x in received)
+    encoded = sum(x["encoded"] for x in received)
+    run_s = sum(x["elapsed_s"] for x in received)
+    print(f"the browser got {frames} frames ({frames / run_s:.1f}/s, {kb:.1f} KB each); the view drew and encoded "
+          f"{encoded} ({enc_ms / max(1, encoded):.2f} ms each): {enc_ms / run_s / 10:.2f} % of one core "
+          "(paired: the median of each round's ratio to 'off' in that round)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

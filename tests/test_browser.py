@@ -192,7 +192,9 @@ def test_live_view_stream_moves_and_decision_counts_grow(browser, model, tmp_pat
         assert browser.find_elements(By.CSS_SELECTOR, "#recent tbody tr")
         assert browser.find_elements(By.CSS_SELECTOR, "#stages tbody tr")
     finally:
-        assert run.stop() == 143, "".join(run.lines)
+        code = run.stop()
+        print("".join(run.lines))  # shown by pytest when the test fails
+        assert code == 143
 
 
 # -- without a browser -------------------------------------------------------------------------------------------

@@ -127,7 +127,8 @@ class ViewHandler(BaseHTTPRequestHandler):
             return
         try:
             self._headers(200, f"multipart/x-mixed-replace; boundary={BOUNDARY}", extra={"Pragma": "no-cache"})
-            self._stream_frames(view)
+            if self.command != "HEAD":
+                self._stream_frames(view)
         except (BrokenPipeError, ConnectionResetError, socket.timeout, OSError):
             pass  # the client left
         finally:

@@ -36,24 +36,38 @@ MAX_STREAMS = 8  # concurrent MJPEG clients; more get 503
 RECENT = 15  # latest decisions shown
 
 
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:  # image files need no OpenCV: Pillow then
+        return None
+    return cv2
+
+
 def render_jpeg(image: Any, bgr: bool, pred: Any, fps: Optional[float], max_side: int = MAX_SIDE) -> bytes:
-    """``image`` (RGB or BGR array, or a PIL image) scaled to ``max_side``, annotated as ``--save`` does, as JPEG."""
+    """``image`` (RGB or BGR array, or a PIL image) scaled to ``max_side``, annotated as ``--save`` does, as JPEG
+    (OpenCV's encoder where there is one: it releases the GIL, so the run loop's threads keep going)."""
     from PIL import Image
 
     from edgecls.runtime.run.annotate import DECISION_COLORS, annotate, overlay_text
 
     arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    rgb = arr[:, :, 2::-1] if bgr else arr[:, :, :3]
-    pil = Image.fromarray(np.ascontiguousarray(rgb))
-    scale = max_side / max(pil.size)
+    arr = np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr[:, :, :3]
+    h, w = arr.shape[:2]
+    scale = max_side / max(h, w)
+    cv2 = _cv2()
     if scale < 1:
-        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        arr = (cv2.resize(arr, size, interpolation=cv2.INTER_AREA) if cv2 is not None else
+               np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize(size, Image.BILINEAR)))
     color = DECISION_COLORS.get(pred.decision, (255, 255, 255))
-    out = Image.fromarray(annotate(np.asarray(pil), overlay_text(pred, fps), color=color))
+    out = annotate(arr, overlay_text(pred, fps), bgr=bgr, color=color)  # in the channel order it was given
+    if cv2 is not None:
+        ok, buf = cv2.imencode(".jpg", out if bgr else out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if ok:
+            return buf.tobytes()
     buf = io.BytesIO()
-    out.save(buf, "JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(np.ascontiguousarray(out[:, :, ::-1] if bgr else out)).save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -74,6 +88,7 @@ class WebView:
         self.latest: Optional[Tuple[int, Any, bool, Any, Optional[float]]] = None
         self.recent: Deque[Tuple[float, Any, Any]] = deque(maxlen=RECENT)
         self.encoded = 0  # JPEGs encoded (0 while nobody watches)
+        self.encode_s = 0.0  # time spent drawing and encoding them
         self.streams = 0
         self.closed = False
         self._jpeg: Tuple[int, bytes] = (0, b"")
@@ -113,7 +128,9 @@ class WebView:
         with self._encode_lock:
             if self._jpeg[0] != latest[0]:
                 seq, image, bgr, pred, fps = latest
+                t0 = time.perf_counter()
                 self._jpeg = (seq, render_jpeg(image, bgr, pred, fps))
+                self.encode_s += time.perf_counter() - t0
                 self.encoded += 1
             return self._jpeg[1]
 
@@ -144,6 +161,7 @@ class WebView:
             "decisions": {k: s.decisions.get(k, 0) for k in s.decision_names}, "positive": s.positive,
             "threshold": s.threshold, "backend": s.backend_desc, "confidence": list(s.confidence),
             "latency_ms": stages, "recent": recent, "viewers": self.streams, "encoded": self.encoded,
+            "encode_ms_total": round(self.encode_s * 1e3, 1),
             "sources": [str(getattr(src, "name", src)) for src in self.sources],
         }
 

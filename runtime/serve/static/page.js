@@ -41,9 +41,11 @@ function render(rec, roundTrip) {
   const dec = $("decision");
   dec.textContent = rec.decision; dec.className = `decision d-${rec.decision}`;
   $("label").textContent = rec.label;
-  const thr = info && info.threshold != null ? info.threshold.toFixed(2) : "?";
+  const t0 = info && info.threshold != null ? info.threshold : null;
+  const thr = t0 == null ? "?" : t0.toFixed(2);
   $("versus").textContent = rec.positive
-    ? `p(${rec.positive}) = ${rec.p_positive.toFixed(3)} vs threshold ${thr}: yes at or above it, no below ${Math.min(info.threshold, 1 - info.threshold).toFixed(2)}, uncertain between`
+    ? `p(${rec.positive}) = ${rec.p_positive.toFixed(3)} vs threshold ${thr}` + (t0 == null ? "" :
+      `: yes at or above it, no below ${Math.min(t0, 1 - t0).toFixed(2)}, uncertain between`)
     : `confidence ${rec.confidence.toFixed(3)} vs threshold ${thr}`;
   $("confidence").textContent = pct(rec.confidence);
   $("topk").replaceChildren(...rec.topk.map((t) => {
