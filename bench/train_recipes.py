@@ -13,6 +13,11 @@ The seed recipe (SGD 0.001, StepLR 7/0.1, 25 epochs, batch 4, 224 px) is slow on
     .venv/bin/python bench/train_recipes.py --seeds 0,1,2 --png bench/train_recipes.png \
         --markdown bench/train_recipes.md --json runs/bench/train_recipes.json
     .venv/bin/python bench/train_recipes.py --datasets products28 --recipes default,probe
+    .venv/bin/python bench/train_recipes.py --datasets products28 --recipes default,probe \
+        --backbones mobilenet_v2,lite0,lite2,resnet18-scratch     # the backbone axis (a column per pair)
+
+``--backbones`` (presets of :data:`BACKBONES`: the shared ImageNet weights, ResNet18 from scratch as the floor)
+replaces ``--arch``/``--weights``; a from-scratch backbone has no probe column (no features to probe).
 """
 from __future__ import annotations
 
@@ -30,6 +35,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 POSITIVES = {"mobile": "mobile"}  # the positive class of each shared data set (none for catalogs)
+WEIGHTS = SHARED / "weights"
+# --backbones presets: (arch, weights); timm ones need the `timm` extra, their input size is the model's own
+BACKBONES = {
+    "mobilenet_v2": ("mobilenet_v2", str(WEIGHTS / "mobilenet_v2_imagenet_features.pth")),
+    "lite0": ("timm:tf_efficientnet_lite0", str(WEIGHTS / "efficientnet_lite0_imagenet_timm.pth")),
+    "lite2": ("timm:tf_efficientnet_lite2", str(WEIGHTS / "efficientnet_lite2_imagenet_timm.pth")),
+    "resnet18-scratch": ("resnet18", "none"),
+}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -38,6 +51,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="comma-separated: names under ../shared/data or folders")
     p.add_argument("--arch", default="mobilenet_v2")
     p.add_argument("--weights", default=str(SHARED / "weights" / "mobilenet_v2_imagenet_features.pth"))
+    p.add_argument("--backbones", default=None,
+                   help=f"comma-separated presets ({', '.join(BACKBONES)}): a backbone axis instead of --arch/--weights")
     p.add_argument("--recipes", default="default,seed,probe",
                    help="comma-separated, in column order: recipe names, 'default' (the train command's default "
                    "recipe) and 'probe' (the default recipe's head phase alone)")
@@ -85,16 +100,21 @@ def data_path(name: str) -> Path:
 
 
 def run_recipe(name: str, data: str, seed: int, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    from edgecls.reference.models import preprocess_for
     from edgecls.train.config import DEFAULT_RECIPE, TrainConfig
     from edgecls.train.trainer import train
 
     recipe, cap, max_minutes = recipe_for(name, args)
+    recipe = recipe.for_weights(args.weights != "none")
     if args.image_size:
         recipe = recipe.override(image_size=args.image_size)
+    elif args.arch.startswith("timm:"):  # the model's own input size (Lite2: 260)
+        recipe = recipe.override(image_size=preprocess_for(args.arch).crop)
     positive = POSITIVES.get(Path(data).name)
     cfg = TrainConfig(
         data=str(data_path(data)), recipe=recipe, arch=args.arch, weights=args.weights,
-        out=str(work / f"{Path(data).name}-{name}-s{seed}"), positive=positive, device=args.device,
+        out=str(work / f"{Path(data).name}-{getattr(args, 'backbone', None) or 'bb'}-{name}-s{seed}"),
+        positive=positive, device=args.device,
         max_minutes=max_minutes, progress=not args.quiet, seed=seed,
     )
     load_before = _loadavg()
@@ -106,8 +126,10 @@ def run_recipe(name: str, data: str, seed: int, args: argparse.Namespace, work: 
     label = {"default": f"default ({DEFAULT_RECIPE})", "probe": "linear probe"}.get(name, name)
     if cap or "time budget" in (res.stop_reason or ""):
         label += f" (capped: {', '.join(x for x in (cap, f'{max_minutes:g} min' if max_minutes else None) if x)})"
+    bb = getattr(args, "backbone", None)
     return {
-        "recipe": name, "header": label, "data": Path(data).name, "seed": seed, "capped": cap,
+        "recipe": f"{bb}/{name}" if bb else name, "header": f"{bb}: {label}" if bb else label, "backbone": bb,
+        "arch": args.arch, "weights": Path(args.weights).name, "data": Path(data).name, "seed": seed, "capped": cap,
         "stop_reason": res.stop_reason, "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
         "best_acc": best["val_acc"], "best_balanced_acc": best["val_balanced_acc"],
         "best_elapsed_s": best["elapsed_s"],
@@ -200,15 +222,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="edgecls-recipes-")
         work = Path(tmp.name)
     results: List[Dict[str, Any]] = []
+    backbones = [b.strip() for b in (args.backbones or "").split(",") if b.strip()]
+    unknown = [b for b in backbones if b not in BACKBONES]
+    if unknown:
+        raise SystemExit(f"--backbones: unknown {unknown}; valid: {', '.join(BACKBONES)}")
+    runs = [argparse.Namespace(**{**vars(args), "backbone": b, "arch": BACKBONES[b][0], "weights": BACKBONES[b][1]})
+            for b in backbones] or [args]
     try:
         for data in datasets:
             for seed in seeds:
-                for name in names:
-                    results.append(run_recipe(name, data, seed, args, work))
+                for run_args in runs:
+                    for name in names:
+                        if name == "probe" and run_args.weights == "none":
+                            continue  # nothing to probe from scratch
+                        results.append(run_recipe(name, data, seed, run_args, work))
     finally:
         if tmp is not None:
             tmp.cleanup()
-    head = (f"time to accuracy: {args.arch} (weights {Path(args.weights).name}), "
+    which = (", ".join(f"{b} = {BACKBONES[b][0]} ({Path(BACKBONES[b][1]).name})" for b in backbones) if backbones
+             else f"{args.arch} (weights {Path(args.weights).name})")
+    head = (f"time to accuracy: {which}, "
             f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
             f"{os.cpu_count()} CPUs visible; wall-clock from the start of each run (data scan, model build, "
             "feature caching included); mean ± half the spread over seeds")

@@ -15,7 +15,7 @@ BLOCK = textwrap.dedent(
     import sys
     class _BlockTorch:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
+            if name.split(".")[0] in ("torch", "torchvision", "timm"):
                 raise ImportError("torch is blocked in the runtime: " + name)
             return None
     sys.meta_path.insert(0, _BlockTorch())
@@ -32,7 +32,7 @@ def test_import_runtime_leaves_torch_out():
         "import importlib, pkgutil, sys, edgecls.runtime as rt; "
         "names = [m.name for m in pkgutil.walk_packages(rt.__path__, 'edgecls.runtime.')]; "
         "[importlib.import_module(n) for n in names]; "
-        "print(len(names), sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'cv2', 'onnx')))"
+        "print(len(names), sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm', 'cv2', 'onnx')))"
     )
     assert r.returncode == 0, r.stderr
     n, loaded = r.stdout.strip().split(" ", 1)
@@ -62,7 +62,7 @@ def test_run_path_and_api_are_torch_free(artifacts):
                               batch=2, save={str(d / "saved")!r}), out=out, err=err)
         assert stats.frames == 7, (stats.frames, err.getvalue())
         p = Classifier.load({str(d / "model.onnx")!r}).predict({str(d / "imgs" / "img_000.jpg")!r})
-        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
         print(json.dumps({{"torch_modules": bad, "label": p.label}}))
         """
     )
@@ -81,7 +81,7 @@ def test_cli_run_is_torch_free(artifacts):
             main(["run", {str(d / "model.onnx")!r}, {str(d / "imgs")!r}, "--no-summary"])
         except SystemExit as e:
             assert e.code == 0, e.code
-        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
         assert not bad, bad
         """
     )

@@ -21,6 +21,14 @@ def train_command(
     weights: Optional[str] = typer.Option(
         None, "--weights", help="imagenet (default; torchvision cache / $TORCH_HOME), none, or PATH to a state dict."
     ),
+    teacher_arch: Optional[str] = typer.Option(
+        None, "--teacher-arch", help="Distillation teacher for the fine-tuning epochs (with --distill > 0): a linear "
+        "probe on this backbone's features joined with the student's, scored out of fold on train; training only."),
+    teacher_weights: Optional[str] = typer.Option(
+        None, "--teacher-weights", help="Weights of --teacher-arch (imagenet, or PATH) [default: imagenet]."),
+    distill: Optional[float] = typer.Option(
+        None, "--distill", help="Weight of the distillation term in [0, 1] [recipe: fast 0, catalog 0.7]; without "
+        "--teacher-arch the teacher is the student's own out-of-fold probe."),
     recipe: str = typer.Option(
         "fast", "--recipe",
         help="fast: head on cached frozen features, then short fine-tuning with early stopping. "
@@ -53,7 +61,7 @@ def train_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 2, seed 25]; 0 = head only (fast)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 8, seed 4]."),
     image_size: Optional[int] = typer.Option(
-        None, "--image-size", help="Eval/deployment crop; resize = size*256/224 [default 224]."
+        None, "--image-size", help="Eval/deployment crop; resize = size*256/224 [default 224; timm: the model's own size and crop_pct]."
     ),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate [recipe: fast 1e-3 (1e-2 from scratch), seed 1e-3]."),
     balance: Optional[str] = typer.Option(
@@ -91,7 +99,8 @@ def train_command(
                  "target_precision": target_precision, "delta": delta, "coverage": coverage,
                  "calib_fraction": calib_fraction, "batch_size": batch_size, "image_size": image_size,
                  "lr": lr, "balance": balance, "val_fraction": val_fraction, "seed": seed, "out": out,
-                 "rotate": rotate, "calib_data": calib_data, "best_promise": best_promise or None}
+                 "rotate": rotate, "calib_data": calib_data, "best_promise": best_promise or None,
+                 "teacher_arch": teacher_arch, "teacher_weights": teacher_weights, "distill": distill}
         cfg, last = _resume_config(resume, given, epochs=epochs, patience=patience, workers=workers, device=device,
                                    max_minutes=max_minutes, progress=progress)
         result = train(cfg, resume_from=last)
@@ -103,6 +112,7 @@ def train_command(
             balance=balance, patience=patience, rotate=rotate, val_fraction=val_fraction, seed=seed, workers=workers,
             device=device, best_promise=best_promise, crossfit=crossfit, calib_data=calib_data,
             out=out, name=name, exist_ok=exist_ok, max_minutes=max_minutes, amp=amp, progress=progress,
+            teacher_arch=teacher_arch, teacher_weights=teacher_weights, distill=distill,
         ))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(result.table())
@@ -124,7 +134,8 @@ def _resume_config(resume: str, given: Dict[str, Any], **changes: Any):
 
 def _new_config(*, data, recipe, arch, weights, positive, target_precision, delta, coverage, calib_fraction, epochs,
                 batch_size, image_size, lr, balance, patience, rotate, val_fraction, seed, workers, device, out, name,
-                exist_ok, max_minutes, amp, progress, best_promise=False, crossfit=True, calib_data=None):
+                exist_ok, max_minutes, amp, progress, best_promise=False, crossfit=True, calib_data=None,
+                teacher_arch=None, teacher_weights=None, distill=None):
     """The TrainConfig of a new run: the recipe with the options given on the command line."""
     from edgecls.core.errors import InputError
     from edgecls.train.config import TrainConfig, get_recipe
@@ -132,15 +143,23 @@ def _new_config(*, data, recipe, arch, weights, positive, target_precision, delt
     if data is None:
         raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
                          "or with <class>/ folders only")
+    if image_size is None and arch is not None and arch.startswith("timm:"):  # the model's own input size
+        from edgecls.reference.models import get_arch, preprocess_for
+
+        try:
+            get_arch(arch)
+        except ValueError as e:
+            raise InputError(f"--arch: {e}") from e
+        image_size = preprocess_for(arch).crop
     rec = get_recipe(recipe).for_weights((weights or "imagenet") != "none").override(
         epochs=epochs, batch_size=batch_size, image_size=image_size, lr=lr, balance=balance, patience=patience,
-        rotate=None if rotate is None else (0.5 if rotate else 0.0),
+        rotate=None if rotate is None else (0.5 if rotate else 0.0), distill=distill,
     )
     kwargs = dict(
         data=data, recipe=rec, arch=arch or "resnet18", weights=weights or "imagenet", out=out, name=name,
         exist_ok=exist_ok, device=device or "auto", positive=positive, workers=workers,
         max_minutes=max_minutes, amp=amp, progress=progress, best_promise=best_promise, crossfit=crossfit,
-        calib_data=calib_data,
+        calib_data=calib_data, teacher_arch=teacher_arch, teacher_weights=teacher_weights or "imagenet",
     )
     for k, v in (("target_precision", target_precision), ("delta", delta), ("coverage", coverage),
                  ("calib_fraction", calib_fraction), ("val_fraction", val_fraction), ("seed", seed)):

@@ -28,13 +28,23 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps: int) -> float:
     return recipe.lr
 
 
-def make_optimizer(model, recipe: Recipe):
+def make_optimizer(model, recipe: Recipe, head=None):
+    """SGD or AdamW over the trainable parameters; with ``head`` (the classifier) and ``recipe.head_lr`` the head
+    is a second parameter group whose lr is ``head_lr / lr`` times the backbone's (``lr_scale``, kept by the
+    schedule)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": params, "lr_scale": 1.0}]
+    if head is not None and recipe.head_lr is not None:
+        in_head = {id(p) for p in head.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in in_head], "lr_scale": 1.0},
+                  {"params": [p for p in params if id(p) in in_head], "lr_scale": recipe.head_lr / recipe.lr}]
+    for g in groups:
+        g["lr"] = recipe.lr * g["lr_scale"]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 @dataclass
@@ -180,7 +190,7 @@ class EpochRunner:
         for i, batch in enumerate(bar):
             lr = lr_at(r, epoch, i, steps)
             for g in fit.optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             self.bad.note(batch.bad)
             degenerate = len(batch.y) < 2  # BatchNorm cannot train on one sample
             if degenerate and not self.ctx.distributed:
@@ -203,7 +213,10 @@ class EpochRunner:
         x, y = self.to_device(batch.x), batch.y.to(self.setup.device, non_blocking=True)
         with self.autocast():
             out = fit.model(x)
-            loss = fit.criterion(out.float(), y) * scale
+            if getattr(fit.criterion, "needs_index", False):  # distillation: the teacher's targets by position
+                loss = fit.criterion(out.float(), y, batch.index) * scale
+            else:
+                loss = fit.criterion(out.float(), y) * scale
         fit.optimizer.zero_grad(set_to_none=True)
         fit.scaler.scale(loss).backward()
         fit.scaler.step(fit.optimizer)

@@ -119,12 +119,13 @@ def _with_turned_views(runner: EpochRunner, model, feats: np.ndarray, y: np.ndar
     return x, yy, time.monotonic() - t
 
 
-def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]):
+def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any], keep: Optional[Dict[str, Any]] = None):
     """Cache the features, fit the head, copy it into ``model``: ``(metrics row, val logits, val index, crossfit)``.
 
     ``head_info`` gets the chosen L2 (and the CV table when it was chosen by CV), timings and the feature size.
     ``crossfit``: the out-of-fold scores of every labelled image (:mod:`~edgecls.train.crossfit`), None when
     they cannot be made (a class with one image, ``--rotate``: the deployed head also saw turned views).
+    ``keep`` (a dict) receives the cached features (``feats_tr``, ``idx_tr``, ``feats_va``, ``idx_va``).
     """
     import torch
 
@@ -136,6 +137,8 @@ def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any]):
     feats_tr, idx_tr = runner.run_eval(model, setup.data.train, "features train", hook_features=True)
     feats_va, idx_va = runner.run_eval(model, setup.data.val, "features val", hook_features=True)
     extract_s = time.monotonic() - t
+    if keep is not None:
+        keep.update(feats_tr=feats_tr, idx_tr=idx_tr, feats_va=feats_va, idx_va=idx_va)
     n_imgs = len(idx_tr) + len(idx_va)
     log.info("features: %d images in %.1fs (%.1f img/s)", n_imgs, extract_s, n_imgs / max(extract_s, 1e-9))
     y_tr = setup.train_y[idx_tr]

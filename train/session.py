@@ -137,7 +137,7 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume_from: Optional[Path]
     import torch
 
     from edgecls.reference.checkpoint import load_checkpoint
-    from edgecls.reference.models import get_arch
+    from edgecls.reference.models import get_arch, preprocess_for
 
     try:
         get_arch(config.arch)
@@ -159,7 +159,7 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume_from: Optional[Path]
         write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log.info("run folder %s", run_dir)
     setup = RunSetup(
-        config=config, ctx=ctx, data=data, pspec=PreprocessSpec.for_image_size(config.recipe.image_size),
+        config=config, ctx=ctx, data=data, pspec=preprocess_for(config.arch, config.recipe.image_size),
         device=device, use_amp=bool(config.amp and ctx.cuda), run_dir=run_dir, train_y=data.labels("train"),
         val_y=data.labels("val"), class_weights=class_weights(data.counts("train")),
         calib_mask=calibration_mask(data.labels("val"), config.calib_fraction, config.seed),

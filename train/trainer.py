@@ -83,6 +83,7 @@ class _Phases:
         self.runner = EpochRunner(setup, bad)
         self.scaler = scaler
         self.optimizer = None  # created by the fine-tuning phase
+        self.teacher = None  # distillation targets (recipe.distill > 0), made after the head phase
 
     def run(self, model, start_epoch: int, ts: Dict[str, Any], resumed: bool) -> None:
         cfg, r, state = self.setup.config, self.setup.recipe, self.state
@@ -106,7 +107,17 @@ class _Phases:
     def head(self, model) -> bool:
         from edgecls.train.outputs import cpu_state
 
-        row, logits, index, crossfit = head_phase(self.runner, model, self.state.head_info)
+        keep: Dict[str, Any] = {}
+        row, logits, index, crossfit = head_phase(self.runner, model, self.state.head_info, keep)
+        if self.setup.recipe.distill > 0 and self.setup.config.pretrained:
+            from edgecls.train.distill import teacher_targets
+
+            self.teacher = teacher_targets(self.setup, keep["feats_tr"], keep["idx_tr"], keep["feats_va"],
+                                           keep["idx_va"])
+            self.state.head_info["teacher"] = {"oof_train_acc": self.teacher.oof_accuracy,
+                                               "val_acc": self.teacher.val_accuracy,
+                                               "feature_dim": self.teacher.feature_dim,
+                                               "seconds": self.teacher.seconds}
         self.state.head_done = True
         self.state.crossfit = crossfit
         if crossfit is not None:  # kept to deploy it when its promise is stronger (report.choose_deployed)
@@ -127,7 +138,9 @@ class _Phases:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ddp_model = DDP(model, device_ids=[setup.device.index] if ctx.cuda else None)
-        self.optimizer = make_optimizer(model, r)
+        from edgecls.reference.models import head_of
+
+        self.optimizer = make_optimizer(model, r, head=head_of(model, setup.config.arch))
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
         if scaler_state is not None and setup.use_amp:
@@ -142,6 +155,14 @@ class _Phases:
         if r.balance == "weights":
             weight = torch.as_tensor(setup.class_weights, dtype=torch.float32, device=setup.device)
         criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=r.label_smoothing)
+        if r.distill > 0 and setup.config.pretrained:
+            from edgecls.train.distill import DistillLoss, backbone_features, teacher_targets
+
+            if self.teacher is None:  # resumed after the head phase: the frozen backbone's features again
+                f_tr, i_tr = backbone_features(setup, setup.data.train, setup.config.arch, setup.config.weights,
+                                               "features train (teacher)")
+                self.teacher = teacher_targets(setup, f_tr, i_tr, None, None)
+            criterion = DistillLoss(self.teacher.logits, r.distill, r.distill_t, criterion, setup.device)
         return FineTune(ddp_model, self.optimizer, self.scaler, sampler, criterion, dataset)
 
     def finetune(self, model, start_epoch: int, opt_state, scaler_state) -> None:

@@ -19,7 +19,8 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (onnxruntime intra-op / torch)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (engines need a GPU)."),
     out: Optional[str] = typer.Option(
-        None, "--out", help="Folder for eval.json, predictions.csv, reliability.png, pr_curve.png, risk_coverage.png "
+        None, "--out", help="Folder for eval.json, predictions.csv, confusion.csv/.png, reliability.png, "
+        "pr_curve.png, risk_coverage.png "
         "[default: runs/eval/<model name>, a new numbered folder if it exists]."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the result JSON here."),
     no_files: bool = typer.Option(False, "--no-files", help="Write nothing but --json (if given)."),

@@ -143,7 +143,9 @@ class EvalResult:
 
         rot = rotation_lines(self.rotations)
         conf_text += ("\n\nrotations:\n" + "\n".join("  " + line for line in rot)) if rot else ""
-        return head + "\n" + self.report.table() + dec + conf_text + ("\n" + tail if tail else "")
+        from edgecls.evaluation.confusion import report_text
+
+        return head + "\n" + report_text(self.report) + dec + conf_text + ("\n" + tail if tail else "")
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -292,6 +294,19 @@ def _write_plots(result: EvalResult, out: Path) -> List[str]:
     return files
 
 
+def _write_confusion(result: EvalResult, out: Path) -> List[str]:
+    """``confusion.csv`` (the whole matrix, rows = true) and ``confusion.png`` (with matplotlib)."""
+    from edgecls.core import plots
+    from edgecls.evaluation.confusion import confusion_csv, plot_confusion
+
+    classes = list(result.spec.classes)
+    files = [str(atomic_write_text(out / "confusion.csv", confusion_csv(result.report.confusion, classes)))]
+    if plots.available():
+        title = f"{Path(result.model).name} ({result.precision}) on {Path(result.data).name}"
+        files.append(str(plot_confusion(result.report.confusion, classes, out / "confusion.png", title=title)))
+    return files
+
+
 def write_outputs(
     result: EvalResult, config: EvalConfig, items: Sequence[Tuple[str, int]], probs: np.ndarray
 ) -> List[str]:
@@ -300,6 +315,7 @@ def write_outputs(
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         files.append(str(atomic_write_text(out / "predictions.csv", _predictions_csv(result, items, probs))))
+        files += _write_confusion(result, out)
         files += _write_plots(result, out)
         files.append(str(out / "eval.json"))
     if config.json_path:
