@@ -46,13 +46,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="exported .onnx (default: an export found under runs/, else ResNet18)")
     ap.add_argument("--images", default=None, help="image folder (default: ../shared/data/mobile/val, else generated)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    ap.add_argument("--batch", type=int, default=1, help="batch of the model-only timing (the bound's t_model)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime intra-op threads of the model-only timing (default: its own = the cores)")
     ap.add_argument("--workers", type=int, default=None, help="decode/preprocess threads of the run loop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threshold", type=float, default=None, help="--agree: threshold (default: the model's)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--loop-threads", type=int, default=None, help="onnxruntime threads for the run loop [--threads]")
+    ap.add_argument("--loop-threads", type=int, default=None,
+                    help="--threads of the run loop (default: edgecls run's own plan, runtime/run/plan.py)")
+    ap.add_argument("--streams", type=int, default=None, help="--streams of the run loop (default: its plan)")
+    ap.add_argument("--loop-batch", default=None, help="--batch of the run loop, e.g. auto (default: --batch)")
     ap.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
                     help="onnxruntime session config entry (e.g. session.intra_op.allow_spinning=0), repeatable")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
@@ -119,15 +123,30 @@ def model_only(clf, files: List[Path], batch: int, passes: int) -> float:
     return passes * len(images) / (time.perf_counter() - t0)
 
 
-def run_loop(clf, folder: Path, args, limit: Optional[int]) -> float:
-    """images/s of the run loop (model loaded once, outside the timing)."""
+def decode_prep_ms(clf, files: List[Path]) -> float:
+    """ms per image of what the run loop's pool does per file (read, decode, preprocess), on this one thread."""
+    from edgecls.runtime.sources.files import read_image
+
+    t0 = time.perf_counter()
+    for i, p in enumerate(files):
+        f = read_image("bench", i, p, p.name)
+        if f.image is not None:
+            clf.prepare(f.image, bgr=f.bgr)
+    return (time.perf_counter() - t0) * 1e3 / len(files)
+
+
+def run_loop(model: Path, folder: Path, args, limit: Optional[int]) -> float:
+    """images/s of the run loop as `edgecls run` sets it up (its own model load, outside the timing)."""
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
 
-    cfg = RunConfig(model="(loaded)", sources=(str(folder),) * args.passes, batch=args.batch, workers=args.workers,
-                    summary=False, max_frames=limit)
+    batch = args.batch if args.loop_batch is None else args.loop_batch
+    cfg = RunConfig(model=str(model), sources=(str(folder),) * args.passes, batch=batch, workers=args.workers,
+                    threads=args.loop_threads, streams=args.streams, device=args.device, summary=False,
+                    max_frames=limit)
     with open(os.devnull, "w") as devnull:
-        stats = run(cfg, out=devnull, err=io.StringIO(), classifier=clf)
+        stats = run(cfg, out=devnull, err=io.StringIO())
+    run_loop.last = stats  # type: ignore[attr-defined]
     return (stats.frames + stats.errors) / stats.elapsed
 
 
@@ -194,6 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.agree:
         agreement(args)
         return
+    if args.loop_batch is not None and args.loop_batch != "auto":
+        args.loop_batch = int(args.loop_batch)
     from edgecls.core.images import list_images
     from edgecls.runtime.classifier import Classifier
     from edgecls.runtime.run.loop import usable_cpus
@@ -205,53 +226,59 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         files = list_images(folder)[: args.limit] if args.limit else list_images(folder)
         cfg = dict(kv.split("=", 1) for kv in args.ort_config)
         clf = Classifier.load(model, device=args.device, threads=args.threads, session_config=cfg or None)
+        cpus = usable_cpus()
         if cfg:
-            print(f"onnxruntime session config: {cfg}")
-        loop_clf = clf
-        if args.loop_threads and args.loop_threads != args.threads:
-            loop_clf = Classifier.load(model, device=args.device, threads=args.loop_threads, session_config=cfg or None)
-            print(f"run loop with {args.loop_threads} onnxruntime threads (model-only: {args.threads})")
+            print(f"onnxruntime session config (model-only): {cfg}")
         print(f"model {model} ({clf.spec.arch}, {clf.spec.precision}, {clf.backend.describe()})")
-        print(f"images {folder}: {len(files)} x {args.passes} passes; batch {args.batch}; threads {args.threads or 'ort default'}; "
-              f"workers {args.workers or 'default'}; CPUs {usable_cpus()}")
-        mo, lo = [], []
-        for r in range(args.rounds):
+        print(f"images {folder}: {len(files)} x {args.passes} passes; model-only batch {args.batch}, threads "
+              f"{args.threads or 'ort default'}; CPUs {cpus}; load average {os.getloadavg()[0]:.2f}")
+        mo, dp, lo = [], [], []
+        for r in range(args.rounds):  # interleaved: each round measures the three side by side
             mo.append(model_only(clf, files, args.batch, args.passes))
-            lo.append(run_loop(loop_clf, folder, args, args.limit))
-            print(f"  round {r + 1}: model-only {mo[-1]:7.1f} img/s   run loop {lo[-1]:7.1f} img/s", file=sys.stderr)
+            dp.append(decode_prep_ms(clf, files))
+            lo.append(run_loop(model, folder, args, args.limit))
+            bound = 1e3 / (1e3 / mo[-1] + dp[-1] / cpus)
+            print(f"  round {r + 1}: model-only {mo[-1]:6.1f} img/s  decode+pre {dp[-1]:.3f} ms  bound {bound:6.1f} "
+                  f"img/s  run loop {lo[-1]:6.1f} img/s = {lo[-1] / bound:.3f} of the bound", file=sys.stderr)
         clf.close()
-        loop_clf.close()
+        st = run_loop.last  # type: ignore[attr-defined]
         proc = None
         if not args.no_process:
-            cmd = [sys.executable, "-m", "edgecls", "run", str(model), str(folder), "--batch", str(args.batch),
-                   "--device", args.device, "--no-summary"]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            if args.workers:
-                cmd += ["--workers", str(args.workers)]
-            if args.limit:
-                cmd += ["--max-frames", str(args.limit)]
+            cmd = [sys.executable, "-m", "edgecls", "run", str(model), str(folder), "--device", args.device,
+                   "--no-summary", "--batch", str(args.loop_batch or args.batch)]
+            for flag, v in (("--threads", args.loop_threads), ("--streams", args.streams),
+                            ("--workers", args.workers), ("--max-frames", args.limit)):
+                if v:
+                    cmd += [flag, str(v)]
             t0 = time.perf_counter()
             res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             wall = time.perf_counter() - t0
             if res.returncode != 0:
                 print(res.stderr, file=sys.stderr)
                 raise SystemExit(f"edgecls run failed with exit code {res.returncode}")
-            n = sum(1 for ln in res.stdout.splitlines() if ln.startswith("{"))
-            proc = (n, wall)
-        best_m, best_l = max(mo), max(lo)
+            proc = (sum(1 for ln in res.stdout.splitlines() if ln.startswith("{")), wall)
+        bounds = [1e3 / (1e3 / m + d / cpus) for m, d in zip(mo, dp)]
+        ratios = [lp / b for lp, b in zip(lo, bounds)]
+        med = float(np.median(ratios))
         print()
-        print(f"| {'what':<42} | {'images':>6} | {'images/s':>9} | {'vs model-only':>13} |")
-        print(f"|{'-' * 44}|{'-' * 8}|{'-' * 11}|{'-' * 15}|")
-        print(f"| {'model only (backend.infer, preprocessed)':<42} | {len(files):>6} | {best_m:>9.1f} | {1.0:>12.2f}x |")
-        print(f"| {'edgecls run loop (decode+prep+infer+out)':<42} | {len(files):>6} | {best_l:>9.1f} | {best_l / best_m:>12.2f}x |")
+        print(f"run loop: batch {st.batch} x {st.streams} stream(s), {st.backend_desc}")
+        print(f"| {'what (median of ' + str(args.rounds) + ' interleaved rounds)':<46} | {'value':>10} |")
+        print(f"|{'-' * 48}|{'-' * 12}|")
+        rows = [
+            ("t_model: model only, ms/image", 1e3 / np.median(mo)),
+            ("t_decode+pre: one thread, ms/image", np.median(dp)),
+            (f"bound 1/(t_model + t_decode+pre/{cpus}), img/s", np.median(bounds)),
+            ("edgecls run loop, img/s", np.median(lo)),
+            ("run loop / bound", med),
+        ]
         if proc:
             n, wall = proc
-            print(f"| {'edgecls run process (incl. start, load)':<42} | {n:>6} | {n / wall:>9.1f} | "
-                  f"{n / wall / best_m:>12.2f}x |")
-        print(f"\nratio run loop / model only = {best_l / best_m:.3f} (aim >= 0.9; best of {args.rounds} interleaved rounds)")
-        print(f"medians: model-only {np.median(mo):.1f} img/s, run loop {np.median(lo):.1f} img/s, ratio of medians "
-              f"{np.median(lo) / np.median(mo):.3f}")
+            rows.append(("edgecls run process (incl. start + load), img/s", n / wall))
+        for name, v in rows:
+            print(f"| {name:<46} | {v:>10.3f} |")
+        lo_r, hi_r = min(ratios), max(ratios)
+        print(f"\nrun loop / bound = {med:.3f} (median; rounds {lo_r:.3f}..{hi_r:.3f}; aim >= 0.9); "
+              f"decode+pre {np.median(dp):.3f} ms/image (aim <= 0.6)")
 
 
 if __name__ == "__main__":

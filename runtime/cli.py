@@ -19,7 +19,10 @@ def run_command(
     camera: Optional[List[int]] = typer.Option(None, "--camera", help="V4L2 camera index (repeatable)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt (cuda:N / tensorrt:N pick a GPU)."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: onnxruntime's)."),
-    batch: int = typer.Option(1, help="Images per inference call for files and videos (live sources: 1)."),
+    batch: str = typer.Option("1", help="Images per inference call for files and videos (live sources: 1); auto: "
+                              "the batch with the most images/s, measured on this model and machine at start."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="Inference calls in flight at once (default: files/"
+                                          "videos on the CPU one per core with 1 thread each; live sources 1)."),
     threshold: Optional[float] = typer.Option(None, help="Confidence threshold (default: the model's)."),
     coverage: Optional[float] = typer.Option(
         None, "--coverage", help="Conformal sets: each record's `set` holds the true label with this probability "
@@ -78,7 +81,8 @@ def run_command(
         cameras=tuple(camera or ()),
         device=device,
         threads=threads,
-        batch=batch,
+        batch=parse_batch(batch),
+        streams=streams,
         threshold=threshold,
         coverage=coverage,
         topk=topk,
@@ -110,3 +114,9 @@ def run_command(
     code = stats.exit_code()  # 0 / 6 some failed / 7 nothing or a source lost / 130 / 143 (edgecls.core.errors)
     if code:
         raise typer.Exit(code)
+
+
+def parse_batch(text: str):
+    """``--batch``: an integer >= 1 or ``auto`` (RunConfig names what is wrong)."""
+    text = str(text).strip().lower()
+    return "auto" if text == "auto" else int(text) if text.isdigit() else text

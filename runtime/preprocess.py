@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from edgecls.runtime.opencv_pixels import cv2_or_none, upsample_crop
 from edgecls.runtime.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,14 @@ _TRANSPOSE = {
 _EXIF_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
+def _orientation(im: Image.Image) -> Optional[int]:
+    """The EXIF orientation (1: upright), None when the EXIF block is unreadable (:func:`_upright` says so)."""
+    try:
+        return int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:
+        return None
+
+
 def _upright(im: Image.Image, where: str) -> Image.Image:
     """Apply the EXIF orientation (phone photos tagged "rotate 90°") as ``ImageOps.exif_transpose`` does and as
     every viewer shows the photo. The result carries no orientation any more (applying it twice is a no-op), and
@@ -166,6 +175,52 @@ def as_rgb(image: Image.Image, max_pixels: Optional[int] = None) -> Image.Image:
         raise
     except Exception as e:
         raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+
+
+def open_for(path: Union[str, os.PathLike], spec: PreprocessSpec,
+             max_pixels: Optional[int] = None) -> Tuple[ImageLike, bool]:
+    """``(image, bgr)``: an image file read for :func:`preprocess_one` with ``spec``, as its resize reads it
+    fastest, with :func:`open_rgb`'s rules and pixels. A complete, upright RGB/greyscale JPEG that the resize will
+    enlarge is decoded by OpenCV into a BGR array (OpenCV then resizes it too: :mod:`.opencv_pixels`); anything
+    else is :func:`open_rgb`'s PIL image (Pillow shrinks it)."""
+    where = _name(path)
+    try:
+        with open(path, "rb") as fh, Image.open(fh, formats=FORMATS) as im:
+            _check_size(im, max_pixels, where)
+            w, h = im.size
+            new_w, new_h = resized_size(w, h, spec.resize)
+            if (im.format == "JPEG" and im.mode in ("RGB", "L") and spec.interpolation == "bilinear"
+                    and new_w >= w and new_h >= h and _orientation(im) == 1):
+                fh.seek(0)
+                arr = _decode_jpeg_bgr(fh.read(), w, h)
+                if arr is not None:
+                    return arr, True
+            return _decoded(im, max_pixels, where), False
+    except ImageReadError:
+        raise
+    except Image.UnidentifiedImageError as e:
+        raise ImageReadError(f"cannot read image {where}: not a {', '.join(FORMATS)} image ({e})") from e
+    except Exception as e:  # as open_rgb: whatever the decoder raised is this file's error
+        raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+
+
+def _complete_jpeg(data: bytes) -> bool:
+    """The bytes end with the JPEG end-of-image marker (trailing zero padding allowed): OpenCV decodes a truncated
+    file without an error (filling it in grey), so only complete ones are given to it."""
+    return data.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
+def _decode_jpeg_bgr(data: bytes, width: int, height: int) -> Optional[np.ndarray]:
+    """OpenCV's decode of a complete JPEG as HxWx3 BGR (EXIF orientation not applied: the caller checked it is
+    upright), or None when OpenCV is absent, fails or disagrees with the header's size (Pillow then decodes)."""
+    cv2 = cv2_or_none()
+    if cv2 is None or not _complete_jpeg(data):
+        return None
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except Exception:  # cv2.error: Pillow decodes it below and names what is wrong
+        return None
+    return arr if arr is not None and arr.shape == (height, width, 3) else None
 
 
 def probe_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) -> Tuple[int, int]:
@@ -283,6 +338,10 @@ def resize_crop(image: ImageLike, spec: PreprocessSpec) -> np.ndarray:
             pil = Image.fromarray(arr, mode="RGB")
         full = pil.resize((new_w, new_h), _PIL_FILTERS[spec.interpolation])
         return np.asarray(full)[top : top + c, left : left + c]
+    if new_w >= w and new_h >= h:  # enlarging: OpenCV's bilinear is Pillow's, 5x faster (opencv_pixels)
+        small = upsample_crop(np.asarray(pil) if arr is None else arr, new_w, new_h, left, top, c)
+        if small is not None:  # (PIL input too: an image gives the same pixels whichever form it comes in)
+            return small
     sx, sy = w / new_w, h / new_h
     box = (left * sx, top * sy, (left + c) * sx, (top + c) * sy)
     if pil is None:
@@ -305,9 +364,11 @@ def preprocess_one(image: ImageLike, spec: PreprocessSpec, bgr: bool = False, ou
     scale, bias = _normalizer(spec)
     if out is None:
         out = np.empty((3, small.shape[0], small.shape[1]), dtype=np.float32)
-    # uint8 × float32 straight into ``out``: the same float32 arithmetic as astype-then-multiply, no temporaries
-    np.multiply(small.transpose(2, 0, 1), scale[:, None, None], out=out)
-    np.add(out, bias[:, None, None], out=out)
+    # cast channels-first into ``out``, then scale and shift in place: astype-then-multiply's float32 arithmetic,
+    # no temporaries, and the two arithmetic passes run on contiguous floats
+    out[...] = small.transpose(2, 0, 1)
+    out *= scale[:, None, None]
+    out += bias[:, None, None]
     return out
 
 

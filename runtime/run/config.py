@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from edgecls.core.errors import InputError
 from edgecls.runtime.decision import check_threshold
@@ -22,7 +22,8 @@ class RunConfig:
     cameras: Tuple[int, ...] = ()
     device: str = "auto"
     threads: Optional[int] = None  # onnxruntime intra-op threads (None: onnxruntime's default)
-    batch: int = 1  # images per inference call for files/videos (live sources: always 1)
+    batch: Union[int, str] = 1  # images per inference call for files/videos (live: 1); "auto": measured at start
+    streams: Optional[int] = None  # inference calls in flight (None: plan.py decides from the sources and CPUs)
     threshold: Optional[float] = None  # None: the model's
     coverage: Optional[float] = None  # conformal sets' coverage; None: the model's (when it carries calibration)
     topk: int = 3
@@ -52,7 +53,9 @@ class RunConfig:
         object.__setattr__(self, "cameras", tuple(int(c) for c in (self.cameras or ())))
         if self.fmt not in FORMATS:
             raise InputError(f"--format {self.fmt!r} is not one of {', '.join(FORMATS)}")
-        for name in ("batch", "topk", "smooth"):
+        if self.batch != "auto" and not (isinstance(self.batch, int) and self.batch >= 1):
+            raise InputError(f"--batch must be an integer >= 1 or 'auto' (measured at start), got {self.batch!r}")
+        for name in ("topk", "smooth"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"--{name} must be an integer >= 1, got {v!r}")
@@ -60,7 +63,7 @@ class RunConfig:
             check_threshold(self.threshold, "--threshold")
         if self.coverage is not None and not 0.0 < float(self.coverage) < 1.0:
             raise InputError(f"--coverage must be in (0, 1), e.g. 0.9, got {self.coverage!r}")
-        for name in ("threads", "workers", "max_frames"):
+        for name in ("threads", "streams", "workers", "max_frames"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")

@@ -1,8 +1,10 @@
 """The ``edgecls run`` loop: sources → decode → preprocess → infer → decide → records, annotated output, summary.
 
 Files and videos: decoding and preprocessing run on a thread pool ahead of inference (in order, nothing dropped),
-so the backend is kept busy; ``batch`` images go through the model at once. Live sources: the newest frame of
-each source is taken as soon as the previous result is out (no queue, no stale frames), one at a time.
+so the backend is kept busy; ``batch`` images go through the model at once, and on the CPU ``streams`` such calls
+are in flight at once (:mod:`.plan`: one-thread calls side by side beat one call spread over the cores). Live
+sources: the newest frame of each source is taken as soon as the previous result is out (no queue, no stale
+frames), one at a time, with all the model's threads.
 
 Records go to ``out`` (stdout: JSON lines by default, or CSV / a table); the summary goes to ``err`` (stderr), so
 stdout stays clean JSONL. Ctrl-C stops the loop, the summary is still printed, and the CLI exits 130.
@@ -27,6 +29,7 @@ from edgecls.runtime.decision import Prediction, Smoother
 from edgecls.runtime.run.config import RunConfig
 from edgecls.runtime.run.opened import Opened as _Open
 from edgecls.runtime.run.output import AnnotatedOutput
+from edgecls.runtime.run.plan import auto_batch, plan_inference
 from edgecls.runtime.run.records import error_record, prediction_record
 from edgecls.runtime.run.saver import Saver
 from edgecls.runtime.run.stats import RunStats
@@ -40,6 +43,8 @@ from edgecls.runtime.sources.parse import parse_sources
 from edgecls.runtime.sources.video import VideoFileSource
 
 log = logging.getLogger(__name__)
+
+CPU_EP = "CPUExecutionProvider"  # = runtime.backends.onnxruntime.CPU_EP (not imported: no onnxruntime at import)
 
 Item = Tuple[Frame, Optional[np.ndarray], float]  # a frame, its preprocessed CHW array (None: unusable), ms
 
@@ -68,9 +73,12 @@ def ordered_prefetch(
 class _Loop:
     """One run's work: the prefetching pool, the inference thread, decisions, records and annotated output."""
 
-    def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats):
+    def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats, batch: int = 1,
+                 streams: int = 1):
         self.clf = clf
         self.cfg = cfg
+        self.batch = batch
+        self.streams = streams
         self.writer = writer
         self.output = output
         self.stats = stats
@@ -78,7 +86,7 @@ class _Loop:
         self.keep_images = output.active
         self.workers = cfg.workers or max(1, min(4, usable_cpus() // 2))
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
-        self.infer_exec = ThreadPoolExecutor(1, thread_name_prefix="edgecls-infer")
+        self.infer_exec = ThreadPoolExecutor(streams, thread_name_prefix="edgecls-infer")
         self.stopped = False
 
     # -- per-frame work done on the pool ---------------------------------------------------------------------
@@ -97,7 +105,7 @@ class _Loop:
         return frame, chw, ms
 
     def _read_and_prepare(self, task: Tuple[str, int, Path, str]) -> Item:
-        return self._prepare(read_image(*task, max_pixels=self.cfg.max_pixels))
+        return self._prepare(read_image(*task, max_pixels=self.cfg.max_pixels, spec=self.clf.spec.preprocess))
 
     # -- emitting --------------------------------------------------------------------------------------------
     def _emit_error(self, frame: Frame) -> None:
@@ -176,11 +184,12 @@ class _Loop:
 
     def run_sequence(self, name: str, items: Iterator[Any], fn: Callable, sequence: bool) -> None:
         """Files or a video, in order: ``fn`` decodes/preprocesses on the pool, ``batch`` frames per inference on
-        the inference thread, while this thread emits the previous batch's records (so the model never waits)."""
-        batch = self.cfg.batch
-        lookahead = max(2 * batch, 2 * self.workers)
+        the ``streams`` inference threads, while this thread emits the oldest batch's records (the model never
+        waits for the records, and they come out in order)."""
+        batch = self.batch
+        lookahead = max(2 * batch * self.streams, 2 * self.workers)
         pending: List[Item] = []
-        in_flight: Optional[_Batch] = None
+        in_flight: deque = deque()
         n_good = 0
         done = 0
         gen = ordered_prefetch(self.pool, fn, items, lookahead)
@@ -191,17 +200,16 @@ class _Loop:
                     n_good += 1
                 done += 1
                 if n_good >= batch:
-                    nxt = self._submit(pending)
-                    if in_flight is not None:
-                        self._finish(in_flight, sequence)
-                    in_flight, pending, n_good = nxt, [], 0
+                    in_flight.append(self._submit(pending))
+                    pending, n_good = [], 0
+                    if len(in_flight) > self.streams:
+                        self._finish(in_flight.popleft(), sequence)
                 if self.stopped or (self.cfg.max_frames is not None and done >= self.cfg.max_frames):
                     break
-            nxt = self._submit(pending) if pending else None
-            for b in (in_flight, nxt):
-                if b is not None:
-                    in_flight = None
-                    self._finish(b, sequence)
+            if pending:
+                in_flight.append(self._submit(pending))
+            while in_flight:
+                self._finish(in_flight.popleft(), sequence)
         finally:
             gen.close()
             close = getattr(items, "close", None)
@@ -270,8 +278,20 @@ def _start_live(sources: Sequence[Any], notify: threading.Event, started: List[L
             started.append(s)
 
 
+def _batch_for(config: RunConfig, clf: Any, sources: Sequence[Any]) -> int:
+    """``--batch``, or with ``auto`` the batch measured on this model and machine (1 when every source is live)."""
+    if config.batch != "auto":
+        return int(config.batch)
+    if all(s.live for s in sources):
+        return 1
+    be = clf.backend
+    fixed = be.input_shape[0] if be.input_shape and isinstance(be.input_shape[0], int) else None
+    crop = clf.spec.preprocess.crop
+    return auto_batch(clf.infer, (3, crop, crop), fixed=fixed, limit=getattr(be, "max_batch", None))
+
+
 def _warn_unused_options(config: RunConfig, sources: Sequence[Any]) -> None:
-    if config.batch > 1 and any(s.live for s in sources):
+    if config.batch != 1 and any(s.live for s in sources):
         log.info("--batch applies to files and videos; live sources are classified one frame at a time")
     if config.loop and all(s.live for s in sources):
         log.warning("--loop has no effect: it replays video files and image folders, and every source here is live")
@@ -307,25 +327,30 @@ def run(
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    if sources is None:  # before the (slow) model load: a bad source fails at once
+        sources = parse_sources(config.sources, config.cameras, config.source_options())
+    plan = plan_inference(config, sources, usable_cpus())
     t0 = time.perf_counter()
     owns = classifier is None
     clf = classifier or Classifier.load(
-        config.model, device=config.device, threads=config.threads, allow_fallback=config.allow_fallback,
+        config.model, device=config.device, threads=plan.threads, allow_fallback=config.allow_fallback,
         threshold=config.threshold, topk=config.topk, max_pixels=config.max_pixels, coverage=config.coverage,
         **({"remote": config.backend} if config.backend else {}),
+        **({"session_config": plan.session_config} if plan.session_config else {}),
     )
     load_s = time.perf_counter() - t0
+    streams = plan.streams if tuple(getattr(clf.backend, "providers", ()))[:1] == (CPU_EP,) else 1
     opened = _Open()
     try:
-        if sources is None:
-            sources = parse_sources(config.sources, config.cameras, config.source_options())
+        batch = _batch_for(config, clf, sources)
         notify = threading.Event()
         _start_live(sources, notify, opened.started)
         _warn_unused_options(config, sources)
         opened.saver = Saver(Path(config.save)) if config.save else None
         opened.viewer = Viewer() if config.show else None
         writer = make_writer(config.fmt, out)
-        stats = opened.stats = RunStats(clf.decider, clf.backend.describe(), config.batch, load_s)
+        stats = opened.stats = RunStats(clf.decider, clf.backend.describe(), batch, load_s)
+        stats.streams = streams
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
@@ -338,7 +363,7 @@ def run(
         opened.web = start_view(config, stats, sources, err)  # --view (None without)
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
-        opened.loop = _Loop(clf, config, writer, output, stats)
+        opened.loop = _Loop(clf, config, writer, output, stats, batch=batch, streams=streams)
         try:
             _run_groups(opened.loop, sources, notify, stats)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (edgecls.core.errors.Terminated): a clean stop

@@ -1,6 +1,7 @@
 """One JSON-able record per frame: the prediction with its timings, or why the frame has none."""
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, Optional
 
 from edgecls.runtime.decision import Prediction
@@ -29,8 +30,9 @@ def prediction_record(
     t = {"decode": rounded(frame.decode_ms), "preprocess": rounded(preprocess_ms), "infer": rounded(infer_ms)}
     if batch > 1:
         t["batch"] = batch
-    if latency_ms is not None:
+    if latency_ms is not None:  # live: capture -> decision, and when the frame was captured (Unix time, s)
         t["latency"] = rounded(latency_ms)
+        d["capture_time"] = round(time.time() - latency_ms / 1e3, 3)
     d["timings_ms"] = t
     return d
 

@@ -49,6 +49,7 @@ class RunStats:
         self.confidence: List[str] = rule.describe(decider.threshold) if rule is not None else []
         self.backend_desc = backend_desc
         self.batch = batch
+        self.streams = 1  # inference calls in flight (runtime.run.plan)
         self.load_s = load_s
         self.decisions: Counter = Counter()
         self.labels: Counter = Counter()
@@ -123,7 +124,8 @@ class RunStats:
             ("infer_per_image", self.infer_image), ("latency_live", self.latency),
         ):
             if vals:
-                out[name] = {"p50": rounded(_pct(vals, 50)), "p95": rounded(_pct(vals, 95)), "n": len(vals)}
+                out[name] = {"p50": rounded(_pct(vals, 50)), "p95": rounded(_pct(vals, 95)),
+                             "p99": rounded(_pct(vals, 99)), "n": len(vals)}
         return out
 
     def to_dict(self) -> Dict[str, Any]:
@@ -136,6 +138,7 @@ class RunStats:
             "model_load_s": rounded(self.load_s),
             "backend": self.backend_desc,
             "batch": self.batch,
+            "streams": self.streams,
             "positive": self.positive,
             "threshold": self.threshold,
             "decisions": {k: self.decisions.get(k, 0) for k in self.decision_names},
@@ -153,7 +156,8 @@ class RunStats:
     def format(self) -> str:
         lines = [
             f"edgecls run: {self.frames} frames, {self.errors} errors from {self.sources} source(s) in "
-            f"{self.elapsed:.2f} s → {self.fps:.1f} frames/s  ({self.backend_desc}, batch {self.batch}, model load "
+            f"{self.elapsed:.2f} s → {self.fps:.1f} frames/s  ({self.backend_desc}, batch {self.batch}"
+            f"{f' x {self.streams} streams' if self.streams > 1 else ''}, model load "
             f"{self.load_s:.2f} s){'  [INTERRUPTED]' if self.interrupted else ''}"
         ]
         dec = " · ".join(f"{k} {self.decisions.get(k, 0)}" for k in self.decision_names)
@@ -165,11 +169,11 @@ class RunStats:
             lines.append(f"live: {self.dropped} stale frames skipped (newest-frame policy)")
         st = self.stages()
         if st:
-            lines.append(f"{'latency ms':<22}{'p50':>9}{'p95':>9}")
+            lines.append(f"{'latency ms':<22}{'p50':>9}{'p95':>9}{'p99':>9}")
             names = {"decode": "decode", "preprocess": "preprocess", "infer_batch": "infer (per batch)",
                      "infer_per_image": "infer (per image)", "latency_live": "capture→result (live)"}
             for k, v in st.items():
-                lines.append(f"  {names[k]:<20}{v['p50']:>9.2f}{v['p95']:>9.2f}")
+                lines.append(f"  {names[k]:<20}{v['p50']:>9.2f}{v['p95']:>9.2f}{v['p99']:>9.2f}")
         for s in self.saved:
             lines.append(f"saved: {s}")
         lines.extend(f"confidence: {c}" for c in self.confidence)
