@@ -36,7 +36,7 @@ class SyntheticCamera:
         self.i = 0
 
     def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
-        return True
+        return self.i < self.n
 
     def read(self):
         if self.i >= self.n:
@@ -87,9 +87,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from edgecls.runtime.classifier import Classifier
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
-    from edgecls.runtime.sources.live import LiveSource
+    from edgecls.runtime.sources.live import LiveSource, RetryPolicy
 
     args = parse_args(argv)
+    import logging
+
+    logging.getLogger("edgecls.runtime.sources.live").setLevel(logging.ERROR)  # the camera's end is not news
     with tempfile.TemporaryDirectory() as td:
         model = Path(args.model) if args.model else default_model(Path(td))
         clf = Classifier.load(model, device="cpu", threads=args.threads)
@@ -106,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             clf.infer(x)
             t_model.append((time.perf_counter() - t0) * 1e3)
         cam = SyntheticCamera(frames, args.fps, args.seconds)
-        src = LiveSource(f"synthetic:{args.fps:g}fps", lambda: cam)
+        src = LiveSource(f"synthetic:{args.fps:g}fps", lambda: cam, retry=RetryPolicy(retries=0))
         cfg = RunConfig(model=str(model), sources=("synthetic",), summary=False, device="cpu", threads=args.threads)
         with open(os.devnull, "w") as devnull:
             stats = run(cfg, out=devnull, err=io.StringIO(), classifier=clf, sources=[src])

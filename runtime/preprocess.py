@@ -356,20 +356,29 @@ def _normalizer(spec: PreprocessSpec) -> Tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
-def preprocess_one(image: ImageLike, spec: PreprocessSpec, bgr: bool = False, out: np.ndarray = None) -> np.ndarray:
-    """One image (RGB, or BGR with ``bgr=True`` as OpenCV decodes) → float32 CHW, normalized."""
-    small = resize_crop(image, spec)
-    if bgr:
-        small = small[:, :, ::-1]
+def normalize_into(small: np.ndarray, spec: PreprocessSpec, bgr: bool = False, out: np.ndarray = None) -> np.ndarray:
+    """A resized, cropped HxWx3 uint8 image (RGB, or BGR) → float32 CHW ``(x / 255 - mean) / std`` in ``out``."""
     scale, bias = _normalizer(spec)
     if out is None:
         out = np.empty((3, small.shape[0], small.shape[1]), dtype=np.float32)
-    # cast channels-first into ``out``, then scale and shift in place: astype-then-multiply's float32 arithmetic,
-    # no temporaries, and the two arithmetic passes run on contiguous floats
-    out[...] = small.transpose(2, 0, 1)
-    out *= scale[:, None, None]
-    out += bias[:, None, None]
+    cv2 = cv2_or_none()
+    if cv2 is not None:  # contiguous planes (BGR: in reverse order, no strided flip), each cast, scaled and shifted
+        planes = cv2.split(small)
+        for c, plane in enumerate(planes[::-1] if bgr else planes):
+            np.multiply(plane, scale[c], out=out[c])
+            np.add(out[c], bias[c], out=out[c])
+        return out
+    if bgr:
+        small = small[:, :, ::-1]
+    # uint8 x float32 straight into ``out``: the same float32 arithmetic as astype-then-multiply, no temporaries
+    np.multiply(small.transpose(2, 0, 1), scale[:, None, None], out=out)
+    np.add(out, bias[:, None, None], out=out)
     return out
+
+
+def preprocess_one(image: ImageLike, spec: PreprocessSpec, bgr: bool = False, out: np.ndarray = None) -> np.ndarray:
+    """One image (RGB, or BGR with ``bgr=True`` as OpenCV decodes) → float32 CHW, normalized."""
+    return normalize_into(resize_crop(image, spec), spec, bgr=bgr, out=out)
 
 
 def preprocess(images: Sequence[ImageLike], spec: PreprocessSpec, bgr: bool = False) -> np.ndarray:
