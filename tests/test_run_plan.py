@@ -154,3 +154,33 @@ def test_tiny_spec_is_upsampled_by_opencv_within_one_level_of_pillow(tmp_path):
         left, top = crop_box(nw, nh, spec.crop)
         ref = np.asarray(Image.fromarray(a).resize((nw, nh), Image.BILINEAR))[top : top + 32, left : left + 32]
         assert np.abs(resize_crop(a, spec).astype(int) - ref).max() <= 1
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_micro_batcher_keeps_streams_batches_in_flight_and_answers_each_request(streams):
+    import asyncio
+    import threading
+
+    from edgecls.runtime.serve.batching import MicroBatcher
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def infer(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.03)
+        with lock:
+            active[0] -= 1
+        return x.reshape(len(x), -1)[:, :2]
+
+    async def main():
+        b = MicroBatcher(infer, max_batch=2, max_wait_ms=0, streams=streams)
+        b.start()
+        res = await asyncio.gather(*(b.submit(np.full((3, 2, 2), i, np.float32)) for i in range(8)))
+        await b.close()
+        return res
+
+    res = asyncio.run(main())
+    assert [float(r.output[0]) for r in res] == list(range(8))  # each request its own row, whatever the order
+    assert peak[0] == streams

@@ -38,22 +38,23 @@ class InferencePlan:
 
 
 def plan_inference(config: Any, sources: Sequence[Any], cpus: int) -> InferencePlan:
-    """The plan for a run's sources: throughput (files, videos: ``cpus // threads`` one-thread calls) on the CPU,
-    latency (one call, all threads) for live sources, GPUs, TensorRT engines and remote backends. ``--streams``
-    and ``--threads`` override what they name."""
+    """The plan for a run's sources (``edgecls serve``: none, it is a throughput service): throughput (files,
+    videos: ``cpus // threads`` one-thread calls) on the CPU, latency (one call, all threads) for live sources,
+    GPUs, TensorRT engines and remote backends. ``config.streams`` and ``config.threads`` override what they name."""
     live = any(getattr(s, "live", False) for s in sources)
     device = str(config.device).split(":")[0]
-    onnx_cpu = Path(str(config.model)).suffix.lower() == ".onnx" and device in ("auto", "cpu") and not config.backend
+    backend, want_streams, want_threads = getattr(config, "backend", None), config.streams, config.threads
+    onnx_cpu = Path(str(config.model)).suffix.lower() == ".onnx" and device in ("auto", "cpu") and not backend
     if live or not onnx_cpu:
         why = "live sources: one frame at a time" if live else "GPU/TensorRT/remote: one call at a time, batched"
-        if config.streams and config.streams > 1:
-            log.warning("--streams %d ignored: %s", config.streams, why)
-        return InferencePlan(config.threads, 1, {}, why)
-    if config.streams:
-        streams = config.streams
-        threads = config.threads or max(1, cpus // streams)
-    elif config.threads:
-        threads = config.threads
+        if want_streams and want_streams > 1:
+            log.warning("--streams %d ignored: %s", want_streams, why)
+        return InferencePlan(want_threads, 1, {}, why)
+    if want_streams:
+        streams = want_streams
+        threads = want_threads or max(1, cpus // streams)
+    elif want_threads:
+        threads = want_threads
         streams = max(1, min(MAX_STREAMS, cpus // threads))
     else:
         threads, streams = 1, max(1, min(MAX_STREAMS, cpus))

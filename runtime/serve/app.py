@@ -84,8 +84,10 @@ class ServeState:
             return
         self.clf = clf
         self.parse_lock = asyncio.Lock()  # json.loads holds the GIL anyway, and needs ~3x the text
+        cpu = tuple(getattr(clf.backend, "providers", ()))[:1] == ("CPUExecutionProvider",)
+        streams = getattr(clf, "streams", None) or self.cfg.streams or 1 if cpu else 1
         self.batcher = MicroBatcher(clf.infer, self.max_batch, self.cfg.max_wait_ms,
-                                    on_batch=lambda n, ms: self.metrics.batch.observe(n))
+                                    on_batch=lambda n, ms: self.metrics.batch.observe(n), streams=streams)
         self.batcher.start()
         spec = clf.spec
         sha = await asyncio.get_running_loop().run_in_executor(self.pool, _model_sha, self.cfg.model)
@@ -93,8 +95,8 @@ class ServeState:
                                clf.backend.describe())
         self.metrics.ready.set(1)
         self.ready = True
-        log.info("model %s loaded in %.2f s (%s, max batch %d, max wait %g ms)", self.cfg.model,
-                 time.perf_counter() - t0, clf.backend.describe(), self.max_batch, self.cfg.max_wait_ms)
+        log.info("model %s loaded in %.2f s (%s, max batch %d x %d in flight, max wait %g ms)", self.cfg.model,
+                 time.perf_counter() - t0, clf.backend.describe(), self.max_batch, streams, self.cfg.max_wait_ms)
 
     async def close(self) -> None:
         self.ready = False
@@ -154,9 +156,17 @@ def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
     def load():
         from edgecls.runtime.classifier import Classifier
 
+        from edgecls.runtime.run.loop import usable_cpus
+        from edgecls.runtime.run.plan import plan_inference
+
+        plan = plan_inference(cfg, (), usable_cpus())
         options = {"remote": cfg.backend} if cfg.backend else {}
-        return Classifier.load(cfg.model, device=cfg.device, threads=cfg.threads, allow_fallback=cfg.allow_fallback,
-                               threshold=cfg.threshold, topk=cfg.topk, **options)
+        if plan.session_config:
+            options["session_config"] = plan.session_config
+        clf = Classifier.load(cfg.model, device=cfg.device, threads=plan.threads, allow_fallback=cfg.allow_fallback,
+                              threshold=cfg.threshold, topk=cfg.topk, **options)
+        clf.streams = plan.streams  # the micro-batcher's batches in flight (1 unless onnxruntime on the CPU)
+        return clf
 
     return load
 

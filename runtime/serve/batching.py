@@ -2,8 +2,9 @@
 
 Requests put their preprocessed image on an asyncio queue and await a future. One task takes the first waiting
 image, then whatever else is queued, up to ``max_batch``; if the batch is not full it waits at most
-``max_wait_ms`` for more. The batch runs on a single inference thread (the event loop stays free), and while it
-runs the next batch fills up, so under load batches grow by themselves and with one client nothing waits longer
+``max_wait_ms`` for more. Up to ``streams`` batches run at once on inference threads (the event loop stays free;
+on the CPU, one-thread calls side by side, as ``edgecls run`` does: :mod:`edgecls.runtime.run.plan`), and while
+they run the next batch fills up, so under load batches grow by themselves and with one client nothing waits longer
 than ``max_wait_ms``. :meth:`MicroBatcher.close` refuses new work and finishes everything already queued.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ class MicroBatcher:
     """Collects single images into batches for ``infer(batch NCHW) -> (N, C)``; see the module docstring."""
 
     def __init__(self, infer: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait_ms: float,
-                 on_batch: Optional[Callable[[int, float], Any]] = None) -> None:
+                 on_batch: Optional[Callable[[int, float], Any]] = None, streams: int = 1) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.infer = infer
@@ -54,7 +55,10 @@ class MicroBatcher:
         self.on_batch = on_batch  # called with (batch size, infer ms) after each batch (metrics)
         self._queue: Optional[asyncio.Queue] = None
         self._task: Optional[asyncio.Task] = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="edgecls-serve-infer")
+        self.streams = max(1, int(streams))
+        self._executor = ThreadPoolExecutor(self.streams, thread_name_prefix="edgecls-serve-infer")
+        self._slots: Optional[asyncio.Semaphore] = None
+        self._running: set = set()
         self._closing = False
         self.batches = 0
         self.images = 0
@@ -62,6 +66,7 @@ class MicroBatcher:
     def start(self) -> None:
         """Start the batching task on the running event loop."""
         self._queue = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.streams)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="edgecls-batcher")
 
     @property
@@ -93,16 +98,30 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            first = await self._queue.get()
-            if first is None:  # close(): everything queued before it has been served
-                return
-            items = await self._collect(first)
-            stop = any(it is None for it in items)
-            items = [it for it in items if it is not None]
+        try:
+            while True:
+                await self._slots.acquire()  # a free inference thread: the next batch is collected only now
+                first = await self._queue.get()
+                if first is None:  # close(): everything queued before it is being served
+                    self._slots.release()
+                    return
+                items = await self._collect(first)
+                stop = any(it is None for it in items)
+                items = [it for it in items if it is not None]
+                task = loop.create_task(self._serve_and_release(loop, items))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                if stop:
+                    return
+        finally:
+            if self._running:
+                await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    async def _serve_and_release(self, loop: asyncio.AbstractEventLoop, items: List[_Item]) -> None:
+        try:
             await self._serve(loop, items)
-            if stop:
-                return
+        finally:
+            self._slots.release()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, items: List[_Item]) -> None:
         t0 = time.perf_counter()

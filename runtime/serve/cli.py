@@ -66,7 +66,10 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: any free port, printed at startup)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt (cuda:N / tensorrt:N pick a GPU)."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: onnxruntime's)."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per call (default: on the CPU 1, "
+                                          "with one batch in flight per core; else onnxruntime's)."),
+    streams: Optional[int] = typer.Option(None, "--streams", help="Batches in flight at once (default: on the CPU "
+                                          "one per core with 1 thread each, as `edgecls run`; GPU/TensorRT 1)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Most images per inference call "
                                             "[default: the engine's batch profile maximum, else 8]."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="How long a request may wait for others to "
@@ -106,7 +109,7 @@ def serve_command(
     model, 4 missing capability, 143 stopped by SIGTERM, 130 by Ctrl-C."""
     from edgecls.runtime.serve.config import ServeConfig
 
-    cfg = ServeConfig(model=model, host=host, port=port, device=device, threads=threads,
+    cfg = ServeConfig(model=model, host=host, port=port, device=device, threads=threads, streams=streams,
                       allow_fallback=allow_fallback, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, threshold=threshold, topk=topk,
                       name=name, backend=backend, header_timeout_s=header_timeout, body_timeout_s=body_timeout,

@@ -29,7 +29,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"
-    threads: Optional[int] = None  # onnxruntime intra-op threads
+    threads: Optional[int] = None  # onnxruntime intra-op threads (None: runtime.run.plan decides, as for `run`)
+    streams: Optional[int] = None  # batches in flight at once (None: on the CPU one per core, 1 thread each)
     allow_fallback: bool = False
     max_batch: Optional[int] = None  # None: the model's profile maximum, else DEFAULT_MAX_BATCH
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
@@ -69,7 +70,7 @@ class ServeConfig:
                                                     or self.max_buffered_bytes < self.max_bytes):
             raise InputError(f"--max-buffered-bytes must be an integer >= --max-bytes ({self.max_bytes}), "
                              f"got {self.max_buffered_bytes!r}")
-        for name in ("threads", "workers", "max_batch"):
+        for name in ("threads", "streams", "workers", "max_batch"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
