@@ -13,7 +13,7 @@
 | 8 | an output could not be written: disk full, quota, read-only (files already written are left intact) |
 | 9 | training diverged: the loss or the logits became NaN/infinite (lower --lr; earlier checkpoints are intact) |
 | 130 | interrupted (Ctrl-C, SIGINT) |
-| 143 | terminated (SIGTERM: docker stop, systemctl stop); handled like Ctrl-C |
+| 143 | terminated (SIGTERM: docker stop, systemctl stop); handled like Ctrl-C (run and serve alike) |
 
 :data:`EXIT_MEANINGS` holds the same table; the README's exit-code table is checked against it by a test.
 """
@@ -47,7 +47,7 @@ EXIT_MEANINGS: Dict[int, str] = {
     EXIT_WRITE: "an output could not be written (disk full, quota, read-only); files already written are intact",
     EXIT_DIVERGED: "training diverged: loss or logits became NaN/infinite (lower `--lr`); earlier checkpoints are intact",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGINT; `run` still prints its summary)",
-    EXIT_TERMINATED: "terminated by SIGTERM (`docker stop`, `systemctl stop`): handled like Ctrl-C",
+    EXIT_TERMINATED: "terminated by SIGTERM (`docker stop`, `systemctl stop`): handled like Ctrl-C (`run` and `serve` alike)",
 }
 
 #: errno values that mean "the disk cannot take this write" rather than a bug or a bad path.

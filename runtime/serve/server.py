@@ -2,7 +2,8 @@
 
 - **Header timeout** (``--header-timeout``, 10 s): a request line and headers must arrive within it from their first
   byte (or from the connection's start); a connection that trickles headers gets a JSON 408 and is closed, one that
-  sends nothing is closed. Idle keep-alive connections close after uvicorn's 5 s.
+  sends nothing is closed. Idle keep-alive connections close after uvicorn's 5 s. The rest of a body answered
+  early (413, 503) is read and dropped under the body timeout's terms, so the client gets to read the answer.
 - **Body timeout** (``--body-timeout`` 10 s + 1 s per ``--min-upload-rate`` bytes received, as Apache's
   mod_reqtimeout): a body that stalls or trickles, or is shorter than its Content-Length, gets a JSON 408.
 - **Connections** (``--max-connections``): past the cap a connection is answered a JSON 503 with ``Retry-After``
@@ -119,6 +120,8 @@ class Guard:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if not started:
                 await send_json(send, 500, "internal server error (logged)")
+        finally:
+            state.budget.settle()  # big bodies gone and nothing held: give the memory back (malloc_trim)
 
 
 def _protocol_class(limits: Dict[str, Any]) -> type:
@@ -129,44 +132,64 @@ def _protocol_class(limits: Dict[str, Any]) -> type:
         """uvicorn's h11 protocol plus the header timeout, the connection cap and JSON for malformed requests."""
 
         header_timeout = float(limits["header_timeout"])
+        body_timeout = float(limits["body_timeout"])
+        min_rate = float(limits["min_upload_rate"])
         max_connections = int(limits["max_connections"])
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._head_timer: Optional[asyncio.TimerHandle] = None
+            self._timer: Optional[asyncio.TimerHandle] = None
             self._head_bytes = False
+            self._tail: Optional[List[float]] = None  # [start, bytes] of a body discarded after an early answer
+            self._head_deadline = self.loop.time() + self.header_timeout
             if len(self.connections) > self.max_connections:
                 self.app = _refuse  # answered (JSON 503 + Retry-After) and closed as soon as its request is in
-                self._arm(min(REFUSED_HEADER_TIMEOUT_S, self.header_timeout))
-            else:
-                self._arm(self.header_timeout)
+                self._head_deadline = self.loop.time() + min(REFUSED_HEADER_TIMEOUT_S, self.header_timeout)
+            self._arm(self._head_deadline - self.loop.time())
 
         def _arm(self, seconds: float) -> None:
             self._disarm()
-            self._head_timer = self.loop.call_later(seconds, self._head_timeout)
+            self._timer = self.loop.call_later(max(0.0, seconds), self._on_timer)
 
         def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
         def _idle(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
 
+        def _deadline(self) -> float:
+            if self._tail is not None:  # the rest of a refused body: the body timeout's terms
+                return self._tail[0] + self.body_timeout + self._tail[1] / self.min_rate
+            return self._head_deadline
+
         def data_received(self, data: bytes) -> None:
-            if self._idle():  # bytes of a new request (or the discarded rest of a refused body): a deadline
-                self._head_bytes = True
-                if self._head_timer is None:
-                    self._arm(self.header_timeout)
+            if self._idle():
+                if self.cycle is not None and self.conn.our_state is h11.DONE:  # answered early; rest discarded
+                    if self._tail is None:
+                        self._tail = [self.loop.time(), 0.0]
+                    self._tail[1] += len(data)
+                elif not self._head_bytes:  # the first bytes of a new request: its head has a deadline
+                    self._tail = None
+                    self._head_bytes = True
+                    self._head_deadline = self.loop.time() + self.header_timeout
+                if self._timer is None:
+                    self._arm(self._deadline() - self.loop.time())
             before = self.cycle
             super().data_received(data)
             if self.cycle is not before and not self._idle():  # its headers are in; the body has its own timeout
                 self._disarm()
                 self._head_bytes = False
+                self._tail = None
 
-        def _head_timeout(self) -> None:
-            self._head_timer = None
+        def _on_timer(self) -> None:
+            self._timer = None
             if self.transport.is_closing() or not self._idle():
+                return
+            left = self._deadline() - self.loop.time()
+            if left > 0:  # a discarded body still arriving fast enough
+                self._arm(left)
                 return
             if self._head_bytes and self.conn.our_state is h11.IDLE:  # part of a request head: say why
                 self.transport.write(json_error_bytes(408, f"the request headers did not arrive within "
@@ -220,7 +243,8 @@ def build_server(app: Any, cfg: Any, announce: Optional[Callable[[str], None]] =
     lists the signals that stopped it (SIGTERM/SIGINT; uvicorn's re-raise of them is not done)."""
     import uvicorn
 
-    limits = {"header_timeout": cfg.header_timeout_s, "max_connections": connection_limit(cfg.max_connections)}
+    limits = {"header_timeout": cfg.header_timeout_s, "body_timeout": cfg.body_timeout_s,
+              "min_upload_rate": cfg.min_upload_rate, "max_connections": connection_limit(cfg.max_connections)}
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=access_log,
                             lifespan="on", timeout_graceful_shutdown=cfg.shutdown_timeout_s, server_header=False,
                             http=_protocol_class(limits), timeout_keep_alive=KEEP_ALIVE_S, ws="none")

@@ -6,6 +6,7 @@ first (size check before any pixel is decompressed), then decodes as ``edgecls r
 """
 from __future__ import annotations
 
+import gc
 import io
 import zlib
 from typing import Any, AsyncIterator, Dict, Optional, Tuple
@@ -31,8 +32,9 @@ def busy(message: str, retry_after: int = 1) -> UploadError:
 class ByteBudget:
     """Bytes of request bodies held at once, all requests together (``--max-buffered-bytes``). Used from the event
     loop only (no lock). A request that would go over gets a 503 with ``Retry-After``, before its body is read
-    when it declares a Content-Length. When the last big body is let go, glibc is asked to return freed memory
-    to the system (``malloc_trim``), so a burst of large uploads does not leave the process at its peak size."""
+    when it declares a Content-Length. :meth:`settle` (after each request) asks glibc to return freed memory to
+    the system (``malloc_trim``) once no body is held and big ones were let go, so a burst of large uploads does
+    not leave the process at its peak size."""
 
     TRIM_AFTER = 32 * 2**20  # bytes released since the last trim
 
@@ -56,8 +58,12 @@ class ByteBudget:
             return
         self.used = max(0, self.used - n)
         self._released += n
+
+    def settle(self) -> None:
+        """After a request is answered: trim the heap if nothing is held and >= TRIM_AFTER bytes went since."""
         if self.used == 0 and self._released >= self.TRIM_AFTER:
             self._released = 0
+            gc.collect()  # buffers held by reference cycles (an exception's traceback frames) go first
             malloc_trim()
 
 
