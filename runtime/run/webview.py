@@ -61,11 +61,12 @@ def render_jpeg(image: Any, bgr: bool, pred: Any, fps: Optional[float], max_side
         arr = (cv2.resize(arr, size, interpolation=cv2.INTER_AREA) if cv2 is not None else
                np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize(size, Image.BILINEAR)))
     color = DECISION_COLORS.get(pred.decision, (255, 255, 255))
-    out = annotate(arr, overlay_text(pred, fps), bgr=bgr, color=color)  # in the channel order it was given
-    if cv2 is not None:
-        ok, buf = cv2.imencode(".jpg", out if bgr else out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if cv2 is not None and bgr:  # drawn on the BGR pixels as they are, with the colour reversed: no channel flips
+        out = annotate(arr, overlay_text(pred, fps), color=color[::-1])
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if ok:
             return buf.tobytes()
+    out = annotate(arr, overlay_text(pred, fps), bgr=bgr, color=color)  # in the channel order it was given
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(out[:, :, ::-1] if bgr else out)).save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
