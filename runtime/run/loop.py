@@ -71,7 +71,7 @@ def ordered_prefetch(
 
 
 class _Loop:
-    """One run's work: the prefetching pool, the inference thread, decisions, records and annotated output."""
+    """One run's work: the prefetching pool, the inference threads, decisions, records and annotated output."""
 
     def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats, batch: int = 1,
                  streams: int = 1):
