@@ -33,6 +33,7 @@ def train_command(
         "fast", "--recipe",
         help="fast: head on cached frozen features, then short fine-tuning with early stopping. "
         "partial: head, then the last backbone blocks trained on cached activations of augmented views. "
+        "catalog: head, then fine-tuning with frozen BatchNorm, AdamW 3e-5 and distillation (experimental). "
         "seed: the seed's SGD/StepLR recipe.",
     ),
     positive: Optional[str] = typer.Option(

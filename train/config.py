@@ -1,6 +1,6 @@
 """Training configuration: frozen recipes (typed presets) and the run config built from CLI options.
 
-Three recipes ship (``DEFAULT_RECIPE`` is ``fast``):
+Four recipes ship (``DEFAULT_RECIPE`` is ``fast``):
 
 ``fast`` (the default)
     1. *head phase*: the pretrained backbone is frozen, its features are extracted **once** with the eval
@@ -20,6 +20,12 @@ Three recipes ship (``DEFAULT_RECIPE`` is ``fast``):
     + head trained on cached activations of ``views`` augmented views per image (the frozen front runs once per
     view). On products28 (issue 14, one seed, loaded machine) it has not yet beaten the head phase: best-epoch
     selection then keeps epoch 0, as with ``fast``.
+
+``catalog`` (experimental, issue 21)
+    The same head phase, then 4 epochs of full fine-tuning with BatchNorm frozen, AdamW 3e-5, RandomResizedCrop
+    0.35-1, and distillation (:mod:`~edgecls.train.distill`) from an out-of-fold probe teacher (``--teacher-arch``:
+    the student's features joined with another backbone's). On products28 it has not beaten its own probe yet
+    (bench/backbones.md): best-epoch selection keeps epoch 0 when it does not.
 
 ``seed``
     The seed project's recipe, kept for comparison: SGD lr 0.001 momentum 0.9, StepLR(7, 0.1), 25 epochs,
