@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -46,7 +46,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from edgecls.runtime.classifier import Classifier
     from edgecls.runtime.opencv_pixels import cv2_or_none
     from edgecls.runtime.preprocess import (
-        FORMATS, _check_size, _decoded, _normalizer, _orientation, normalize_into, open_for, open_rgb, preprocess_one,
+        FORMATS,
+        _check_size,
+        _decoded,
+        _normalizer,
+        _orientation,
+        normalize_into,
+        open_for,
+        open_rgb,
+        preprocess_one,
         resize_crop,
     )
     from edgecls.runtime.run.records import prediction_record

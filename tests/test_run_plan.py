@@ -54,17 +54,22 @@ def test_batch_and_streams_are_validated_with_what_is_valid():
         cfg(streams=0)
 
 
-def test_auto_batch_measures_and_keeps_the_smallest_near_best():
-    def costly_calls(x):  # 2 ms per call + 0.1 ms per image: bigger batches pay
-        time.sleep(0.002 + 0.0001 * len(x))
+def test_auto_batch_measures_and_keeps_the_smallest_near_best(monkeypatch):
+    import edgecls.runtime.run.plan as plan
 
-    assert auto_batch(costly_calls, (3, 8, 8), budget_s=0.2) == 8
-    assert auto_batch(costly_calls, (3, 8, 8), limit=4, budget_s=0.2) == 4  # a TensorRT profile's maximum
+    clock = [0.0]  # a model whose cost is known exactly: time advances only inside its calls
+    monkeypatch.setattr(plan.time, "perf_counter", lambda: clock[0])
+
+    def costly_calls(x):  # 2 ms per call + 0.1 ms per image: bigger batches pay
+        clock[0] += 0.002 + 0.0001 * len(x)
+
+    assert auto_batch(costly_calls, (3, 8, 8)) == 8
+    assert auto_batch(costly_calls, (3, 8, 8), limit=4) == 4  # a TensorRT profile's maximum
 
     def per_image(x):  # the cost is per image only: batch 1 is as fast, and has the least latency
-        time.sleep(0.002 * len(x))
+        clock[0] += 0.002 * len(x)
 
-    assert auto_batch(per_image, (3, 8, 8), budget_s=0.2) == 1
+    assert auto_batch(per_image, (3, 8, 8)) == 1
     assert auto_batch(per_image, (3, 8, 8), fixed=4) == 4  # a model with a fixed batch
 
 

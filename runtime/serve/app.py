@@ -155,7 +155,6 @@ def _model_sha(path: str) -> str:
 def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
     def load():
         from edgecls.runtime.classifier import Classifier
-
         from edgecls.runtime.run.loop import usable_cpus
         from edgecls.runtime.run.plan import plan_inference
 

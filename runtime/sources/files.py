@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
 
 from edgecls.runtime.preprocess import ImageReadError, open_for, open_rgb
-from edgecls.runtime.spec import PreprocessSpec
 from edgecls.runtime.sources.frame import Frame
+from edgecls.runtime.spec import PreprocessSpec
 
 
 class ImageSource:
