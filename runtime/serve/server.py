@@ -124,11 +124,33 @@ class Guard:
             state.budget.settle()  # big bodies gone and nothing held: give the memory back (malloc_trim)
 
 
+class _Deadlines:
+    """The timer of :func:`_protocol_class`'s protocol: one deadline per connection (a request head's, or a refused
+    body's rest), re-armed as bytes arrive."""
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(max(0.0, seconds), self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _deadline(self) -> float:
+        if self._tail is not None:  # the rest of a refused body: the body timeout's terms
+            return self._tail[0] + self.body_timeout + self._tail[1] / self.min_rate
+        return self._head_deadline
+
+
 def _protocol_class(limits: Dict[str, Any]) -> type:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class EdgeclsH11Protocol(H11Protocol):
+    class EdgeclsH11Protocol(_Deadlines, H11Protocol):
         """uvicorn's h11 protocol plus the header timeout, the connection cap and JSON for malformed requests."""
 
         header_timeout = float(limits["header_timeout"])
@@ -146,23 +168,6 @@ def _protocol_class(limits: Dict[str, Any]) -> type:
                 self.app = _refuse  # answered (JSON 503 + Retry-After) and closed as soon as its request is in
                 self._head_deadline = self.loop.time() + min(REFUSED_HEADER_TIMEOUT_S, self.header_timeout)
             self._arm(self._head_deadline - self.loop.time())
-
-        def _arm(self, seconds: float) -> None:
-            self._disarm()
-            self._timer = self.loop.call_later(max(0.0, seconds), self._on_timer)
-
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-        def _idle(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
-
-        def _deadline(self) -> float:
-            if self._tail is not None:  # the rest of a refused body: the body timeout's terms
-                return self._tail[0] + self.body_timeout + self._tail[1] / self.min_rate
-            return self._head_deadline
 
         def data_received(self, data: bytes) -> None:
             if self._idle():
