@@ -116,7 +116,10 @@ def serve_command(
                       min_upload_rate=min_upload_rate, max_connections=max_connections,
                       max_buffered_bytes=max_buffered_bytes, shutdown_timeout_s=shutdown_timeout)
     if cfg.public:
-        typer.echo(f"warning: listening on {host}: reachable from other machines, with no authentication or TLS "
+        from edgecls.runtime.run.access import env_token
+
+        auth = "the EDGECLS_TOKEN token but no TLS" if env_token() else "no authentication (set EDGECLS_TOKEN) or TLS"
+        typer.echo(f"warning: listening on {host}: reachable from other machines, with {auth} "
                    "(put it behind a reverse proxy)", err=True)
 
     def announce(url: str) -> None:
