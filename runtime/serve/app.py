@@ -90,6 +90,10 @@ class ServeState:
                                     on_batch=lambda n, ms: self.metrics.batch.observe(n), streams=streams)
         self.batcher.start()
         spec = clf.spec
+        try:
+            await self.batcher.warm_up((3, spec.preprocess.crop, spec.preprocess.crop))
+        except Exception as e:  # the first requests will say what is wrong; the warm-up only saves them time
+            log.warning("warm-up inference failed (%s: %s)", type(e).__name__, e)
         sha = await asyncio.get_running_loop().run_in_executor(self.pool, _model_sha, self.cfg.model)
         self.metrics.set_model(self.cfg.model_name, spec.arch, spec.precision, sha, spec.source_sha256 or "",
                                clf.backend.describe())

@@ -69,6 +69,14 @@ class MicroBatcher:
         self._slots = asyncio.Semaphore(self.streams)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="edgecls-batcher")
 
+    async def warm_up(self, shape) -> None:
+        """Run ``streams`` full batches of zeros side by side, as under full load: the backend allocates its working
+        memory now (onnxruntime's arena grows once to the biggest batch and keeps it) rather than under the first
+        burst, so the memory a loaded server settles back to is the memory it started with."""
+        x = np.zeros((self.max_batch, *shape), np.float32)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, self.infer, x) for _ in range(self.streams)))
+
     @property
     def pending(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
