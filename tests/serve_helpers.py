@@ -116,3 +116,26 @@ def raw_request(base: str, data: bytes, timeout: float = 10.0) -> Tuple[int, Dic
     with socket.create_connection(host_port(base), timeout=timeout) as s:
         s.sendall(data)
         return read_response(s, timeout)
+
+
+def start_serve_process(model: Any, *args: str, timeout: float = 120.0) -> Tuple[Any, str]:
+    """``edgecls serve MODEL --port 0 --device cpu ARGS`` in a subprocess (stderr piped): the process and the URL
+    it announced. The caller reads or drains ``proc.stderr`` and kills the process when done."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "serve", str(model), "--port", "0", "--device", "cpu",
+                             *args], stderr=subprocess.PIPE, text=True)
+    base = None
+    deadline = time.monotonic() + timeout
+    while base is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if line.startswith("edgecls serve: http://"):
+            base = line.split()[2]
+        elif not line and proc.poll() is not None:
+            break
+    if base is None:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError("edgecls serve announced no URL")
+    return proc, base

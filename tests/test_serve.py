@@ -19,7 +19,7 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("onnxruntime")
 
 from runtime_helpers import export_tiny_onnx, read_jsonl, tiny_spec, write_images  # noqa: E402
-from serve_helpers import multipart, png_header, post_json, request, served, wait_ready  # noqa: E402
+from serve_helpers import multipart, png_header, post_json, request, served, start_serve_process, wait_ready  # noqa: E402
 
 from edgecls.runtime.serve.config import ServeConfig  # noqa: E402
 
@@ -357,21 +357,9 @@ def stats_decider(model):
 def test_edgecls_serve_process_answers_in_flight_requests_on_sigterm(model, images):
     """The real command: port 0 announced on stderr, ready, then SIGTERM with requests in flight."""
     import signal
-    import subprocess
-    import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "serve", str(model), "--port", "0", "--device", "cpu",
-                             "--max-wait-ms", "1000"], stderr=subprocess.PIPE, text=True)
+    proc, base = start_serve_process(model, "--max-wait-ms", "1000")
     try:
-        base = None
-        deadline = time.monotonic() + 120
-        while base is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if line.startswith("edgecls serve: http://"):
-                base = line.split()[2]
-            elif not line and proc.poll() is not None:
-                break
-        assert base, "no URL announced"
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep the pipe drained
         wait_ready(base)
         statuses = []

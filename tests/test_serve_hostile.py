@@ -15,8 +15,6 @@ import random
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -32,7 +30,15 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from fuzz_helpers import tiny_onnx_classifier  # noqa: E402
-from serve_helpers import host_port, raw_request, read_response, request, served, wait_ready  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    host_port,
+    raw_request,
+    read_response,
+    request,
+    served,
+    start_serve_process,
+    wait_ready,
+)
 
 from edgecls.runtime.serve.config import ServeConfig  # noqa: E402
 
@@ -501,18 +507,8 @@ def test_shutdown_with_a_slow_uploader_is_bounded_and_answers_json(model, errors
 
 def test_edgecls_serve_exits_143_on_sigterm_with_a_slow_uploader(model):
     """The real command: SIGTERM with a slow uploader connected exits within 5 s with the documented 143."""
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "serve", str(model), "--port", "0", "--device", "cpu",
-                             "--body-timeout", "60"], stderr=subprocess.PIPE, text=True)
+    proc, base = start_serve_process(model, "--body-timeout", "60")
     try:
-        base = None
-        deadline = time.monotonic() + 120
-        while base is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if line.startswith("edgecls serve: http://"):
-                base = line.split()[2]
-            elif not line and proc.poll() is not None:
-                break
-        assert base, "no URL announced"
         err = []
         threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
         wait_ready(base)
