@@ -1,4 +1,4 @@
-"""OpenCV's share of the one preprocessing, where it gives Pillow's pixels faster (``bench/bench_run.py``):
+"""OpenCV's share of the one preprocessing, where it gives Pillow's pixels faster (``bench/profile_run.py``):
 
 - **Decode** (:func:`edgecls.runtime.preprocess.open_for`, the one decode path): OpenCV and Pillow both decode
   JPEG with libjpeg-turbo's default (islow) IDCT and fancy upsampling, so the pixels are the same (0 of 2,860
@@ -8,7 +8,7 @@
   (11-bit fixed point) and no intermediate rounding: within 1/255 of Pillow (tested against torchvision's pixels).
   Shrinking stays with Pillow: its antialiasing filter has no OpenCV equivalent.
 
-Everything here is optional: without OpenCV (a runtime-only install) the Pillow path gives the same pixels.
+Everything here is optional: without OpenCV (a runtime-only install) Pillow does it all, within 1/255 of this.
 """
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ _CV2: Any = False  # not looked up yet
 
 
 def cv2_or_none() -> Optional[Any]:
-    """OpenCV if it imports (looked up once), else None. Its own thread pool is not used here: the callers are
-    already one thread per core, and a 224x224 resize split across threads only adds handoffs."""
+    """OpenCV if it imports (looked up once), else None (absent, or broken against this NumPy)."""
     global _CV2
     if _CV2 is False:
         try:
