@@ -46,6 +46,9 @@ def run_command(
                                    "hardware decoder)."),
     loop: bool = typer.Option(False, "--loop", help="Replay video files and image folders from the start when they "
                               "end (until Ctrl-C or --max-frames)."),
+    realtime: bool = typer.Option(False, "--realtime", help="Play video files at their own frame rate as a camera "
+                                  "would: the newest frame is classified, late ones dropped (counted), each record "
+                                  "with capture time and capture→decision latency."),
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than "
                                    "this, read from the header before decoding (decompression bombs; 0: no bound)."),
     probs: bool = typer.Option(False, "--probs", help="Add every class probability to each record."),
@@ -98,6 +101,7 @@ def run_command(
         rtsp_latency=rtsp_latency,
         rtsp_codec=rtsp_codec,
         loop=loop,
+        realtime=realtime,
         probs=probs,
         summary=summary,
         max_pixels=max_pixels,

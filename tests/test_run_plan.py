@@ -189,3 +189,23 @@ def test_micro_batcher_keeps_streams_batches_in_flight_and_answers_each_request(
     res = asyncio.run(main())
     assert [float(r.output[0]) for r in res] == list(range(8))  # each request its own row, whatever the order
     assert peak[0] == streams
+
+
+def test_realtime_video_is_a_live_source_with_latency_and_a_clean_end(folder_env, tmp_path):
+    """``--realtime``: a video played at its own frame rate through the newest-frame slot, as a camera would."""
+    pytest.importorskip("cv2")
+    from runtime_helpers import write_video
+
+    video = write_video(tmp_path / "clip.avi", n=12, fps=20.0)
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    stats = run(RunConfig(model=str(folder_env / "model.onnx"), sources=(str(video),), device="cpu", realtime=True),
+                out=out, err=io.StringIO())
+    wall = time.perf_counter() - t0
+    recs = read_jsonl(out.getvalue())
+    assert stats.exit_code() == 0 and stats.lost == 0  # the file's end is an end, not a lost camera
+    assert stats.frames + stats.dropped == 12 and len(recs) == stats.frames >= 1
+    assert wall >= 11 / 20.0 - 0.05  # paced at the file's 20 frames/s, not as fast as it decodes
+    for r in recs:
+        assert r["timings_ms"]["latency"] >= 0 and abs(r["capture_time"] - time.time()) < 60
+    assert [r["frame"] for r in recs] == sorted(r["frame"] for r in recs)

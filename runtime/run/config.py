@@ -39,6 +39,7 @@ class RunConfig:
     rtsp_latency: int = 200  # ms, rtspsrc latency of the hardware-decode RTSP pipeline
     rtsp_codec: str = "h264"  # what rtsp:// cameras send (h264 | h265), for the hardware-decode pipeline
     loop: bool = False  # replay video files / image folders from the start when they end
+    realtime: bool = False  # video files as live sources at their own frame rate (drops counted, latency)
     probs: bool = False  # add every class probability to the records
     summary: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header before decoding (0: no bound)
@@ -83,4 +84,4 @@ class RunConfig:
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(RetryPolicy(retries=self.retries), self.open_timeout, self.rtsp_latency, self.rtsp_codec,
-                             self.loop)
+                             self.loop, self.realtime)

@@ -221,6 +221,8 @@ class LiveSource:
                 if self._stop.is_set():
                     break
                 if not ok or img is None:
+                    if getattr(cap, "finished", False):  # a file played in real time has ended: a clean end
+                        return
                     cap.release()
                     cap = self._reopen()
                     self._cap = cap

@@ -15,13 +15,15 @@ class SourceOptions:
     """``retry``: reopening a dropped stream; ``open_timeout``: seconds an open (and the first frame) may take
     (None: wait as long as OpenCV does); ``rtsp_latency``: ms of jitter buffer in the hardware-decode RTSP pipeline
     (``rtspsrc latency``); ``rtsp_codec``: what the RTSP camera sends (h264 | h265); ``loop``: replay video files
-    and image folders from the start when they end."""
+    and image folders from the start when they end; ``realtime``: video files as live sources at their own frame
+    rate."""
 
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     open_timeout: Optional[float] = None
     rtsp_latency: int = 200
     rtsp_codec: str = "h264"
     loop: bool = False
+    realtime: bool = False  # video files played at their frame rate as live sources (newest frame, drops counted)
 
     def __post_init__(self) -> None:
         if self.open_timeout is not None and not (isinstance(self.open_timeout, (int, float)) and self.open_timeout > 0):

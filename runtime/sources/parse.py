@@ -21,7 +21,7 @@ from edgecls.runtime.sources.cameras import (
 )
 from edgecls.runtime.sources.files import ImageSource
 from edgecls.runtime.sources.options import SourceOptions
-from edgecls.runtime.sources.video import VIDEO_EXTS, VideoFileSource
+from edgecls.runtime.sources.video import VIDEO_EXTS, VideoFileSource, realtime_source
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def parse_source(arg: str, options: SourceOptions = SourceOptions()):
         return ImageSource(text, [(f, (Path(base) / f.relative_to(p)).as_posix()) for f in images], loop=options.loop)
     if p.is_file():
         if p.suffix.lower() in VIDEO_EXTS:
-            return VideoFileSource(p, name=text, loop=options.loop)
+            return _video(p, text, options)
         return ImageSource(text, [(p, p.name)], loop=options.loop)
     if _is_glob(text):
         matches = sorted(Path(m) for m in globmod.glob(text, recursive=True))
@@ -67,7 +67,7 @@ def parse_source(arg: str, options: SourceOptions = SourceOptions()):
         videos = [m for m in files if m.suffix.lower() in VIDEO_EXTS]
         images = [m for m in files if is_image_file(m)]
         if videos and not images:
-            return [VideoFileSource(v, name=os.fspath(v), loop=options.loop) for v in videos]
+            return [_video(v, os.fspath(v), options) for v in videos]
         if not images:
             raise InputError(f"the glob {text!r} matches no image or video files")
         if videos:
@@ -75,6 +75,12 @@ def parse_source(arg: str, options: SourceOptions = SourceOptions()):
         return ImageSource(text, [(m, m.name) for m in images], loop=options.loop)
     raise InputError(f"source {text!r} does not exist (valid: a file, a folder, a glob, --camera N, csi://N, rtsp://…, "
                      "gst://PIPELINE)")
+
+
+def _video(path: Path, name: str, options: SourceOptions):
+    """A video file: read in order (every frame), or with ``realtime`` as a live source at its frame rate."""
+    return realtime_source(path, name, options) if options.realtime else VideoFileSource(path, name=name,
+                                                                                        loop=options.loop)
 
 
 def parse_sources(args: Sequence[str], cameras: Sequence[int] = (), options: SourceOptions = SourceOptions()) -> list:

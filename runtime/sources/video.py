@@ -105,3 +105,54 @@ class VideoFileSource:
 
     def close(self) -> None:
         self._stop.set()
+
+
+class PacedCapture:
+    """A video file as a camera delivers it (``--realtime``): ``read()`` returns each frame when it is due at the
+    file's frame rate (so a slow model drops frames by the newest-frame policy, as on a camera), replaying with
+    ``loop``; at the end ``finished`` is set, which ends its :class:`LiveSource` cleanly instead of reconnecting."""
+
+    def __init__(self, path: Path, loop: bool = False, default_fps: float = 30.0) -> None:
+        cv2 = import_cv2(f"reading the video {path}")
+        self.cv2, self.path, self.loop = cv2, Path(path), loop
+        self.cap = cv2.VideoCapture(os.fspath(path))
+        fps = self.cap.get(cv2.CAP_PROP_FPS) if self.cap.isOpened() else 0
+        self.fps = float(fps) if fps and 0 < fps < 1000 else default_fps
+        self.finished = False
+        self.t0: Optional[float] = None
+        self.n = 0
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.cap.isOpened() and not self.finished
+
+    def read(self):
+        ok, img = self.cap.read()
+        if (not ok or img is None) and self.loop and self.n:
+            self.cap.release()
+            self.cap = self.cv2.VideoCapture(os.fspath(self.path))
+            ok, img = self.cap.read()
+        if not ok or img is None:
+            self.finished = True
+            return False, None
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+        wait = self.t0 + self.n / self.fps - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        self.n += 1
+        return True, img
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == self.cv2.CAP_PROP_FPS else self.cap.get(prop)
+
+    def release(self) -> None:
+        self.cap.release()
+
+
+def realtime_source(path: Path, name: str, options):
+    """``--realtime``: the video file as a live source (newest frame, drops counted, capture → decision latency)."""
+    from edgecls.runtime.sources.live import LiveSource
+
+    p = Path(path)
+    return LiveSource(name, lambda: PacedCapture(p, loop=options.loop), retry=options.retry,
+                      open_timeout=options.open_timeout, hint=" (a video file played in real time: --realtime)")
