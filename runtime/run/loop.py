@@ -340,6 +340,7 @@ def run(
     )
     load_s = time.perf_counter() - t0
     streams = plan.streams if tuple(getattr(clf.backend, "providers", ()))[:1] == (CPU_EP,) else 1
+    log.info("inference: %d call(s) in flight x %s thread(s) (%s)", streams, plan.threads or "default", plan.why)
     opened = _Open()
     try:
         batch = _batch_for(config, clf, sources)

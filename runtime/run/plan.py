@@ -18,7 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MAX_STREAMS = 8  # beyond this the decode/preprocess threads (GIL-bound glue) cannot feed them
+MAX_STREAMS = 8  # a cap by default (measured on 2 cores only; a bigger machine can set --streams)
 BATCH_CANDIDATES = (1, 2, 4, 8)
 BATCH_TOLERANCE = 0.03  # --batch auto keeps the smallest batch within 3 % of the best images/s (less latency)
 
