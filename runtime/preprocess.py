@@ -16,6 +16,7 @@ temporaries). Each of these is bit-identical to the plain ``fromarray → resize
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional, Sequence, Tuple, Union
@@ -141,6 +142,11 @@ def _upright(im: Image.Image, where: str) -> Image.Image:
 
 def _decoded(im: Image.Image, max_pixels: Optional[int], where: str) -> Image.Image:
     _check_size(im, max_pixels, where)
+    return _loaded(im, where)
+
+
+def _loaded(im: Image.Image, where: str) -> Image.Image:
+    """Decode an image whose size was checked: upright, 8-bit RGB."""
     im.load()
     return _to_rgb(_upright(im, where), where)
 
@@ -156,16 +162,7 @@ def open_rgb(path: Union[str, os.PathLike], max_pixels: Optional[int] = None) ->
     :func:`preprocess` / :func:`preprocess_one` take it as it is, which skips two full-frame copies (into numpy
     and back into Pillow) compared with :func:`load_image`; the pixels are the same.
     """
-    where = _name(path)
-    try:
-        with Image.open(path, formats=FORMATS) as im:
-            return _decoded(im, max_pixels, where)
-    except ImageReadError:
-        raise
-    except Image.UnidentifiedImageError as e:
-        raise ImageReadError(f"cannot read image {where}: not a {', '.join(FORMATS)} image ({e})") from e
-    except Exception as e:  # a decoder fed hostile bytes can raise anything: it is this file's error
-        raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+    return open_for(path, None, max_pixels)[0]
 
 
 def as_rgb(image: Image.Image, max_pixels: Optional[int] = None) -> Image.Image:
@@ -180,31 +177,38 @@ def as_rgb(image: Image.Image, max_pixels: Optional[int] = None) -> Image.Image:
         raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
 
 
-def open_for(path: Union[str, os.PathLike], spec: PreprocessSpec,
+def open_for(path: Union[str, os.PathLike], spec: Optional[PreprocessSpec],
              max_pixels: Optional[int] = None) -> Tuple[ImageLike, bool]:
     """``(image, bgr)``: an image file read for :func:`preprocess_one` with ``spec``, as its resize reads it
     fastest, with :func:`open_rgb`'s rules and pixels. A complete, upright RGB/greyscale JPEG that the resize will
     enlarge is decoded by OpenCV into a BGR array (OpenCV then resizes it too: :mod:`.opencv_pixels`); anything
-    else is :func:`open_rgb`'s PIL image (Pillow shrinks it)."""
+    else, and everything without a ``spec`` or given as a file object, is :func:`open_rgb`'s PIL image."""
     where = _name(path)
+    named = isinstance(path, (str, os.PathLike))  # else a file object, as Image.open takes
     try:
-        with open(path, "rb") as fh, Image.open(fh, formats=FORMATS) as im:
+        with (open(path, "rb") if named else contextlib.nullcontext(path)) as fh, \
+                Image.open(fh, formats=FORMATS) as im:
             _check_size(im, max_pixels, where)
-            w, h = im.size
-            new_w, new_h = resized_size(w, h, spec.resize)
-            if (im.format == "JPEG" and im.mode in ("RGB", "L") and spec.interpolation == "bilinear"
-                    and new_w >= w and new_h >= h and _orientation(im) == 1):
+            if spec is not None and named and _enlarged_jpeg(im, spec):
                 fh.seek(0)
-                arr = _decode_jpeg_bgr(fh.read(), w, h)
+                arr = _decode_jpeg_bgr(fh.read(), *im.size)
                 if arr is not None:
                     return arr, True
-            return _decoded(im, max_pixels, where), False
+            return _loaded(im, where), False
     except ImageReadError:
         raise
     except Image.UnidentifiedImageError as e:
         raise ImageReadError(f"cannot read image {where}: not a {', '.join(FORMATS)} image ({e})") from e
-    except Exception as e:  # as open_rgb: whatever the decoder raised is this file's error
+    except Exception as e:  # a decoder fed hostile bytes can raise anything: it is this file's error
         raise ImageReadError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+
+
+def _enlarged_jpeg(im: Image.Image, spec: PreprocessSpec) -> bool:
+    """An upright RGB/greyscale JPEG that ``spec``'s bilinear resize enlarges on both axes (OpenCV's to decode)."""
+    w, h = im.size
+    new_w, new_h = resized_size(w, h, spec.resize)
+    return (im.format == "JPEG" and im.mode in ("RGB", "L") and spec.interpolation == "bilinear"
+            and new_w >= w and new_h >= h and _orientation(im) == 1)
 
 
 def _complete_jpeg(data: bytes) -> bool:

@@ -44,8 +44,6 @@ from edgecls.runtime.sources.video import VideoFileSource
 
 log = logging.getLogger(__name__)
 
-CPU_EP = "CPUExecutionProvider"  # = runtime.backends.onnxruntime.CPU_EP (not imported: no onnxruntime at import)
-
 Item = Tuple[Frame, Optional[np.ndarray], float]  # a frame, its preprocessed CHW array (None: unusable), ms
 
 
@@ -339,7 +337,7 @@ def run(
         **({"session_config": plan.session_config} if plan.session_config else {}),
     )
     load_s = time.perf_counter() - t0
-    streams = plan.streams if tuple(getattr(clf.backend, "providers", ()))[:1] == (CPU_EP,) else 1
+    streams = plan.streams_on(clf.backend)
     log.info("inference: %d call(s) in flight x %s thread(s) (%s)", streams, plan.threads or "default", plan.why)
     opened = _Open()
     try:
@@ -350,8 +348,7 @@ def run(
         opened.saver = Saver(Path(config.save)) if config.save else None
         opened.viewer = Viewer() if config.show else None
         writer = make_writer(config.fmt, out)
-        stats = opened.stats = RunStats(clf.decider, clf.backend.describe(), batch, load_s)
-        stats.streams = streams
+        stats = opened.stats = RunStats(clf.decider, clf.backend.describe(), batch, load_s, streams)
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from edgecls.runtime.backends.onnxruntime import CPU_EP
+
 log = logging.getLogger(__name__)
 
 MAX_STREAMS = 8  # a cap by default (measured on 2 cores only; a bigger machine can set --streams)
@@ -31,6 +33,11 @@ class InferencePlan:
     streams: int
     session_config: Dict[str, str] = field(default_factory=dict)
     why: str = ""
+
+    def streams_on(self, backend: Any) -> int:
+        """Calls in flight on a loaded backend: the plan's where onnxruntime runs on its CPU provider, 1 anywhere
+        else (a GPU, a TensorRT engine, a remote server serialise the calls anyway)."""
+        return self.streams if tuple(getattr(backend, "providers", ()))[:1] == (CPU_EP,) else 1
 
     def describe(self) -> str:
         t = "default" if self.threads is None else str(self.threads)

@@ -41,7 +41,7 @@ class BoundedNotes(list):
 class RunStats:
     """Counts and latencies of one run; ``format()`` is the summary printed to stderr, ``to_dict()`` its JSON."""
 
-    def __init__(self, decider, backend_desc: str, batch: int, load_s: float) -> None:
+    def __init__(self, decider, backend_desc: str, batch: int, load_s: float, streams: int = 1) -> None:
         self.positive = decider.spec.positive
         self.threshold = decider.threshold
         self.decision_names = decider.decision_names()
@@ -49,7 +49,7 @@ class RunStats:
         self.confidence: List[str] = rule.describe(decider.threshold) if rule is not None else []
         self.backend_desc = backend_desc
         self.batch = batch
-        self.streams = 1  # inference calls in flight (runtime.run.plan)
+        self.streams = streams  # inference calls in flight (runtime.run.plan)
         self.load_s = load_s
         self.decisions: Counter = Counter()
         self.labels: Counter = Counter()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from edgecls.core.errors import CapabilityError
+from edgecls.runtime.run.plan import InferencePlan, plan_inference
 from edgecls.runtime.serve.batching import MicroBatcher
 from edgecls.runtime.serve.config import DEFAULT_MAX_BATCH, ServeConfig
 from edgecls.runtime.serve.uploads import (
@@ -84,8 +85,9 @@ class ServeState:
             return
         self.clf = clf
         self.parse_lock = asyncio.Lock()  # json.loads holds the GIL anyway, and needs ~3x the text
-        cpu = tuple(getattr(clf.backend, "providers", ()))[:1] == ("CPUExecutionProvider",)
-        streams = getattr(clf, "streams", None) or self.cfg.streams or 1 if cpu else 1
+        # default_loader's plan; a classifier handed in (tests, the Python API) runs --streams, else 1
+        plan = getattr(clf, "plan", None) or InferencePlan(self.cfg.threads, self.cfg.streams or 1)
+        streams = plan.streams_on(clf.backend)
         self.batcher = MicroBatcher(clf.infer, self.max_batch, self.cfg.max_wait_ms,
                                     on_batch=lambda n, ms: self.metrics.batch.observe(n), streams=streams)
         self.batcher.start()
@@ -160,7 +162,6 @@ def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
     def load():
         from edgecls.runtime.classifier import Classifier
         from edgecls.runtime.run.loop import usable_cpus
-        from edgecls.runtime.run.plan import plan_inference
 
         plan = plan_inference(cfg, (), usable_cpus())
         options = {"remote": cfg.backend} if cfg.backend else {}
@@ -168,7 +169,7 @@ def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
             options["session_config"] = plan.session_config
         clf = Classifier.load(cfg.model, device=cfg.device, threads=plan.threads, allow_fallback=cfg.allow_fallback,
                               threshold=cfg.threshold, topk=cfg.topk, **options)
-        clf.streams = plan.streams  # the micro-batcher's batches in flight (1 unless onnxruntime on the CPU)
+        clf.plan = plan  # the micro-batcher's batches in flight (ServeState.load)
         return clf
 
     return load

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
 
-from edgecls.runtime.preprocess import ImageReadError, open_for, open_rgb
+from edgecls.runtime.preprocess import ImageReadError, open_for
 from edgecls.runtime.sources.frame import Frame
 from edgecls.runtime.spec import PreprocessSpec
 
@@ -46,10 +46,7 @@ def read_image(source: str, index: int, path: Path, save_name: str, max_pixels: 
     t0 = time.perf_counter()
     bgr = False
     try:
-        if spec is not None:
-            image, bgr = open_for(path, spec, max_pixels)
-        else:
-            image = open_rgb(path, max_pixels)
+        image, bgr = open_for(path, spec, max_pixels)  # without a spec: open_rgb's PIL image
         error = None
     except ImageReadError as e:
         image, error = None, str(e)
