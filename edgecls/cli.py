@@ -26,6 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are Rich markup: a bracketed note "[...]" would be read as a style tag and vanish, so notes are
+    # written "(default: ...)" / "(recipe: ...)" (tests/test_cli_help.py renders every --help to check)
+    rich_markup_mode="rich",
 )
 
 

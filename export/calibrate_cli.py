@@ -15,11 +15,11 @@ def calibrate_cli(
     data: str = typer.Option(..., "--data", "-d", help="Labelled folder DIR/<class>/*.jpg the model never trained "
                              "on (e.g. phones labelled after training)."),
     target_precision: Optional[float] = typer.Option(
-        None, "--target-precision", help="Precision to promise [default: the model's own setting]."),
+        None, "--target-precision", help="Precision to promise (default: the model's own setting)."),
     delta: Optional[float] = typer.Option(None, "--delta", help="The promise may fail with this probability "
-                                          "[default: the model's own]."),
-    coverage: Optional[float] = typer.Option(None, "--coverage", help="Default coverage of the sets [default: the "
-                                             "model's own]."),
+                                          "(default: the model's own)."),
+    coverage: Optional[float] = typer.Option(None, "--coverage", help="Default coverage of the sets (default: the "
+                                             "model's own)."),
     best_promise: bool = typer.Option(False, "--best-promise", help="Deploy the highest target (up to "
                                       "--target-precision) these images certify (each ladder target at delta/m)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write a copy here instead of in place (one MODEL)."),

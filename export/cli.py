@@ -30,20 +30,20 @@ def _fmt_seconds(s: float) -> str:
 
 def export_command(
     checkpoint: Path = typer.Argument(..., help="Checkpoint from `edgecls train` (runs/train/<name>/best.pt)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Export folder [default: runs/export/<name>]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Export folder (default: runs/export/<name>)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also export model_fp16.onnx (FP16 inside, FP32 in/out)."),
     int8: bool = typer.Option(False, "--int8", help="Also export calibrated INT8: model_int8_qdq.onnx (TensorRT) "
                               "and model_int8_cpu.onnx (onnxruntime CPU)."),
     int8_forms: str = typer.Option("int8-qdq,int8-cpu", "--int8-forms", help="Which INT8 forms (comma-separated)."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images [default: calib_images/ if it "
-                                         "has images, else a stratified sample of the checkpoint's training images]."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (default: calib_images/ if it "
+                                         "has images, else a stratified sample of the checkpoint's training images)."),
     calib_count: int = typer.Option(256, "--calib-count", help="Calibration images to use (warns below 100)."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="Activation ranges: percentile (of "
                                      "|x|, --calib-percentile) | minmax | entropy (TensorRT's KL threshold)."),
     calib_percentile: float = typer.Option(99.99, "--calib-percentile", help="Percentile of |x| for --calib-method "
                                            "percentile."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache folder "
-                                               "[default: <out>/calib_cache]."),
+                                               "(default: <out>/calib_cache)."),
     int8_keep_fp32: str = typer.Option("auto", "--int8-keep-fp32", help="auto: full INT8 unless it misses a gate "
                                        "on the selection split, then the fewest most sensitive layers (per-layer "
                                        "SQNR) kept in FP32; none: every layer INT8; ends: first and last layer "
@@ -53,7 +53,7 @@ def export_command(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 parses on TensorRT 8.5 / JetPack 5)."),
     no_simplify: bool = typer.Option(False, "--no-simplify", help="Keep the exporter's graph as it is."),
     parity_data: Optional[Path] = typer.Option(None, "--parity-data", help="Held-out images for parity "
-                                               "[default: the checkpoint's val images]; class subfolders = labels."),
+                                               "(default: the checkpoint's val images); class subfolders = labels."),
     parity_count: Optional[int] = typer.Option(None, "--parity-count", help="Use at most N parity images."),
     tol_fp32: float = typer.Option(1e-4, "--tol-fp32", help="FP32: max |Δlogit| <= this × max(1, max |logit|)."),
     tol_fp16_agreement: float = typer.Option(99.5, "--tol-fp16-agreement", help="FP16: min top-1 agreement, %."),
@@ -66,11 +66,11 @@ def export_command(
     tol_int8_decisions: float = typer.Option(97.0, "--tol-int8-decisions", help="INT8 gate (with a positive "
                                              "class): min % of yes/no/uncertain decisions equal to PyTorch's."),
     tol_int8_agreement: Optional[float] = typer.Option(None, "--tol-int8-agreement", help="INT8 fidelity: min top-1 "
-                                                       "agreement, % [warned below 99; gated when given, with "
-                                                       "--strict, or when the images have no labels]."),
+                                                       "agreement, % (warned below 99; gated when given, with "
+                                                       "--strict, or when the images have no labels)."),
     tol_int8_p99_prob: Optional[float] = typer.Option(None, "--tol-int8-p99-prob", help="INT8 fidelity: max p99 "
-                                                      "|Δprob| vs PyTorch at the checkpoint's temperature [warned "
-                                                      "above 0.05; gated when given or with --strict]."),
+                                                      "|Δprob| vs PyTorch at the checkpoint's temperature (warned "
+                                                      "above 0.05; gated when given or with --strict)."),
     strict: bool = typer.Option(False, "--strict", help="INT8: also fail on fidelity (top-1 agreement, p99 "
                                 "|Δprob|), and on an accuracy drop over the limit even when McNemar's test finds "
                                 "it could be chance."),
@@ -90,7 +90,7 @@ def export_command(
     triton: Optional[Path] = typer.Option(None, "--triton", help="Write a Triton model repository here "
                                           "(REPO/<name>/config.pbtxt, 1/model.onnx or 1/model.plan, labels.txt)."),
     triton_name: Optional[str] = typer.Option(None, "--triton-name", help="Triton model name "
-                                              "[default: the export folder's name]."),
+                                              "(default: the export folder's name)."),
     triton_device: str = typer.Option("gpu", "--triton-device", help="gpu | cpu: instance_group kind of the "
                                       "ONNX model in Triton."),
     deepstream: Optional[Path] = typer.Option(None, "--deepstream", help="Write a DeepStream nvinfer classifier "
@@ -153,14 +153,14 @@ def export_command(
 
 def build_engine_command(
     onnx: Path = typer.Argument(..., help="An exported ONNX (model.onnx, model_fp16.onnx or model_int8_qdq.onnx)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 [default: from the ONNX "
-                                            "metadata: int8 for the Q/DQ model, else its precision]."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the engine [default: beside the ONNX]."),
-    batch: Optional[str] = typer.Option(None, "--batch", help="Batch profile MIN,OPT,MAX (or MAX) [default: 1,1,8; "
-                                        "with --dla 1,1,1: DLA has no dynamic shapes]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: from the ONNX "
+                                            "metadata: int8 for the Q/DQ model, else its precision)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the engine (default: beside the ONNX)."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Batch profile MIN,OPT,MAX or just MAX (default: 1,1,8; "
+                                        "with --dla 1,1,1: DLA has no dynamic shapes)."),
     workspace: int = typer.Option(1024, "--workspace", help="Builder workspace, MiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file "
-                                                "[default: beside the engine, per TensorRT version and GPU]."),
+                                                "(default: beside the engine, per TensorRT version and GPU)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when an up-to-date engine exists."),
     dla: Optional[int] = typer.Option(None, "--dla", help="Build for DLA core N (Jetson AGX/NX Orin, Xavier; FP16 "
                                       "and INT8 only; part of the engine's cache key)."),

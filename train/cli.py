@@ -25,9 +25,9 @@ def train_command(
         None, "--teacher-arch", help="Distillation teacher for the fine-tuning epochs (with --distill > 0): a linear "
         "probe on this backbone's features joined with the student's, scored out of fold on train; training only."),
     teacher_weights: Optional[str] = typer.Option(
-        None, "--teacher-weights", help="Weights of --teacher-arch (imagenet, or PATH) [default: imagenet]."),
+        None, "--teacher-weights", help="Weights of --teacher-arch: imagenet or PATH (default: imagenet)."),
     distill: Optional[float] = typer.Option(
-        None, "--distill", help="Weight of the distillation term in [0, 1] [recipe: fast 0, catalog 0.7]; without "
+        None, "--distill", help="Weight of the distillation term in [0, 1] (recipe: fast 0, catalog 0.7); without "
         "--teacher-arch the teacher is the student's own out-of-fold probe."),
     recipe: str = typer.Option(
         "fast", "--recipe",
@@ -40,16 +40,16 @@ def train_command(
         None, "--positive", help="Class to detect one-vs-rest: a threshold is chosen for --target-precision on val."
     ),
     target_precision: Optional[float] = typer.Option(
-        None, "--target-precision", help="Precision the positive threshold must reach on val [default: 0.95]."
+        None, "--target-precision", help="Precision the positive threshold must reach on val (default: 0.95)."
     ),
     delta: Optional[float] = typer.Option(
-        None, "--delta", help="The precision promise holds with probability 1 - delta [default: 0.1]; refused "
+        None, "--delta", help="The precision promise holds with probability 1 - delta (default: 0.1); refused "
         "(with the positives it would need) when the calibration images cannot support it."),
     coverage: Optional[float] = typer.Option(
-        None, "--coverage", help="Default coverage of the conformal sets the model carries [default: 0.9]."),
+        None, "--coverage", help="Default coverage of the conformal sets the model carries (default: 0.9)."),
     calib_fraction: Optional[float] = typer.Option(
         None, "--calib-fraction", help="Share of val held out to calibrate (temperature, threshold, sets, unknown), "
-        "never used to pick the epoch [default: 0.5; 0: calibrate on the selection images, not honest]."),
+        "never used to pick the epoch (default: 0.5; 0: calibrate on the selection images, not honest)."),
     best_promise: bool = typer.Option(
         False, "--best-promise", help="Deploy the highest precision target (of 0.99, 0.98, 0.95, 0.9, ... up to "
         "--target-precision) the calibration images certify at --delta (each target tested at delta/m)."),
@@ -59,28 +59,28 @@ def train_command(
     calib_data: Optional[str] = typer.Option(
         None, "--calib-data", help="Labelled folder (<class>/ subfolders) to calibrate best.pt and last.pt on at "
         "the end (temperature, threshold guarantee, sets, unknown), instead of val or cross-fitted scores."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs [recipe: fast 2, seed 25]; 0 = head only (fast)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[recipe: fast 8, seed 4]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tuning epochs (recipe: fast 2, seed 25); 0 = head only (fast)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (recipe: fast 8, seed 4)."),
     image_size: Optional[int] = typer.Option(
-        None, "--image-size", help="Eval/deployment crop; resize = size*256/224 [default 224; timm: the model's own size and crop_pct]."
+        None, "--image-size", help="Eval/deployment crop; resize = size*256/224 (default 224; timm: the model's own size and crop_pct)."
     ),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate [recipe: fast 1e-3 (1e-2 from scratch), seed 1e-3]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate (recipe: fast 1e-3, or 1e-2 from scratch; seed 1e-3)."),
     balance: Optional[str] = typer.Option(
-        None, "--balance", help="Class imbalance: sampler, weights or none [recipe: fast none (head class-weighted; sampler from scratch), seed none]."
+        None, "--balance", help="Class imbalance: sampler, weights or none (recipe: fast none with a class-weighted head, sampler from scratch; seed none)."
     ),
     patience: Optional[int] = typer.Option(
-        None, "--patience", help="Early stopping: epochs without improvement [recipe: fast 2, seed off]."
+        None, "--patience", help="Early stopping: epochs without improvement (recipe: fast 2, seed off)."
     ),
     rotate: Optional[bool] = typer.Option(
         None, "--rotate/--no-rotate", help="Turn half the training images 90/180/270 degrees (random) so the model "
-        "holds on sideways and upside-down photos [recipe: off]."),
+        "holds on sideways and upside-down photos (recipe: off)."),
     val_fraction: Optional[float] = typer.Option(
-        None, "--val-fraction", help="Val share per class for a DATA/<class>/ folder [default: 0.2]."
+        None, "--val-fraction", help="Val share per class for a DATA/<class>/ folder (default: 0.2)."
     ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, init and data order [default: 0]."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [auto: 0 on small CPUs]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split, init and data order (default: 0)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers (auto: 0 on small CPUs)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when present), cpu, cuda, cuda:N."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/train/<name>]."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/train/<name>)."),
     name: str = typer.Option("exp", "--name", help="Run name under runs/train/ (exp, exp2, ... when taken)."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Write into an existing run folder."),
     resume: Optional[str] = typer.Option(

@@ -21,7 +21,7 @@ def eval_command(
     out: Optional[str] = typer.Option(
         None, "--out", help="Folder for eval.json, predictions.csv, confusion.csv/.png, reliability.png, "
         "pr_curve.png, risk_coverage.png "
-        "[default: runs/eval/<model name>, a new numbered folder if it exists]."),
+        "(default: runs/eval/<model name>, a new numbered folder if it exists)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the result JSON here."),
     no_files: bool = typer.Option(False, "--no-files", help="Write nothing but --json (if given)."),
     workers: int = typer.Option(2, "--workers", help="Image decoding threads."),
@@ -75,7 +75,7 @@ def _command_line(name: str) -> str:
 def bench_command(
     models: List[str] = typer.Argument(..., help="Artifacts to compare: .pt (PyTorch eager), .onnx, .engine."),
     batch: str = typer.Option("1,8", "--batch", help="Comma-separated batch sizes."),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma-separated thread counts [default: 1,<cores>]."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Comma-separated thread counts (default: 1,<cores>)."),
     warmup: int = typer.Option(5, "--warmup", help="Warm-up inferences per artifact and cell."),
     iters: int = typer.Option(20, "--iters", help="Timed inferences per artifact per round."),
     rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds; medians over rounds are reported."),

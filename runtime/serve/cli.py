@@ -71,7 +71,7 @@ def serve_command(
     streams: Optional[int] = typer.Option(None, "--streams", help="Batches in flight at once (default: on the CPU "
                                           "one per core with 1 thread each, as `edgecls run`; GPU/TensorRT 1)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Most images per inference call "
-                                            "[default: the engine's batch profile maximum, else 8]."),
+                                            "(default: the engine's batch profile maximum, else 8)."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="How long a request may wait for others to "
                                       "share its inference call."),
     max_bytes: int = typer.Option(20 * 2**20, "--max-bytes", help="Largest upload accepted (413 above)."),
@@ -81,7 +81,7 @@ def serve_command(
     threshold: Optional[float] = typer.Option(None, help="Confidence threshold (default: the model's)."),
     topk: int = typer.Option(3, help="How many classes to list per result."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the KServe v2 URLs "
-                                       "[default: the model file's stem]."),
+                                       "(default: the model file's stem)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="triton://host:port/model: preprocess here, "
                                           "infer on a Triton server."),
     allow_fallback: bool = typer.Option(False, "--allow-fallback", help="Run on the CPU (with a loud warning) "
@@ -97,7 +97,7 @@ def serve_command(
                                         "Retry-After, closed)."),
     max_buffered_bytes: Optional[int] = typer.Option(None, "--max-buffered-bytes", help="Request bodies held at "
                                                      "once, all requests together; 503 + Retry-After above "
-                                                     "[default: 8 x --max-bytes]."),
+                                                     "(default: 8 x --max-bytes)."),
     shutdown_timeout: float = typer.Option(3.0, "--shutdown-timeout", help="SIGTERM: seconds in-flight requests "
                                            "get before the rest are answered 503 and closed."),
 ) -> None:
