@@ -65,6 +65,7 @@ def test_rendered_help_shows_every_description_whole(item):
     assert r.exit_code == 0, r.output
     out = r.output
     assert "Usage:" in out
+    assert not re.search(r"\bissues?\s*#?\d+", out, re.I), f"edgecls {' '.join(path)}: --help names an internal issue"
     rows = [line for line in out.splitlines() if line.startswith("│ ")]
     for line in rows:
         cells = line.strip("│ ").rstrip()
