@@ -3,8 +3,8 @@
 Files and videos: decoding and preprocessing run on a thread pool ahead of inference (in order, nothing dropped),
 so the backend is kept busy; ``batch`` images go through the model at once, and on the CPU ``streams`` such calls
 are in flight at once (:mod:`.plan`: one-thread calls side by side beat one call spread over the cores). Live
-sources: the newest frame of each source is taken as soon as the previous result is out (no queue, no stale
-frames), one at a time, with all the model's threads.
+sources go through :mod:`.scheduler`: the newest frame of each source, fair round-robin, calls in flight and
+frames of different cameras per call as the plan says (no queue, no stale frames).
 
 Records go to ``out`` (stdout: JSON lines by default, or CSV / a table); the summary goes to ``err`` (stderr), so
 stdout stays clean JSONL. Ctrl-C stops the loop, the summary is still printed, and the CLI exits 130.
@@ -107,14 +107,14 @@ class _Loop:
 
     # -- emitting --------------------------------------------------------------------------------------------
     def _emit_error(self, frame: Frame) -> None:
-        self.stats.errors += 1
+        self.stats.add_error(frame.source)
         self.writer.write(error_record(frame))
 
     def _emit(self, frame: Frame, pred: Prediction, pre_ms: float, infer_ms: float, n: int, live: bool) -> None:
         latency = (time.perf_counter() - frame.t_capture) * 1e3 if live else None
         if latency is not None:
             self.stats.latency.append(latency)
-        self.stats.add(pred)
+        self.stats.add(pred, frame.source, latency)
         self.stats.decode.append(frame.decode_ms)
         self.stats.preprocess.append(pre_ms)
         record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency)
@@ -215,29 +215,13 @@ class _Loop:
                 close()
 
     def run_live(self, sources: List[LiveSource], notify: threading.Event) -> None:
-        """Round-robin over live sources, always taking each one's newest frame."""
-        active = list(sources)
-        counts = {id(s): 0 for s in active}
-        while active and not self.stopped:
-            notify.wait(0.25)
-            notify.clear()
-            for s in list(active):
-                f = s.get(timeout=0)
-                if f is None:
-                    if s.finished:
-                        active.remove(s)
-                        if s.end_reason:  # lost after its reopen attempts: exit 7 at the end
-                            self.stats.lost += 1
-                            self.stats.notes.append(f"{s.name}: {s.end_reason}")
-                    continue
-                item = self._prepare(f)
-                self._flush([item], sequence=True, live=True)
-                counts[id(s)] += 1
-                if self.cfg.max_frames is not None and counts[id(s)] >= self.cfg.max_frames:
-                    s.close()
-                    active.remove(s)
-                if self.stopped:
-                    break
+        """Live sources (and those added while running) through the scheduler (:mod:`.scheduler`)."""
+        from edgecls.runtime.run.scheduler import LiveScheduler, live_batch
+
+        batch = live_batch(self.cfg, self.clf, self.streams, len(sources))
+        self.scheduler = LiveScheduler(self, self.streams, batch, self.cfg.max_frames,
+                                       keep_running=bool(getattr(self.cfg, "sources_file", None)))
+        self.scheduler.run(sources)
 
     def close(self) -> None:
         for ex in (self.pool, self.infer_exec):
@@ -289,8 +273,6 @@ def _batch_for(config: RunConfig, clf: Any, sources: Sequence[Any]) -> int:
 
 
 def _warn_unused_options(config: RunConfig, sources: Sequence[Any]) -> None:
-    if config.batch != 1 and any(s.live for s in sources):
-        log.info("--batch applies to files and videos; live sources are classified one frame at a time")
     if config.loop and all(s.live for s in sources):
         log.warning("--loop has no effect: it replays video files and image folders, and every source here is live")
     if config.smooth > 1 and not any(s.live or isinstance(s, VideoFileSource) for s in sources):
@@ -300,8 +282,7 @@ def _warn_unused_options(config: RunConfig, sources: Sequence[Any]) -> None:
 def _run_groups(loop: _Loop, sources: Sequence[Any], notify: threading.Event, stats: RunStats) -> None:
     for g in _groups(sources):
         if isinstance(g, list):
-            loop.run_live(g, notify)
-            stats.dropped += sum(s.dropped for s in g)
+            loop.run_live(g, notify)  # counts the drops of its sources
         elif isinstance(g, ImageSource):
             loop.run_sequence(g.name, g.tasks(), loop._read_and_prepare, sequence=False)
         else:

@@ -3,8 +3,9 @@
 Measured on 2 cores (AMD EPYC, MobileNetV2 FP32, onnxruntime 1.32; ``bench/bench_run.py``): two concurrent calls of
 one thread each classify ~11 % more images/s than one call of two threads (no spinning, no synchronisation
 between the halves of each layer), and leave the decode/preprocess threads cores that no spinning thread
-holds. So files and videos on the CPU run ``streams`` one-thread calls; live sources keep one call with all the
-threads (the lowest latency per frame: a camera user waits for each frame's answer, not for a folder's).
+holds. So files and videos on the CPU run ``streams`` one-thread calls, and so do two or more live sources (each
+camera's newest frame in its own call, :mod:`.scheduler`); one live source keeps one call with all the threads (the
+lowest latency per frame: a camera user waits for each frame's answer, not for a folder's).
 """
 from __future__ import annotations
 
@@ -48,12 +49,15 @@ def plan_inference(config: Any, sources: Sequence[Any], cpus: int) -> InferenceP
     """The plan for a run's sources (``edgecls serve``: none, it is a throughput service): throughput (files,
     videos: ``cpus // threads`` one-thread calls) on the CPU, latency (one call, all threads) for live sources,
     GPUs, TensorRT engines and remote backends. ``config.streams`` and ``config.threads`` override what they name."""
-    live = any(getattr(s, "live", False) for s in sources)
+    n_live = sum(1 for s in sources if getattr(s, "live", False))
+    if getattr(config, "sources_file", None):  # sources come and go: plan for several
+        n_live = max(n_live, 2)
     device = str(config.device).split(":")[0]
     backend, want_streams, want_threads = getattr(config, "backend", None), config.streams, config.threads
     onnx_cpu = Path(str(config.model)).suffix.lower() == ".onnx" and device in ("auto", "cpu") and not backend
-    if live or not onnx_cpu:
-        why = "live sources: one frame at a time" if live else "GPU/TensorRT/remote: one call at a time, batched"
+    if n_live == 1 or not onnx_cpu:
+        why = ("one live source: one frame at a time, all threads" if n_live == 1
+               else "GPU/TensorRT/remote: one call at a time, batched")
         if want_streams and want_streams > 1:
             log.warning("--streams %d ignored: %s", want_streams, why)
         return InferencePlan(want_threads, 1, {}, why)
@@ -64,11 +68,12 @@ def plan_inference(config: Any, sources: Sequence[Any], cpus: int) -> InferenceP
         threads = want_threads
         streams = max(1, min(MAX_STREAMS, cpus // threads))
     else:
-        threads, streams = 1, max(1, min(MAX_STREAMS, cpus))
+        threads, streams = 1, max(1, min(MAX_STREAMS, cpus, n_live or MAX_STREAMS))
     # a multi-threaded session spins its threads between layers, taking the cores the decode/preprocess threads
     # need (measured: run loop 0.75 -> 0.89 of the model alone at 2 threads, batch 1)
     session = {"session.intra_op.allow_spinning": "0"} if threads > 1 else {}
-    return InferencePlan(threads, streams, session, "files/videos on the CPU: throughput")
+    why = f"{n_live} live sources on the CPU: calls side by side" if n_live else "files/videos on the CPU: throughput"
+    return InferencePlan(threads, streams, session, why)
 
 
 def auto_batch(infer: Callable[[np.ndarray], Any], shape: Sequence[int], fixed: Optional[int] = None,

@@ -5,7 +5,7 @@ import json
 import os
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -16,6 +16,49 @@ from edgecls.runtime.run.quantiles import LatencySketch
 from edgecls.runtime.run.records import rounded
 
 MAX_NOTES = 50  # a run that lasts weeks keeps the first notes and counts the rest
+SOURCE_ROWS = 32  # the summary's per-source table shows this many rows (busiest first), then one line for the rest
+
+
+class SourceStats:
+    """One source's numbers: frames classified, errors, decisions, capture→decision latency, the time it ran (from
+    when it was added to when it ended or was removed), and its live source (drops, reconnects) when it has one."""
+
+    def __init__(self, name: str, source: Any = None) -> None:
+        self.name = name
+        self.source = source
+        self.frames = 0
+        self.errors = 0
+        self.decisions: Counter = Counter()
+        self.latency = LatencySketch()
+        self.t0 = time.perf_counter()
+        self.t1: Optional[float] = None
+        self.removed = False
+
+    @property
+    def elapsed(self) -> float:
+        return (self.t1 or time.perf_counter()) - self.t0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def dropped(self) -> int:
+        return int(getattr(self.source, "dropped", 0) or 0)
+
+    @property
+    def reconnects(self) -> int:
+        return int(getattr(self.source, "reconnects", 0) or 0)
+
+    def to_dict(self, decision_names: Sequence[str]) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"source": self.name, "frames": self.frames, "errors": self.errors,
+                             "frames_per_s": rounded(self.fps, 2), "elapsed_s": rounded(self.elapsed),
+                             "decisions": {k: self.decisions.get(k, 0) for k in decision_names}}
+        if self.source is not None and getattr(self.source, "live", False):
+            d.update(dropped=self.dropped, reconnects=self.reconnects, removed=self.removed)
+            for q in (50, 99):
+                d[f"latency_p{q}_ms"] = rounded(self.latency.percentile(q))
+        return d
 
 
 def _pct(values: Any, q: float) -> Optional[float]:
@@ -72,6 +115,7 @@ class RunStats:
         self.t0 = time.perf_counter()
         self.t1: Optional[float] = None
         self.t_last: Optional[float] = None
+        self.per_source: Dict[str, SourceStats] = {}  # by source name, in the order first seen
 
     @property
     def elapsed(self) -> float:
@@ -81,14 +125,64 @@ class RunStats:
     def fps(self) -> float:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
-    def add(self, pred: Prediction) -> None:
+    def source(self, name: str, source: Any = None) -> SourceStats:
+        """The numbers of source ``name`` (made on first use; ``source``: its object, for drops and reconnects)."""
+        st = self.per_source.get(name)
+        if st is None:
+            st = self.per_source[name] = SourceStats(name, source)
+        elif source is not None and st.source is None:
+            st.source = source
+        return st
+
+    def add(self, pred: Prediction, source: Optional[str] = None, latency: Optional[float] = None) -> None:
         self.t_last = time.perf_counter()  # the last classified frame (--metrics-port: last-frame age)
         self.frames += 1
         self.decisions[pred.decision] += 1
         self.labels[pred.label] += 1
+        if source is not None:
+            st = self.source(source)
+            st.frames += 1
+            st.decisions[pred.decision] += 1
+            if latency is not None:
+                st.latency.append(latency)
+
+    def add_error(self, source: Optional[str] = None) -> None:
+        self.errors += 1
+        if source is not None:
+            self.source(source).errors += 1
 
     def finish(self) -> None:
         self.t1 = time.perf_counter()
+        for st in self.per_source.values():
+            st.t1 = st.t1 or self.t1
+
+    def sources_table(self, limit: int = SOURCE_ROWS) -> List[str]:
+        """The per-source table of the summary (two or more sources): the busiest ``limit`` rows, then the rest
+        in one line, so that it reads the same at 2 sources and at 200."""
+        rows = list(self.per_source.values())
+        if len(rows) < 2:
+            return []
+        live = any(getattr(r.source, "live", False) for r in rows)
+        width = min(40, max(6, *(len(r.name) for r in rows)))
+        head = f"{'source':<{width}}{'frames':>8}{'fps':>8}{'errors':>7}"
+        if live:
+            head += f"{'dropped':>9}{'reconn':>7}{'p50 ms':>9}{'p99 ms':>9}"
+        lines = [head]
+        shown = sorted(rows, key=lambda r: -r.frames)[:limit] if len(rows) > limit else rows
+        for r in shown:
+            name = r.name if len(r.name) <= width else "…" + r.name[-(width - 1):]
+            line = f"{name:<{width}}{r.frames:>8}{r.fps:>8.1f}{r.errors:>7}"
+            if live:
+                p50, p99 = r.latency.percentile(50), r.latency.percentile(99)
+                line += (f"{r.dropped:>9}{r.reconnects:>7}{'-' if p50 is None else f'{p50:.1f}':>9}"
+                         f"{'-' if p99 is None else f'{p99:.1f}':>9}")
+            lines.append(line + ("  (removed)" if r.removed else ""))
+        if len(rows) > limit:
+            rest = [r for r in rows if r not in shown]
+            fps = [r.fps for r in rows]
+            lines.append(f"... {len(rest)} more sources ({sum(r.frames for r in rest)} frames); frames/s per source "
+                         f"min {min(fps):.1f} · median {float(np.median(fps)):.1f} · max {max(fps):.1f}")
+        return lines
 
     def exit_code(self) -> int:
         """What ``edgecls run`` exits with (:mod:`edgecls.core.errors`): 130/143 interrupted, 7 nothing classified
@@ -151,6 +245,7 @@ class RunStats:
             "notes": self.notes,
             "notes_not_shown": getattr(self.notes, "more", 0),
             "confidence": self.confidence,
+            "sources": [st.to_dict(self.decision_names) for st in self.per_source.values()],
         }
 
     def format(self) -> str:
@@ -174,6 +269,7 @@ class RunStats:
                      "infer_per_image": "infer (per image)", "latency_live": "capture→result (live)"}
             for k, v in st.items():
                 lines.append(f"  {names[k]:<20}{v['p50']:>9.2f}{v['p95']:>9.2f}{v['p99']:>9.2f}")
+        lines.extend(self.sources_table())
         for s in self.saved:
             lines.append(f"saved: {s}")
         lines.extend(f"confidence: {c}" for c in self.confidence)

@@ -131,6 +131,10 @@ class LiveSource:
         self.captured = 0
         self.open_timeout = open_timeout
         self.decoder: Optional[str] = None  # what decodes a stream, when it matters (e.g. "nvv4l2decoder")
+        self.fps_cap: Optional[float] = None  # classify at most this many frames/s of it (the scheduler's rule)
+        # wanted(now) -> False: the frame just grabbed will not be classified (an fps cap), so it is not converted
+        self.wanted: Optional[Callable[[float], bool]] = None
+        self.skipped = 0  # frames grabbed but never converted (not wanted)
         self._first = threading.Event()  # set at the first frame, or when the reader ends
 
     def set_notify(self, event: threading.Event) -> None:
@@ -214,12 +218,17 @@ class LiveSource:
         try:
             while not self._stop.is_set():
                 try:
-                    ok, img, t0, decode_ms = _read(cap)
+                    ok, img, t0, decode_ms = _read(cap, self.wanted)
                 except Exception as e:
                     log.warning("%s: read failed: %s", self.name, e)
                     ok, img, t0, decode_ms = False, None, 0.0, 0.0
                 if self._stop.is_set():
                     break
+                if img is SKIPPED:
+                    self.skipped += 1
+                    self._first.set()
+                    seq += 1
+                    continue
                 if not ok or img is None:
                     if getattr(cap, "finished", False):  # a file played in real time has ended: a clean end
                         return
@@ -261,7 +270,8 @@ class LiveSource:
 
     @property
     def dropped(self) -> int:
-        return self.slot.overwritten
+        """Frames captured and never classified: replaced in the slot by a newer one, or not wanted (not converted)."""
+        return self.slot.overwritten + self.skipped
 
     def close(self, join: float = 2.0) -> None:
         self._stop.set()
@@ -270,13 +280,19 @@ class LiveSource:
             self._thread.join(timeout=join)
 
 
-def _read(cap: Any) -> Tuple[bool, Any, float, float]:
+SKIPPED = object()  # _read's image for a frame grabbed and not converted
+
+
+def _read(cap: Any, wanted: Optional[Callable[[float], bool]] = None) -> Tuple[bool, Any, float, float]:
     """(ok, image, capture time, decode ms). With OpenCV, ``grab()`` waits for the frame and ``retrieve()``
-    decodes it, so the capture time is when the frame arrived and the decode time excludes the wait."""
+    decodes it, so the capture time is when the frame arrived and the decode time excludes the wait. A frame that
+    is not ``wanted`` is grabbed (the stream goes on) but not retrieved: image :data:`SKIPPED`."""
     if hasattr(cap, "grab") and hasattr(cap, "retrieve"):
         if not cap.grab():
             return False, None, time.perf_counter(), 0.0
         t0 = time.perf_counter()
+        if wanted is not None and not wanted(t0):
+            return True, SKIPPED, t0, 0.0
         ok, img = cap.retrieve()
         return ok, img, t0, (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()

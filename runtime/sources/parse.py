@@ -93,4 +93,20 @@ def parse_sources(args: Sequence[str], cameras: Sequence[int] = (), options: Sou
         out.append(camera_source(int(c), options))
     if not out:
         raise InputError("no source: give image files, folders, globs, videos, streams, csi://N or --camera N")
+    check_unique_ids(out)
+    if options.fps_cap:
+        for s in out:
+            if s.live:
+                s.fps_cap = options.fps_cap
     return out
+
+
+def check_unique_ids(sources: Sequence) -> None:
+    """Live sources are told apart by their id (records, metrics, the view): one given twice is an InputError."""
+    seen = set()
+    for s in sources:
+        if getattr(s, "live", False):
+            if s.name in seen:
+                raise InputError(f"source id {s.name!r} is given twice; give each camera or stream once (a sources "
+                                 "file line 'id=NAME SOURCE' names a second view of the same stream)")
+            seen.add(s.name)

@@ -125,22 +125,31 @@ class PacedCapture:
     def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
         return self.cap.isOpened() and not self.finished
 
-    def read(self):
-        ok, img = self.cap.read()
-        if (not ok or img is None) and self.loop and self.n:
+    def grab(self) -> bool:
+        """The next frame, when it is due (demuxed and decoded by OpenCV, not yet converted to BGR)."""
+        ok = self.cap.grab()
+        if not ok and self.loop and self.n:
             self.cap.release()
             self.cap = self.cv2.VideoCapture(os.fspath(self.path))
-            ok, img = self.cap.read()
-        if not ok or img is None:
+            ok = self.cap.grab()
+        if not ok:
             self.finished = True
-            return False, None
+            return False
         if self.t0 is None:
             self.t0 = time.perf_counter()
         wait = self.t0 + self.n / self.fps - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
         self.n += 1
-        return True, img
+        return True
+
+    def retrieve(self):
+        """The grabbed frame as BGR pixels (skipped for frames that will not be classified)."""
+        ok, img = self.cap.retrieve()
+        return (True, img) if ok and img is not None else (False, None)
+
+    def read(self):
+        return self.retrieve() if self.grab() else (False, None)
 
     def get(self, prop: int) -> float:
         return self.fps if prop == self.cv2.CAP_PROP_FPS else self.cap.get(prop)
