@@ -63,13 +63,22 @@ def run_command(
     view: Optional[str] = typer.Option(None, "--view", help="[HOST:]PORT: watch the run in a browser (annotated "
                                        "stream, decisions, frames/s, latency, /metrics); 127.0.0.1 unless HOST is "
                                        "given, which then needs an access token in $EDGECLS_TOKEN."),
+    allow_new_classes: bool = typer.Option(False, "--allow-new-classes", help="Accept a new model whose classes "
+                                           "differ from the current one's (it learned new products)."),
+    golden: Optional[str] = typer.Option(None, "--golden", help="Labelled folder (DIR/<class>/<image>): a new model "
+                                         "must classify it at least as well as the current one, else it is refused."),
+    golden_tolerance: float = typer.Option(2.0, "--golden-tolerance", help="Accuracy points a new model may lose on "
+                                           "--golden."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Swap in a new model when the model file is "
+                               "replaced (SIGHUP reloads it either way)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
     Prints one JSON line per image/frame on stdout (or --format csv|table) and a summary on stderr.
     Exit codes: 0 every input classified, 2 bad model/input, 4 missing capability (GPU provider, TensorRT,
     OpenCV), 5 camera/stream cannot open, 6 some inputs failed (error records), 7 nothing classified or a live
-    source lost, 130 Ctrl-C, 143 SIGTERM (both: the summary is printed and --save outputs finalized). A run put in
+    source lost, 130 Ctrl-C, 143 SIGTERM (both: the summary is printed and --save outputs finalized). SIGHUP, or
+    replacing the model file, swaps in the new model between two frames once it passes its checks. A run put in
     the background by a script ignores SIGINT (POSIX shells do that): stop it with SIGTERM (`kill PID`).
     """
     from edgecls.runtime.run.access import env_token
@@ -77,6 +86,7 @@ def run_command(
     from edgecls.runtime.run.loop import run
     from edgecls.runtime.run.signals import sigterm_as_interrupt
     from edgecls.runtime.run.stats import write_summary_json
+    from edgecls.runtime.slot.config import SlotConfig
 
     cfg = RunConfig(
         model=model,
@@ -110,6 +120,8 @@ def run_command(
         metrics_host=metrics_host,
         view=view,
         view_token=env_token(),
+        slot=SlotConfig(allow_new_classes=allow_new_classes, golden=golden, golden_tolerance=golden_tolerance,
+                        watch=watch),
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 from edgecls.core.errors import InputError
 from edgecls.runtime.decision import check_threshold
 from edgecls.runtime.preprocess import DEFAULT_MAX_PIXELS
+from edgecls.runtime.slot.config import SlotConfig
 from edgecls.runtime.sources.live import RetryPolicy
 from edgecls.runtime.sources.options import SourceOptions
 
@@ -48,6 +49,7 @@ class RunConfig:
     metrics_host: str = "127.0.0.1"
     view: Optional[str] = None  # --view [HOST:]PORT: the run in a browser (webview.py)
     view_token: Optional[str] = field(default=None, repr=False)  # $EDGECLS_TOKEN: needed beyond 127.0.0.1
+    slot: SlotConfig = SlotConfig()  # new models: --allow-new-classes, --golden, --watch (runtime.slot)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))

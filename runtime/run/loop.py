@@ -36,6 +36,9 @@ from edgecls.runtime.run.stats import RunStats
 from edgecls.runtime.run.viewer import Viewer
 from edgecls.runtime.run.webview import start_view
 from edgecls.runtime.run.writers import make_writer
+from edgecls.runtime.slot.metrics import SlotCollector
+from edgecls.runtime.slot.run import model_slot
+from edgecls.runtime.slot.watch import sighup_reloads
 from edgecls.runtime.sources.files import ImageSource, read_image
 from edgecls.runtime.sources.frame import Frame
 from edgecls.runtime.sources.live import LiveSource
@@ -110,20 +113,21 @@ class _Loop:
         self.stats.add_error(frame.source)
         self.writer.write(error_record(frame))
 
-    def _emit(self, frame: Frame, pred: Prediction, pre_ms: float, infer_ms: float, n: int, live: bool) -> None:
+    def _emit(self, frame: Frame, pred: Prediction, pre_ms: float, infer_ms: float, n: int, live: bool,
+              model: Any = None) -> None:
         latency = (time.perf_counter() - frame.t_capture) * 1e3 if live else None
         if latency is not None:
             self.stats.latency.append(latency)
         self.stats.add(pred, frame.source, latency)
         self.stats.decode.append(frame.decode_ms)
         self.stats.preprocess.append(pre_ms)
-        record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency)
+        record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency, model)
         if self.keep_images and frame.image is not None and not self.output.emit(frame, pred):
             self.stopped = True
         self.writer.write(record)  # after --save/--show: a record out (then Ctrl-C/SIGTERM) means its frame is saved
 
-    def _decide(self, frames: List[Frame], logits: np.ndarray, sequence: bool) -> List[Prediction]:
-        d = self.clf.decider
+    def _decide(self, frames: List[Frame], logits: np.ndarray, sequence: bool, decider: Any = None) -> List[Prediction]:
+        d = decider or self.clf.decider
         probs = d.probabilities(logits)
         ood = d.ood_scores(logits)  # per frame (None when the model carries no OOD threshold)
         preds = []
@@ -136,10 +140,10 @@ class _Loop:
                 preds.append(d.from_probs(row, ood_score=score))
         return preds
 
-    def _timed_infer(self, batch: np.ndarray) -> Tuple[np.ndarray, float]:
+    def _timed_infer(self, batch: np.ndarray) -> Tuple[np.ndarray, float, Any]:
         t0 = time.perf_counter()
-        logits = self.clf.infer(batch)
-        return logits, (time.perf_counter() - t0) * 1e3
+        logits, model = self.clf.infer(batch)  # a ModelSlot: the model that answered comes back with its output
+        return logits, (time.perf_counter() - t0) * 1e3, model
 
     def _submit(self, items: List[Item], sync: bool = False) -> _Batch:
         """Start inference of the prepared items (on the inference thread unless ``sync``)."""
@@ -155,12 +159,13 @@ class _Loop:
         """Wait for a batch's logits, decide, and emit its records in order."""
         preds: Dict[int, Prediction] = {}
         infer_ms = 0.0
+        model: Any = None
         if b.good:
-            logits, infer_ms = b.result.result() if hasattr(b.result, "result") else b.result
+            logits, infer_ms, model = b.result.result() if hasattr(b.result, "result") else b.result
             self.stats.infer_batch.append(infer_ms)
             self.stats.infer_image.extend([infer_ms / len(b.good)] * len(b.good))
             try:
-                out = self._decide([f for f, _, _ in b.good], logits, sequence)
+                out = self._decide([f for f, _, _ in b.good], logits, sequence, model.clf.decider)
             except ValueError as e:  # non-finite logits: say so per frame, keep going
                 for f, _, _ in b.good:
                     f.error = f"model output unusable: {e}"
@@ -174,7 +179,7 @@ class _Loop:
                     f.error = "no prediction"
                 self._emit_error(f)
             else:
-                self._emit(f, p, ms, infer_ms, len(b.good), live)
+                self._emit(f, p, ms, infer_ms, len(b.good), live, model.identity.to_dict())
 
     def _flush(self, items: List[Item], sequence: bool, live: bool = False) -> None:
         """Infer and emit now (live frames: no queue, lowest latency)."""
@@ -311,12 +316,17 @@ def run(
     plan = plan_inference(config, sources, usable_cpus())
     t0 = time.perf_counter()
     owns = classifier is None
-    clf = classifier or Classifier.load(
-        config.model, device=config.device, threads=plan.threads, allow_fallback=config.allow_fallback,
-        threshold=config.threshold, topk=config.topk, max_pixels=config.max_pixels, coverage=config.coverage,
-        **({"remote": config.backend} if config.backend else {}),
-        **({"session_config": plan.session_config} if plan.session_config else {}),
-    )
+
+    def load(path) -> Any:
+        return Classifier.load(
+            path, device=config.device, threads=plan.threads, allow_fallback=config.allow_fallback,
+            threshold=config.threshold, topk=config.topk, max_pixels=config.max_pixels, coverage=config.coverage,
+            **({"remote": config.backend} if config.backend else {}),
+            **({"session_config": plan.session_config} if plan.session_config else {}),
+        )
+
+    slot, watcher = model_slot(config, classifier, load)  # the model that answers, swapped between two batches
+    clf = slot.clf
     load_s = time.perf_counter() - t0
     streams = plan.streams_on(clf.backend)
     log.info("inference: %d call(s) in flight x %s thread(s) (%s)", streams, plan.threads or "default", plan.why)
@@ -337,23 +347,30 @@ def run(
             from edgecls.runtime.run.prometheus import MetricsServer
 
             opened.metrics = MetricsServer(stats, sources, config.metrics_port, config.metrics_host)
+            opened.metrics.registry.register(SlotCollector(slot))
             err.write(f"edgecls run: metrics on {opened.metrics.url}\n")
             err.flush()
         opened.web = start_view(config, stats, sources, err)  # --view (None without)
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
-        opened.loop = _Loop(clf, config, writer, output, stats, batch=batch, streams=streams)
+        opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams)
         try:
-            _run_groups(opened.loop, sources, notify, stats)
+            with sighup_reloads(watcher):
+                _run_groups(opened.loop, sources, notify, stats)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (edgecls.core.errors.Terminated): a clean stop
             stats.interrupted = True
             stats.signal = "SIGTERM" if getattr(e, "exit_code", None) == EXIT_TERMINATED else None
         writer.close()
     finally:
         opened.close()
+        if watcher is not None:
+            watcher.close()
+        swaps = slot.summary_lines()
         if owns:
-            clf.close()
+            slot.close()
     stats.finish()
+    for line in swaps:
+        stats.notes.append(line)
     if config.summary:
         err.write(stats.format())
         err.flush()

@@ -23,10 +23,13 @@ def _base_record(frame: Frame) -> Dict[str, Any]:
 
 def prediction_record(
     frame: Frame, pred: Prediction, preprocess_ms: float, infer_ms: float, batch: int, probs: bool = False,
-    latency_ms: Optional[float] = None,
+    latency_ms: Optional[float] = None, model: Optional[Dict[str, str]] = None,
 ) -> Dict[str, Any]:
+    """``model``: the identity of the model that answered (name, version, sha256 prefix: runtime.slot)."""
     d = _base_record(frame)
     d.update(pred.to_dict(probs=probs))
+    if model is not None:
+        d["model"] = model
     t = {"decode": rounded(frame.decode_ms), "preprocess": rounded(preprocess_ms), "infer": rounded(infer_ms)}
     if batch > 1:
         t["batch"] = batch
