@@ -16,10 +16,13 @@ def train_command(
         help="Image folder: DATA/train/<class>/ + DATA/val/<class>/, or DATA/<class>/ (split by --val-fraction).",
     ),
     arch: Optional[str] = typer.Option(
-        None, "--arch", help="resnet18 (default), resnet50, mobilenet_v2, mobilenet_v3_small/large, efficientnet_b0."
+        None, "--arch", help="resnet18 (default), resnet50, mobilenet_v2, mobilenet_v3_small/large, efficientnet_b0, "
+        "timm:<name>, or several joined by '+' (one network: features concatenated, one head), e.g. "
+        "mobilenet_v2+timm:tf_efficientnet_lite0 (recipe: catalog's default)."
     ),
     weights: Optional[str] = typer.Option(
-        None, "--weights", help="imagenet (default; torchvision cache / $TORCH_HOME), none, or PATH to a state dict."
+        None, "--weights", help="imagenet (default; torchvision cache / $TORCH_HOME), none, or PATH to a state dict; "
+        "for a joined --arch one entry per backbone joined by '+' in the same order (A.pth+B.pth)."
     ),
     teacher_arch: Optional[str] = typer.Option(
         None, "--teacher-arch", help="Distillation teacher for the fine-tuning epochs (with --distill > 0): a linear "
@@ -33,7 +36,8 @@ def train_command(
         "fast", "--recipe",
         help="fast: head on cached frozen features, then short fine-tuning with early stopping. "
         "partial: head, then the last backbone blocks trained on cached activations of augmented views. "
-        "catalog: head, then fine-tuning with frozen BatchNorm, AdamW 3e-5 and distillation (experimental). "
+        "catalog: MobileNetV2 + EfficientNet-Lite0 joined in one network (--weights A.pth+B.pth), head on their "
+        "cached frozen features, no fine-tuning unless --epochs N. "
         "seed: the seed's SGD/StepLR recipe.",
     ),
     positive: Optional[str] = typer.Option(
@@ -144,7 +148,8 @@ def _new_config(*, data, recipe, arch, weights, positive, target_precision, delt
     if data is None:
         raise InputError("--data is required (or --resume RUN): a folder with train/<class>/ and val/<class>/, "
                          "or with <class>/ folders only")
-    if image_size is None and arch is not None and arch.startswith("timm:"):  # the model's own input size
+    arch = arch or get_recipe(recipe).arch  # the catalog recipe names its backbones
+    if image_size is None and arch is not None and (arch.startswith("timm:") or "+" in arch):  # the model's own
         from edgecls.reference.models import get_arch, preprocess_for
 
         try:

@@ -21,11 +21,12 @@ Four recipes ship (``DEFAULT_RECIPE`` is ``fast``):
     view). On products28 (issue 14, one seed, loaded machine) it has not yet beaten the head phase: best-epoch
     selection then keeps epoch 0, as with ``fast``.
 
-``catalog`` (experimental, issue 21)
-    The same head phase, then 4 epochs of full fine-tuning with BatchNorm frozen, AdamW 3e-5, RandomResizedCrop
-    0.35-1, and distillation (:mod:`~edgecls.train.distill`) from an out-of-fold probe teacher (``--teacher-arch``:
-    the student's features joined with another backbone's). On products28 it has not beaten its own probe yet
-    (bench/backbones.md): best-epoch selection keeps epoch 0 when it does not.
+``catalog``
+    Backbones joined in one network (``CATALOG_ARCH``, :mod:`edgecls.reference.joined`; ``--arch`` changes them)
+    and the same head phase on their joined cached features; no fine-tuning unless ``--epochs N``: then full
+    fine-tuning with BatchNorm frozen, AdamW 3e-5, RandomResizedCrop 0.35-1, and distillation
+    (:mod:`~edgecls.train.distill`) from an out-of-fold probe teacher. On products28 fine-tuning never beat its own
+    frozen-feature head, and joining backbones did (bench/backbones.md).
 
 ``seed``
     The seed project's recipe, kept for comparison: SGD lr 0.001 momentum 0.9, StepLR(7, 0.1), 25 epochs,
@@ -56,6 +57,7 @@ class Recipe:
 
     name: str
     description: str
+    arch: Optional[str] = None  # the backbone(s) when --arch is not given; None = TrainConfig's (resnet18)
     # head-only phase on cached frozen features (0 = no head phase)
     head_max_iter: int = 0  # L-BFGS iterations of the head fit
     head_l2: Optional[float] = None  # L2 of the head; None = chosen from head_l2_grid by stratified k-fold CV on train
@@ -170,6 +172,10 @@ class Recipe:
         return cls(**d)
 
 
+# The catalog recipe's backbones: chosen on the accuracy/latency table of bench/bench_joined.py (bench/backbones.md)
+CATALOG_ARCH = "mobilenet_v2+timm:tf_efficientnet_lite0"
+
+
 def _need(cond: bool, msg: str) -> None:
     if not cond:
         raise InputError(msg)
@@ -229,13 +235,16 @@ RECIPES: Dict[str, Recipe] = {
     ),
     "catalog": Recipe(
         name="catalog",
-        description="class-weighted linear head on cached frozen features (L2 by CV on train), then 4 epochs of "
-        "full fine-tuning with distillation from a probe teacher scored out of fold (--teacher-arch: joined with "
-        "another backbone's features; else the student's own): AdamW 3e-5, weight decay 0.01, BatchNorm frozen, "
-        "batch 16, cosine, RandomResizedCrop 0.35-1 + flip, distill 0.7 at T 2 (issue 21; see bench/backbones.md)",
+        description="MobileNetV2 + EfficientNet-Lite0 joined (one network, one head over both backbones' "
+        "features; --arch to change) and a class-weighted linear head on their cached frozen features (L2 by CV "
+        "on train); no fine-tuning by default (it lost to the frozen head on products28). With --epochs N: full "
+        "fine-tuning with distillation from an out-of-fold probe teacher, AdamW 3e-5, weight decay 0.01, "
+        "BatchNorm frozen, batch 16, cosine, RandomResizedCrop 0.35-1 + flip, distill 0.7 at T 2 "
+        "(see bench/backbones.md)",
+        arch=CATALOG_ARCH,
         head_max_iter=100,
         head_l2=None,
-        epochs=4,
+        epochs=0,  # every fine-tuning run on products28 ended below its own frozen-feature head
         optimizer="adamw",
         lr=3e-5,  # 1e-4 dropped val 0.963 -> 0.889 after one epoch, SGD 1e-3 -> 0.667 (MobileNetV2, products28)
         weight_decay=0.01,

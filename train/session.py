@@ -143,6 +143,9 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume_from: Optional[Path]
         get_arch(config.arch)
     except ValueError as e:
         raise InputError(f"--arch: {e}") from e
+    if "+" in config.arch and config.recipe.finetune == "partial" and config.recipe.epochs > 0:
+        raise InputError(f"--recipe {config.recipe.name} trains the last blocks of one backbone; the joined "
+                         f"--arch {config.arch} takes fast, catalog or seed")
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     data = load_data(config, ctx, ckpt)
     device = torch.device(ctx.device)

@@ -109,7 +109,8 @@ class _Phases:
 
         keep: Dict[str, Any] = {}
         row, logits, index, crossfit = head_phase(self.runner, model, self.state.head_info, keep)
-        if self.setup.recipe.distill > 0 and self.setup.config.pretrained:
+        r = self.setup.recipe
+        if r.distill > 0 and r.epochs > 0 and self.setup.config.pretrained:  # its targets serve fine-tuning only
             from edgecls.train.distill import teacher_targets
 
             self.teacher = teacher_targets(self.setup, keep["feats_tr"], keep["idx_tr"], keep["feats_va"],

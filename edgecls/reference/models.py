@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgecls.core.errors import InputError
+from edgecls.reference.joined import is_joined
 from edgecls.runtime.spec import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ TIMM_PREFIX = "timm:"  # --arch timm:<name>: any timm model (the `timm` extra), 
 
 
 def is_timm(arch: str) -> bool:
-    return arch.startswith(TIMM_PREFIX)
+    return arch.startswith(TIMM_PREFIX) and not is_joined(arch)
 
 
 def _timm(arch: str):
@@ -70,6 +71,15 @@ def timm_cfg(arch: str) -> Dict[str, Any]:
 
 
 def get_arch(name: str) -> Arch:
+    if is_joined(name):  # backbones joined by '+' (edgecls.reference.joined): one nn.Linear named head
+        from edgecls.reference.joined import split_arch
+
+        for part in split_arch(name):
+            try:
+                get_arch(part)
+            except ValueError as e:
+                raise ValueError(f"backbone {part!r} of the joined {name}: {e}") from e
+        return Arch(name, "head")
     if is_timm(name):
         head = timm_cfg(name).get("classifier") or "classifier"
         return Arch(name, head if isinstance(head, str) else head[0])
@@ -90,6 +100,10 @@ def preprocess_for(arch: str, image_size: Optional[int] = None):
     """
     from edgecls.runtime.spec import INTERPOLATIONS, PreprocessSpec
 
+    if is_joined(arch):  # the lead backbone's; each branch re-normalizes/resizes inside the network
+        from edgecls.reference.joined import joined_preprocess
+
+        return joined_preprocess(arch, image_size)
     if not is_timm(arch):
         return PreprocessSpec.for_image_size(image_size or 224)
     cfg = timm_cfg(arch)
@@ -261,6 +275,10 @@ def build_model(arch: str, num_classes: int, weights: str = "none") -> nn.Module
     get_arch(arch)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if is_joined(arch):
+        from edgecls.reference.joined import build_joined
+
+        return build_joined(arch, num_classes, weights)
     if is_timm(arch):
         return _build_timm(arch, num_classes, weights)
     if weights == "imagenet":
