@@ -63,6 +63,10 @@ def run_command(
     view: Optional[str] = typer.Option(None, "--view", help="[HOST:]PORT: watch the run in a browser (annotated "
                                        "stream, decisions, frames/s, latency, /metrics); 127.0.0.1 unless HOST is "
                                        "given, which then needs an access token in $EDGECLS_TOKEN."),
+    drift: bool = typer.Option(True, "--drift/--no-drift", help="Watch each source for drift against the images the "
+                               "model was calibrated on (needs the model's .drift.json; records carry `drift`)."),
+    drift_reference: Optional[str] = typer.Option(None, "--drift-reference", help="The drift reference to use "
+                                                  "(default: MODEL's .drift.json beside it)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -110,6 +114,8 @@ def run_command(
         metrics_host=metrics_host,
         view=view,
         view_token=env_token(),
+        drift=drift,
+        drift_reference=drift_reference,
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

@@ -12,6 +12,7 @@ import numpy as np
 from edgecls.core.errors import EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
 from edgecls.core.fileio import write_text
 from edgecls.runtime.decision import Prediction
+from edgecls.runtime.run.histograms import ScoreHistograms
 from edgecls.runtime.run.quantiles import LatencySketch
 from edgecls.runtime.run.records import rounded
 
@@ -72,6 +73,8 @@ class RunStats:
         self.t0 = time.perf_counter()
         self.t1: Optional[float] = None
         self.t_last: Optional[float] = None
+        self.scores = ScoreHistograms()  # confidence and OOD score per frame (/metrics)
+        self.drift: Any = None  # runtime.drift.watch.DriftWatch when the model has a drift reference
 
     @property
     def elapsed(self) -> float:
@@ -86,6 +89,7 @@ class RunStats:
         self.frames += 1
         self.decisions[pred.decision] += 1
         self.labels[pred.label] += 1
+        self.scores.observe(pred)
 
     def finish(self) -> None:
         self.t1 = time.perf_counter()
@@ -151,6 +155,7 @@ class RunStats:
             "notes": self.notes,
             "notes_not_shown": getattr(self.notes, "more", 0),
             "confidence": self.confidence,
+            **({"drift": self.drift.to_dict()} if self.drift is not None else {}),
         }
 
     def format(self) -> str:
@@ -177,6 +182,8 @@ class RunStats:
         for s in self.saved:
             lines.append(f"saved: {s}")
         lines.extend(f"confidence: {c}" for c in self.confidence)
+        if self.drift is not None:
+            lines.extend(self.drift.summary_lines())
         lines.extend(f"note: {n}" for n in self.notes)
         if getattr(self.notes, "more", 0):
             lines.append(f"note: ... and {self.notes.more} more")
