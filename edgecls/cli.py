@@ -15,6 +15,7 @@ from edgecls.core.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_INTERRUPTED, Edge
 from edgecls.evaluation.cli import bench_command, eval_command
 from edgecls.export.calibrate_cli import calibrate_cli
 from edgecls.export.cli import build_engine_command, calib_sample_command, export_command
+from edgecls.export.drift_cli import drift_reference_cli
 from edgecls.runtime.cli import run_command
 from edgecls.runtime.doctor.cli import doctor_command
 from edgecls.runtime.serve.cli import serve_command
@@ -54,6 +55,7 @@ app.command("export")(export_command)
 app.command("build-engine")(build_engine_command)
 app.command("calib-sample")(calib_sample_command)
 app.command("calibrate")(calibrate_cli)
+app.command("drift-reference")(drift_reference_cli)
 app.command("run")(run_command)
 app.command("serve")(serve_command)
 app.command("eval")(eval_command)

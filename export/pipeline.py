@@ -253,6 +253,9 @@ class _Exporter:
             from edgecls.export.deploy import run_deploy
 
             deployed = run_deploy(self, fp32, engines)
+        from edgecls.export.drift_reference import write_references
+
+        self.warnings.extend(write_references(self))  # each good artifact's .drift.json
         self.timings["total"] = time.perf_counter() - t_start
         parity_json = write_parity_json(
             self.out, checkpoint=cfg.checkpoint, sha=self.sha, data=self.data, reference=self.reference,

@@ -71,6 +71,10 @@ def run_command(
                                            "--golden."),
     watch: bool = typer.Option(True, "--watch/--no-watch", help="Swap in a new model when the model file is "
                                "replaced (SIGHUP reloads it either way)."),
+    drift: bool = typer.Option(True, "--drift/--no-drift", help="Watch each source for drift against the images the "
+                               "model was calibrated on (needs the model's .drift.json; records carry `drift`)."),
+    drift_reference: Optional[str] = typer.Option(None, "--drift-reference", help="The drift reference to use "
+                                                  "(default: MODEL's .drift.json beside it)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -122,6 +126,8 @@ def run_command(
         view_token=env_token(),
         slot=SlotConfig(allow_new_classes=allow_new_classes, golden=golden, golden_tolerance=golden_tolerance,
                         watch=watch),
+        drift=drift,
+        drift_reference=drift_reference,
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

@@ -50,6 +50,8 @@ class RunConfig:
     view: Optional[str] = None  # --view [HOST:]PORT: the run in a browser (webview.py)
     view_token: Optional[str] = field(default=None, repr=False)  # $EDGECLS_TOKEN: needed beyond 127.0.0.1
     slot: SlotConfig = SlotConfig()  # new models: --allow-new-classes, --golden, --watch (runtime.slot)
+    drift: bool = True  # watch drift against the artifact's reference (runtime/drift), when it has one
+    drift_reference: Optional[str] = None  # another path for the reference (default: MODEL's .drift.json)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))

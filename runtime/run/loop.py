@@ -27,6 +27,7 @@ import numpy as np
 from edgecls.core.errors import EXIT_TERMINATED
 from edgecls.runtime.decision import Prediction, Smoother
 from edgecls.runtime.run.config import RunConfig
+from edgecls.runtime.run.drift import open_drift
 from edgecls.runtime.run.opened import Opened as _Open
 from edgecls.runtime.run.output import AnnotatedOutput
 from edgecls.runtime.run.plan import auto_batch, plan_inference
@@ -75,7 +76,7 @@ class _Loop:
     """One run's work: the prefetching pool, the inference threads, decisions, records and annotated output."""
 
     def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats, batch: int = 1,
-                 streams: int = 1):
+                 streams: int = 1, drift: Any = None):
         self.clf = clf
         self.cfg = cfg
         self.batch = batch
@@ -89,6 +90,7 @@ class _Loop:
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
         self.infer_exec = ThreadPoolExecutor(streams, thread_name_prefix="edgecls-infer")
         self.stopped = False
+        self.drift = drift  # runtime.drift.watch.DriftWatch, or None
 
     # -- per-frame work done on the pool ---------------------------------------------------------------------
     def _prepare(self, frame: Frame) -> Item:
@@ -114,7 +116,7 @@ class _Loop:
         self.writer.write(error_record(frame))
 
     def _emit(self, frame: Frame, pred: Prediction, pre_ms: float, infer_ms: float, n: int, live: bool,
-              model: Any = None) -> None:
+              model: Any = None, chw: Optional[np.ndarray] = None) -> None:
         latency = (time.perf_counter() - frame.t_capture) * 1e3 if live else None
         if latency is not None:
             self.stats.latency.append(latency)
@@ -122,6 +124,9 @@ class _Loop:
         self.stats.decode.append(frame.decode_ms)
         self.stats.preprocess.append(pre_ms)
         record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency, model)
+        if self.drift is not None and chw is not None:
+            record["drift"] = self.drift.observe(frame.source, chw, pred,
+                                                 frame.frame if frame.frame is not None else frame.index)
         if self.keep_images and frame.image is not None and not self.output.emit(frame, pred):
             self.stopped = True
         self.writer.write(record)  # after --save/--show: a record out (then Ctrl-C/SIGTERM) means its frame is saved
@@ -172,14 +177,14 @@ class _Loop:
                 out = []
             for (f, _, _), p in zip(b.good, out):
                 preds[id(f)] = p
-        for f, _, ms in b.items:
+        for f, chw, ms in b.items:
             p = preds.get(id(f))
             if p is None:
                 if f.error is None:
                     f.error = "no prediction"
                 self._emit_error(f)
             else:
-                self._emit(f, p, ms, infer_ms, len(b.good), live, model.identity.to_dict())
+                self._emit(f, p, ms, infer_ms, len(b.good), live, model.identity.to_dict(), chw)
 
     def _flush(self, items: List[Item], sequence: bool, live: bool = False) -> None:
         """Infer and emit now (live frames: no queue, lowest latency)."""
@@ -305,8 +310,10 @@ def run(
     err: Optional[TextIO] = None,
     classifier: Any = None,
     sources: Optional[Sequence[Any]] = None,
+    on_drift_alarm: Optional[Callable[[str, Tuple[str, ...], bool], None]] = None,
 ) -> RunStats:
-    """Run the loop; return its :class:`RunStats`. ``classifier``/``sources`` may be given (tests, the API)."""
+    """Run the loop; return its :class:`RunStats`. ``classifier``/``sources`` may be given (tests, the API);
+    ``on_drift_alarm(source, kinds, active)`` is called when the drift kinds firing on a source change."""
     from edgecls.runtime.classifier import Classifier
 
     out = out if out is not None else sys.stdout
@@ -343,6 +350,7 @@ def run(
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
+        stats.drift = open_drift(config, clf, err, on_drift_alarm)
         if config.metrics_port is not None:
             from edgecls.runtime.run.prometheus import MetricsServer
 
@@ -353,7 +361,7 @@ def run(
         opened.web = start_view(config, stats, sources, err)  # --view (None without)
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
-        opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams)
+        opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams, drift=stats.drift)
         try:
             with sighup_reloads(watcher):
                 _run_groups(opened.loop, sources, notify, stats)

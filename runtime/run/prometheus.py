@@ -7,7 +7,10 @@ scrapes, so the loop does no extra work per frame. Served by prometheus_client's
 ``edgecls_run_frames_total``, ``edgecls_run_errors_total``, ``edgecls_run_dropped_frames_total`` (stale live
 frames skipped), ``edgecls_run_reconnects_total{source}``, ``edgecls_run_last_frame_age_seconds`` (since the last
 classified frame; NaN before the first), ``edgecls_run_decisions_total{decision}``, ``edgecls_run_frames_per_second``,
-``edgecls_run_sources_live`` (live sources still running).
+``edgecls_run_sources_live`` (live sources still running), ``edgecls_run_confidence`` and ``edgecls_run_ood_score``
+(histograms per frame). With a drift reference (:mod:`edgecls.runtime.drift`): ``edgecls_run_drift_alarms_total{source,
+kind}`` (alarms raised), ``edgecls_run_drift_firing{source,kind}`` (1 while a kind fires) and
+``edgecls_run_drift_martingale{source}`` (the scores test's value; it alarms at 1/alpha, ``edgecls_run_drift_threshold``).
 """
 from __future__ import annotations
 
@@ -54,6 +57,44 @@ class RunCollector:
                                 value=s.fps)
         running = sum(1 for src in live if not getattr(src, "finished", False))
         yield GaugeMetricFamily("edgecls_run_sources_live", "Live sources still running", value=running)
+        yield from score_histograms(s)
+        if getattr(s, "drift", None) is not None:
+            yield from drift_metrics(s.drift)
+
+
+def score_histograms(stats: Any) -> Iterator[Any]:
+    from prometheus_client.core import HistogramMetricFamily
+
+    helps = {"confidence": "Top-class probability per frame",
+             "ood_score": "OOD (unknown) score per frame; larger is less like the calibration images"}
+    for name, h in stats.scores.items().items():
+        # a histogram whose values can be negative (energy scores) has no _sum in Prometheus' text format
+        total = h.total if h.bounds[0] >= 0 else None
+        yield HistogramMetricFamily(f"edgecls_run_{name}", helps[name], buckets=h.cumulative(), sum_value=total)
+
+
+def drift_metrics(watch: Any) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from edgecls.runtime.drift.monitor import KINDS
+
+    alarms = CounterMetricFamily("edgecls_run_drift_alarms", "Drift alarms raised per source and kind",
+                                 labels=("source", "kind"))
+    firing = GaugeMetricFamily("edgecls_run_drift_firing", "1 while a drift kind fires on a source",
+                               labels=("source", "kind"))
+    mart = GaugeMetricFamily("edgecls_run_drift_martingale", "Drift statistic per source: the scores test "
+                             "martingale (alarm at edgecls_run_drift_threshold)", labels=("source",))
+    for src in list(watch.monitors):
+        now = watch.firing.get(src, ())
+        for kind in KINDS:
+            alarms.add_metric((src, kind), watch.counts.get((src, kind), 0))
+            firing.add_metric((src, kind), 1.0 if kind in now else 0.0)
+        mart.add_metric((src,), watch.statistic(src))
+    yield alarms
+    yield firing
+    yield mart
+    yield GaugeMetricFamily("edgecls_run_drift_threshold", "Value of the drift martingale that raises an alarm "
+                            "(1/alpha)", value=1.0 / watch.config.alpha)
 
 
 class MetricsServer:

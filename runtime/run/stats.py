@@ -12,6 +12,7 @@ import numpy as np
 from edgecls.core.errors import EXIT_INTERRUPTED, EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED
 from edgecls.core.fileio import write_text
 from edgecls.runtime.decision import Prediction
+from edgecls.runtime.run.histograms import ScoreHistograms
 from edgecls.runtime.run.quantiles import LatencySketch
 from edgecls.runtime.run.records import rounded
 
@@ -116,6 +117,8 @@ class RunStats:
         self.t1: Optional[float] = None
         self.t_last: Optional[float] = None
         self.per_source: Dict[str, SourceStats] = {}  # by source name, in the order first seen
+        self.scores = ScoreHistograms()  # confidence and OOD score per frame (/metrics)
+        self.drift: Any = None  # runtime.drift.watch.DriftWatch when the model has a drift reference
 
     @property
     def elapsed(self) -> float:
@@ -139,6 +142,7 @@ class RunStats:
         self.frames += 1
         self.decisions[pred.decision] += 1
         self.labels[pred.label] += 1
+        self.scores.observe(pred)
         if source is not None:
             st = self.source(source)
             st.frames += 1
@@ -246,6 +250,7 @@ class RunStats:
             "notes_not_shown": getattr(self.notes, "more", 0),
             "confidence": self.confidence,
             "sources": [st.to_dict(self.decision_names) for st in self.per_source.values()],
+            **({"drift": self.drift.to_dict()} if self.drift is not None else {}),
         }
 
     def format(self) -> str:
@@ -273,6 +278,8 @@ class RunStats:
         for s in self.saved:
             lines.append(f"saved: {s}")
         lines.extend(f"confidence: {c}" for c in self.confidence)
+        if self.drift is not None:
+            lines.extend(self.drift.summary_lines())
         lines.extend(f"note: {n}" for n in self.notes)
         if getattr(self.notes, "more", 0):
             lines.append(f"note: ... and {self.notes.more} more")

@@ -164,6 +164,8 @@ class WebView:
             "latency_ms": stages, "recent": recent, "viewers": self.streams, "encoded": self.encoded,
             "encode_ms_total": round(self.encode_s * 1e3, 1),
             "sources": [str(getattr(src, "name", src)) for src in self.sources],
+            "drift": ({src: list(k) for src, k in dict(s.drift.firing).items() if k}
+                      if getattr(s, "drift", None) is not None else None),
         }
 
     def metrics(self) -> Tuple[bytes, str]:

@@ -16,6 +16,15 @@ function render(st) {
   $("threshold").textContent = (st.positive ? `p(${st.positive}) ≥ ` : "confidence ≥ ") + st.threshold.toFixed(2);
   $("backend").textContent = st.backend;
   $("sources").textContent = "sources: " + st.sources.map((s) => s.split("/").pop()).join(", ");
+  const drift = $("drift");  // one banner per source whose frames no longer look like the calibration images
+  const firing = Object.entries(st.drift || {});
+  drift.hidden = firing.length === 0;
+  drift.replaceChildren(...firing.map(([src, kinds]) => {
+    const d = document.createElement("div");
+    d.className = "banner"; d.dataset.source = src;
+    d.textContent = `drift on ${src.split("/").pop()}: ${kinds.join(", ")} — the stated confidence may not hold`;
+    return d;
+  }));
   const counts = $("counts");
   counts.replaceChildren(...Object.entries(st.decisions).map(([name, n]) => {
     const d = document.createElement("div");

@@ -1,0 +1,1 @@
+"""Drift: is the camera still seeing what the model was calibrated on? (reference, image checks, monitor)."""
