@@ -82,10 +82,14 @@ class RunStats:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
     def add(self, pred: Prediction) -> None:
+        self.count(pred.decision, pred.label)
+
+    def count(self, decision: str, label: str) -> None:
+        """One classified frame (``add``'s counts; ``edgecls ray`` counts records read back from its shards)."""
         self.t_last = time.perf_counter()  # the last classified frame (--metrics-port: last-frame age)
         self.frames += 1
-        self.decisions[pred.decision] += 1
-        self.labels[pred.label] += 1
+        self.decisions[decision] += 1
+        self.labels[label] += 1
 
     def finish(self) -> None:
         self.t1 = time.perf_counter()
