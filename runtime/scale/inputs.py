@@ -102,19 +102,22 @@ def _manifest(text: str) -> Inputs:
 
 
 def _read_table(text: str) -> List[dict]:
+    filesystem, inner = filesystem_of(text) if is_uri(text) else (None, text)
     if Path(text).suffix.lower() == ".csv":
-        if is_uri(text):
-            with filesystem_of(text)[0].open_input_stream(filesystem_of(text)[1]) as f:
-                lines = f.read().decode("utf-8").splitlines()
-        else:
-            with open(text, newline="", encoding="utf-8") as f:
-                lines = f.read().splitlines()
+        try:
+            if filesystem is not None:
+                with filesystem.open_input_stream(inner) as f:
+                    lines = f.read().decode("utf-8").splitlines()
+            else:
+                with open(text, newline="", encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"manifest {text!r} cannot be read as UTF-8 CSV: {e}") from e
         return list(csv.DictReader(lines))
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(text) if not is_uri(text) else pq.read_table(filesystem_of(text)[1],
-                                                                             filesystem=filesystem_of(text)[0])
+        table = pq.read_table(inner, filesystem=filesystem)
     except Exception as e:
         raise InputError(f"manifest {text!r} is not a readable Parquet file: {e}") from e
     return table.to_pylist()

@@ -130,6 +130,7 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # ours below counts photos; Ray's per-operator bars would interleave with it
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines, between our summary
     cpus = max(1, int(round(config.cpus_per_actor)))
     # two calls per actor: one running, one queued behind it (the actor never waits; a killed driver loses little)
     sizes = {"min_size": 1, "max_size": None} if config.actors is None else {"size": config.actors}
@@ -137,8 +138,7 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
     ds = _dataset(ray, inputs, store, todo).map_batches(
         actor_cls, fn_constructor_kwargs={"config": config, "cpus": cpus}, batch_size=min(config.shard_size, MAX_CALL_BATCH),
         batch_format="numpy", compute=pool, num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
-        max_restarts=-1, max_task_retries=-1,  # a killed worker: a new actor, and its batch again
-    )
+    )  # a killed worker: Ray Data's actor pools restart the actor and retry its batch (max_restarts=-1 by default)
     total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
     buffers: Dict[int, Dict[int, str]] = {}
     t_first: Optional[float] = None
