@@ -75,38 +75,59 @@ def assert_same_records(got: List[dict], want: List[dict]) -> None:
 from edgecls.runtime.scale.actor import ClassifyActor  # noqa: E402  (after the helpers a runtime-free test uses)
 
 
+# Ray workers do not see the test's environment (their raylet started before): the test actors' settings are class
+# attributes, which travel with the class (tests register this module to be pickled by value).
 class DieOnceActor(ClassifyActor):
-    """Kills its own worker process (``os._exit``) when it meets the photo named by ``$EDGECLS_TEST_DIE_ON``,
-    the first time only (a flag file records that it died)."""
+    """Kills its own worker process (``os._exit``) when it meets the photo whose path ends with ``target``, the
+    first time only (the ``flag`` file records that it died)."""
+
+    target = ""
+    flag = ""
 
     def classify(self, ids, paths, indices):
-        target, flag = os.environ["EDGECLS_TEST_DIE_ON"], Path(os.environ["EDGECLS_TEST_DIE_FLAG"])
-        if any(str(p).endswith(target) for p in paths) and not flag.exists():
-            flag.write_text(f"died in pid {os.getpid()}\n")
+        if any(str(p).endswith(self.target) for p in paths) and not Path(self.flag).exists():
+            Path(self.flag).write_text(f"died in pid {os.getpid()}\n")
             os._exit(1)
         return super().classify(ids, paths, indices)
 
 
 class CountingActor(ClassifyActor):
-    """Appends one line per photo it classifies to ``$EDGECLS_TEST_WORKLOG`` (the work done, lost or not), and
-    takes ``$EDGECLS_TEST_DELAY`` s per photo (so a test can stop the job half-way)."""
+    """Appends one line per photo it classifies to ``worklog`` (the work done, kept or lost), taking ``delay`` s
+    per photo (so a test can stop the job half-way)."""
+
+    worklog = ""
+    delay = 0.0
 
     def classify(self, ids, paths, indices):
-        time.sleep(float(os.environ.get("EDGECLS_TEST_DELAY", "0")) * len(paths))
+        time.sleep(self.delay * len(paths))
         recs = super().classify(ids, paths, indices)
-        with open(os.environ["EDGECLS_TEST_WORKLOG"], "a") as f:
+        with open(self.worklog, "a") as f:
             f.write("".join(f"{i}\n" for i in indices))
         return recs
 
 
-if __name__ == "__main__":  # a driver a test kills: python ray_helpers.py MODEL INPUT OUT ADDRESS SHARD_SIZE
+class NodeLogActor(ClassifyActor):
+    """Appends the Ray node it runs on to ``nodelog``, once per call."""
+
+    nodelog = ""
+
+    def classify(self, ids, paths, indices):
+        import ray
+
+        with open(self.nodelog, "a") as f:
+            f.write(ray.get_runtime_context().get_node_id() + "\n")
+        return super().classify(ids, paths, indices)
+
+
+if __name__ == "__main__":  # a driver a test kills: python ray_helpers.py MODEL INPUT OUT ADDRESS SHARD WORKLOG DELAY
     import logging
 
     from edgecls.runtime.scale.config import ScaleConfig
     from edgecls.runtime.scale.job import run_job
 
     logging.basicConfig(level=logging.WARNING)
-    model, inp, out, address, shard = sys.argv[1:6]
+    model, inp, out, address, shard, worklog, delay = sys.argv[1:8]
+    CountingActor.worklog, CountingActor.delay = worklog, float(delay)
     cfg = ScaleConfig(model=model, input=inp, out=out, address=address, shard_size=int(shard), actors=1,
                       max_pixels=MAX_PIXELS, progress=False)
     sys.exit(run_job(cfg, actor_cls=CountingActor).exit_code())

@@ -107,11 +107,10 @@ def test_manifest_ids_and_parquet(env):
 
 def test_worker_killed_mid_job_output_exactly_once(env, tmp_path, monkeypatch):
     names = sorted(r["path"] for r in env["want"])
-    monkeypatch.setenv("EDGECLS_TEST_DIE_ON", names[len(names) // 2])  # ~50 %: the worker dies there, once
-    flag = tmp_path / "died"
-    monkeypatch.setenv("EDGECLS_TEST_DIE_FLAG", str(flag))
+    monkeypatch.setattr(H.DieOnceActor, "target", names[len(names) // 2])  # ~50 %: the worker dies there, once
+    monkeypatch.setattr(H.DieOnceActor, "flag", str(tmp_path / "died"))
     res = run_job(_cfg(env, tmp_path / "out", actors=1), actor_cls=H.DieOnceActor)
-    assert flag.exists(), "the worker never died: the test proved nothing"
+    assert (tmp_path / "died").exists(), "the worker never died: the test proved nothing"
     assert res.exit_code() == 6
     H.assert_same_records(H.read_records(tmp_path / "out" / "records.jsonl"), env["want"])
 
@@ -121,9 +120,9 @@ def test_driver_killed_mid_job_then_rerun(env, session, tmp_path):
     write_images(folder, n=160, seed=3)
     want, _ = H.run_records(env["model"], str(folder))
     worklog, out = tmp_path / "work.log", tmp_path / "out"
-    envvars = dict(os.environ, EDGECLS_TEST_WORKLOG=str(worklog), EDGECLS_TEST_DELAY="0.03",
-                   PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, str(HERE / "ray_helpers.py"), env["model"], str(folder), str(out), session, "8"]
+    envvars = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, str(HERE / "ray_helpers.py"), env["model"], str(folder), str(out), session, "8",
+           str(worklog), "0.03"]
     p = subprocess.Popen(cmd, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     shards = out / "shards"

@@ -8,7 +8,6 @@ flight: the same command again skips the committed ones (:mod:`.shards`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -155,7 +154,7 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
                 n += 1
                 lo, hi = store.bounds(s)
                 if len(buf) == hi - lo:
-                    store.commit(s, [json.loads(buf[j]) for j in range(lo, hi)])
+                    store.commit(s, [buf[j] for j in range(lo, hi)])
                     del buffers[s]
             if not result.backend and len(batch["backend"]):
                 result.backend = str(batch["backend"][0])

@@ -98,20 +98,20 @@ class ShardStore:
                 done.add(int(m.group(1)))
         return done
 
-    def commit(self, k: int, records: Sequence[Dict[str, Any]]) -> Path:
-        """Write shard ``k``'s records (in input order) aside and rename them into place: all or nothing."""
+    def commit(self, k: int, records: Sequence[str]) -> Path:
+        """Write shard ``k``'s records (JSON texts, in input order) aside and rename them into place: all or
+        nothing."""
         lo, hi = self.bounds(k)
         if len(records) != hi - lo:
             raise RuntimeError(f"shard {k}: {len(records)} records for {hi - lo} inputs")
         with atomic_output(self.path(k), self.suffix) as tmp:
             if self.fmt == "jsonl":
                 with open(tmp, "w", encoding="utf-8") as f:
-                    for r in records:
-                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    f.write("".join(r + "\n" for r in records))
             else:
                 import pyarrow.parquet as pq
 
-                pq.write_table(_parquet_table(records), tmp)
+                pq.write_table(_parquet_table([json.loads(r) for r in records]), tmp)
         return self.path(k)
 
     def records(self, k: int) -> Iterator[Dict[str, Any]]:
