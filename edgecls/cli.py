@@ -18,6 +18,7 @@ from edgecls.export.cli import build_engine_command, calib_sample_command, expor
 from edgecls.export.drift_cli import drift_reference_cli
 from edgecls.runtime.cli import run_command
 from edgecls.runtime.doctor.cli import doctor_command
+from edgecls.runtime.scale.cli import ray_command
 from edgecls.runtime.serve.cli import serve_command
 from edgecls.train.cli import train_command
 
@@ -58,6 +59,7 @@ app.command("calibrate")(calibrate_cli)
 app.command("drift-reference")(drift_reference_cli)
 app.command("run")(run_command)
 app.command("serve")(serve_command)
+app.command("ray")(ray_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
 app.command("doctor")(doctor_command)

@@ -138,10 +138,7 @@ class RunStats:
         return st
 
     def add(self, pred: Prediction, source: Optional[str] = None, latency: Optional[float] = None) -> None:
-        self.t_last = time.perf_counter()  # the last classified frame (--metrics-port: last-frame age)
-        self.frames += 1
-        self.decisions[pred.decision] += 1
-        self.labels[pred.label] += 1
+        self.count(pred.decision, pred.label)
         self.scores.observe(pred)
         if source is not None:
             st = self.source(source)
@@ -154,6 +151,13 @@ class RunStats:
         self.errors += 1
         if source is not None:
             self.source(source).errors += 1
+
+    def count(self, decision: str, label: str) -> None:
+        """One classified frame (``add``'s counts; ``edgecls ray`` counts records read back from its shards)."""
+        self.t_last = time.perf_counter()  # the last classified frame (--metrics-port: last-frame age)
+        self.frames += 1
+        self.decisions[decision] += 1
+        self.labels[label] += 1
 
     def finish(self) -> None:
         self.t1 = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import BinaryIO, Iterator, Optional, Sequence, Tuple, Union
 
 from edgecls.runtime.preprocess import ImageReadError, open_for
 from edgecls.runtime.sources.frame import Frame
@@ -38,11 +38,12 @@ class ImageSource:
         pass
 
 
-def read_image(source: str, index: int, path: Path, save_name: str, max_pixels: Optional[int] = None,
+def read_image(source: str, index: int, path: Union[Path, BinaryIO], save_name: str, max_pixels: Optional[int] = None,
                spec: Optional[PreprocessSpec] = None) -> Frame:
     """Decode one image file (the one loader: upright RGB, at most ``max_pixels``) into a Frame; an unreadable file
     gives a Frame with ``error``. With the model's ``spec``, in the form its preprocessing reads fastest
-    (:func:`~edgecls.runtime.preprocess.open_for`: a BGR array or a PIL image, the same pixels)."""
+    (:func:`~edgecls.runtime.preprocess.open_for`: a BGR array or a PIL image, the same pixels). ``path`` may be
+    a file object with a ``name`` (bytes fetched from a URI): the record's path and error texts use that name."""
     t0 = time.perf_counter()
     bgr = False
     try:
@@ -51,7 +52,8 @@ def read_image(source: str, index: int, path: Path, save_name: str, max_pixels: 
     except ImageReadError as e:
         image, error = None, str(e)
     t1 = time.perf_counter()
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path.name
     return Frame(
-        source=source, index=index, image=image, path=os.fspath(path), save_name=save_name,
+        source=source, index=index, image=image, path=name, save_name=save_name,
         t_capture=t0, decode_ms=(t1 - t0) * 1e3, error=error, bgr=bgr,
     )
