@@ -141,6 +141,7 @@ def test_driver_killed_mid_job_then_rerun(env, session, tmp_path):
     assert summary["resumed_shards"] == committed
     H.assert_same_records(H.read_records(out / "records.jsonl"), want)
     work = len(worklog.read_text().split())
+    print(f"driver killed with {committed}/20 shards committed; work {work} photos for 160 = {work / 160:.2f}x")
     assert 160 <= work <= 1.2 * 160, f"{work} photos classified for 160"
 
 
