@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, Set, TextIO
 
 from edgecls.core.errors import EXIT_INTERRUPTED, CapabilityError
 from edgecls.core.fileio import file_sha256, write_json
@@ -140,14 +140,15 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
     )  # a killed worker: Ray Data's actor pools restart the actor and retry its batch (max_restarts=-1 by default)
     total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
     buffers: Dict[int, Dict[int, str]] = {}
+    committed: Set[int] = set()
     t_first: Optional[float] = None
     with progress(total=total, desc="edgecls ray", unit="photo", enabled=config.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             n = 0
             for s, i, rec in zip(batch["shard"], batch["index"], batch["record"]):
                 s, i = int(s), int(i)
-                buf = buffers.setdefault(s, {})
-                if i in buf:
+                buf = buffers.setdefault(s, {}) if s not in committed else None
+                if buf is None or i in buf:
                     result.duplicates += 1
                     continue
                 buf[i] = rec
@@ -156,6 +157,7 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
                 if len(buf) == hi - lo:
                     store.commit(s, [buf[j] for j in range(lo, hi)])
                     del buffers[s]
+                    committed.add(s)
             if not result.backend and len(batch["backend"]):
                 result.backend = str(batch["backend"][0])
             now = time.perf_counter()
