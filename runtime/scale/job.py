@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, TextIO
+from typing import Any, Dict, List, Optional, TextIO
 
 from edgecls.core.errors import EXIT_INTERRUPTED, CapabilityError
 from edgecls.core.fileio import file_sha256, write_json
@@ -21,7 +21,7 @@ from edgecls.runtime.run.stats import RunStats
 from edgecls.runtime.scale.actor import ClassifyActor
 from edgecls.runtime.scale.config import ScaleConfig
 from edgecls.runtime.scale.inputs import Inputs, list_inputs
-from edgecls.runtime.scale.shards import ShardStore
+from edgecls.runtime.scale.shards import ShardCollector, ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +139,12 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
         batch_format="numpy", compute=pool, num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
     )  # a killed worker: Ray Data's actor pools restart the actor and retry its batch (max_restarts=-1 by default)
     total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
-    buffers: Dict[int, Dict[int, str]] = {}
-    committed: Set[int] = set()
+    collector = ShardCollector(store)
     t_first: Optional[float] = None
     with progress(total=total, desc="edgecls ray", unit="photo", enabled=config.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            n = 0
-            for s, i, rec in zip(batch["shard"], batch["index"], batch["record"]):
-                s, i = int(s), int(i)
-                buf = buffers.setdefault(s, {}) if s not in committed else None
-                if buf is None or i in buf:
-                    result.duplicates += 1
-                    continue
-                buf[i] = rec
-                n += 1
-                lo, hi = store.bounds(s)
-                if len(buf) == hi - lo:
-                    store.commit(s, [buf[j] for j in range(lo, hi)])
-                    del buffers[s]
-                    committed.add(s)
+            n = sum(collector.add(int(s), int(i), str(rec))
+                    for s, i, rec in zip(batch["shard"], batch["index"], batch["record"]))
             if not result.backend and len(batch["backend"]):
                 result.backend = str(batch["backend"][0])
             now = time.perf_counter()
@@ -168,8 +155,8 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
                 result.steady_s = now - t_first
             result.classified += n
             bar.update(n)
-    if buffers:  # Ray returned without every record: never commit a partial shard
-        raise RuntimeError(f"shards {sorted(buffers)[:5]} came back incomplete; rerun the same command to redo them")
+    collector.check_complete()
+    result.duplicates = collector.duplicates
     if result.duplicates:
         log.info("%d record(s) arrived twice (retried batches) and were dropped", result.duplicates)
 
