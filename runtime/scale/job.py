@@ -39,17 +39,16 @@ class JobResult:
     resumed_shards: int  # committed by an earlier run, skipped
     classified: int = 0  # records this invocation received (work done)
     duplicates: int = 0  # records that arrived twice (a retried batch) and were dropped
-    startup_s: float = 0.0  # Ray start, actor start, model load, first batch back
-    steady_s: float = 0.0  # first record back → last record back
-    steady_frames: int = 0  # records in that span (the throughput's numerator)
+    startup_s: float = 0.0  # Ray start, actor start, model load (until the first actor is ready)
+    steady_s: float = 0.0  # the first actor ready → the last batch done (as `edgecls run`: model load excluded)
     backend: str = ""
     output: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
-        """Photos/s after start-up (first batch back → last)."""
-        return self.steady_frames / self.steady_s if self.steady_s > 0 else 0.0
+        """Photos/s after start-up: this run's photos over the first actor's model ready → the last batch done."""
+        return self.classified / self.steady_s if self.steady_s > 0 else 0.0
 
     def exit_code(self) -> int:
         return self.stats.exit_code()
@@ -68,7 +67,7 @@ class JobResult:
         head = (f"edgecls ray: {self.stats.frames} photos classified, {self.stats.errors} errors, {self.inputs} inputs "
                 f"in {self.shards} shards ({self.resumed_shards} committed by an earlier run)")
         this = (f"this run: {self.classified} photos, {self.rate:.1f} photos/s after a start-up of "
-                f"{self.startup_s:.1f} s (Ray, actors, model load, first batch){'  [INTERRUPTED]' if self.stats.interrupted else ''}"
+                f"{self.startup_s:.1f} s (Ray, actors, model load){'  [INTERRUPTED]' if self.stats.interrupted else ''}"
                 + (f"; {self.backend}" if self.backend else ""))
         rest = self.stats.format().splitlines()[1:]  # decisions, labels, latencies, notes, exit line
         out = [head, this, *rest]
@@ -140,19 +139,15 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
     )  # a killed worker: Ray Data's actor pools restart the actor and retry its batch (max_restarts=-1 by default)
     total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
     collector = ShardCollector(store)
-    t_first: Optional[float] = None
+    t_ready, t_done = float("inf"), 0.0  # wall clock: the first actor's model loaded, the last batch done
     with progress(total=total, desc="edgecls ray", unit="photo", enabled=config.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             n = sum(collector.add(int(s), int(i), str(rec))
                     for s, i, rec in zip(batch["shard"], batch["index"], batch["record"]))
             if not result.backend and len(batch["backend"]):
                 result.backend = str(batch["backend"][0])
-            now = time.perf_counter()
-            if t_first is None:
-                t_first, result.startup_s = now, now - t_start
-            else:
-                result.steady_frames += n
-                result.steady_s = now - t_first
+            t_ready, t_done = min(t_ready, float(batch["t_ready"].min())), max(t_done, float(batch["t_done"].max()))
+            result.startup_s, result.steady_s = t_ready - t_start, t_done - t_ready
             result.classified += n
             bar.update(n)
     collector.check_complete()
@@ -194,7 +189,7 @@ def run_job(config: ScaleConfig, err: Optional[TextIO] = None, actor_cls: type =
     result = JobResult(stats, len(inputs), store.count, len(done))
     if todo:
         ray = _import_ray()
-        t_start = time.perf_counter()
+        t_start = time.time()  # wall clock, as the actors' timestamps
         _start_ray(ray, config.address)
         try:
             _classify(ray, config, inputs, store, todo, result, actor_cls, t_start)
