@@ -79,3 +79,13 @@ def test_manifest_ids_paths_and_errors(tmp_path):
         list_inputs(str(m))
     with pytest.raises(InputError, match="does not exist"):
         list_inputs(str(tmp_path / "nowhere"))
+
+
+def test_without_ray_exit_4_and_nothing_written(tmp_path, monkeypatch):
+    import sys
+
+    from cli_helpers import run_cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # the runtime-only install: no Ray
+    assert run_cli(["ray", tmp_path / "model.onnx", tmp_path, "--out", tmp_path / "out", "--no-progress"]) == 4
+    assert not (tmp_path / "out").exists()

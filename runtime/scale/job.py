@@ -180,6 +180,7 @@ def run_job(config: ScaleConfig, err: Optional[TextIO] = None, actor_cls: type =
 
     err = err if err is not None else sys.stderr
     t0 = time.perf_counter()
+    ray = _import_ray()  # missing: exit 4 before anything is written
     inputs = list_inputs(config.input)  # a bad INPUT, model or --out fails here, before Ray starts
     decider = Decider(load_model_spec(check_model_file(config.model)), config.threshold, config.topk, config.coverage)
     store = ShardStore(config.out, len(inputs), config.shard_size, config.fmt, job_identity(config, inputs))
@@ -188,7 +189,6 @@ def run_job(config: ScaleConfig, err: Optional[TextIO] = None, actor_cls: type =
     stats = RunStats(decider, "ray", 1, 0.0)
     result = JobResult(stats, len(inputs), store.count, len(done))
     if todo:
-        ray = _import_ray()
         t_start = time.time()  # wall clock, as the actors' timestamps
         _start_ray(ray, config.address)
         try:
