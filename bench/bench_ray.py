@@ -3,15 +3,16 @@
 Each round runs both as the user would (subprocesses, alternating run / ray, a fresh ``--out`` each time):
 
 - **edgecls run**: photos/s from its ``--summary-json`` (model load excluded: its clock starts after the load);
-- **edgecls ray**: photos/s from its ``summary.json`` after start-up (the clock starts when the first batch is
-  back: Ray start, the actors' start and model load and the first batch are start-up, reported apart).
+- **edgecls ray**: photos/s from its ``summary.json`` after start-up (the clock starts when the first actor has
+  loaded the model and stops when the last batch is done: Ray's start, the actors' start and the model load are
+  start-up, reported apart; the merge and summary after the last batch are in the wall clock only).
 
 The last round's records are compared, joined by path: label, decision, set and unknown equal, probabilities
 within 1e-5, none missing, none twice (the acceptance check of ``edgecls ray``). Then the cluster arithmetic:
 photos/s per core → hours for 10 million photos on N cores.
 
     .venv/bin/python bench/bench_ray.py                      # ../shared photos (~2,860), MobileNetV2 (random weights)
-    .venv/bin/python bench/bench_ray.py --n 10000 --rounds 1 # the photos repeated under distinct names (symlinks)
+    .venv/bin/python bench/bench_ray.py --n 10000 --rounds 1 # the photos repeated under distinct names (copies)
     .venv/bin/python bench/bench_ray.py --model runs/export/model_int8_cpu.onnx
 
 Without ``--model`` it exports a torchvision MobileNetV2 with random weights (torch needed, the bench only):
@@ -23,6 +24,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,7 +72,8 @@ def export_mobilenet(tmp: Path) -> Path:
 
 
 def photo_folder(tmp: Path, pattern: str, n: Optional[int]) -> Path:
-    """Symlinks to the photos under distinct names (repeated to reach ``n``): one folder both commands list."""
+    """Copies of the photos under distinct names (repeated to reach ``n``): one folder both commands list.
+    Copies, not links: the image lister reads a file reached twice (the same inode) once."""
     files = sorted(glob.glob(pattern))
     if not files:
         raise SystemExit(f"no photos match {pattern}")
@@ -79,7 +82,7 @@ def photo_folder(tmp: Path, pattern: str, n: Optional[int]) -> Path:
     for i in range(n):
         sub = folder / f"{i // 1000:03d}"
         sub.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.abspath(files[i % len(files)]), sub / f"{i:06d}_{Path(files[i % len(files)]).name}")
+        shutil.copyfile(files[i % len(files)], sub / f"{i:06d}_{Path(files[i % len(files)]).name}")
     return folder
 
 
@@ -148,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ratios = [b / a for a, b in zip(run_rate, ray_rate)]
         print(f"\nray / run throughput (start-up excluded): median {np.median(ratios):.3f} "
               f"(rounds {min(ratios):.3f}..{max(ratios):.3f}, n={len(ratios)} rounds of {n} photos; aim >= 0.6)")
-        print(f"ray start-up (Ray, actors, model load, first batch): median {np.median(startup):.1f} s; "
+        print(f"ray start-up (Ray, actors, model load): median {np.median(startup):.1f} s; "
               f"wall clock run {np.median(run_wall):.1f} s vs ray {np.median(ray_wall):.1f} s")
         print("agreement, last round: " + compare(ray_recs, run_recs))
         per_core = float(np.median(ray_rate)) / cpus

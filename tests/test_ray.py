@@ -141,4 +141,25 @@ def test_driver_killed_mid_job_then_rerun(env, session, tmp_path):
     assert summary["resumed_shards"] == committed
     H.assert_same_records(H.read_records(out / "records.jsonl"), want)
     work = len(worklog.read_text().split())
+    print(f"driver killed with {committed}/20 shards committed; work {work} photos for 160 = {work / 160:.2f}x")
     assert 160 <= work <= 1.2 * 160, f"{work} photos classified for 160"
+
+
+def test_uri_prefix_is_read_through_pyarrow_with_the_same_loader(env, tmp_path):
+    """A URI prefix (file:// here; s3:// and gs:// take the same path): photos fetched as bytes and decoded in the
+    actor give the labels and probabilities of the local run; a bad file's error names its URI."""
+    folder = Path(env["folder"]) / "c"
+    uri = "file://" + str(folder)
+    res = run_job(ScaleConfig(model=env["model"], input=uri, out=str(tmp_path / "out"), max_pixels=H.MAX_PIXELS,
+                              progress=False))
+    assert res.exit_code() == 6
+    got = {r["path"]: r for r in H.read_records(tmp_path / "out" / "records.jsonl")}
+    want = {r["path"]: r for r in env["want"] if r["path"].startswith(str(folder))}
+    assert set(got) == {"file://" + p for p in want}
+    for p, w in want.items():
+        g = got["file://" + p]
+        assert g["id"] == Path(p).name and g.get("label") == w.get("label")
+        if "error" in w:
+            assert "error" in g and repr("file://" + p) in g["error"]
+        else:
+            assert abs(g["confidence"] - w["confidence"]) <= 1e-5

@@ -2,7 +2,8 @@
 loop (the same loader, preprocessing, inference plan, decisions and records: :mod:`edgecls.runtime.run.loop`).
 
 Each call takes a batch of rows ``shard, index, id, path`` and returns ``shard, index, record``: the JSON record
-``edgecls run`` writes for that photo, with the input's ``id`` first. Photos are read inside the actor: local paths
+``edgecls run`` writes for that photo, with the input's ``id`` first (and the actor's backend, when its model was
+loaded and when the batch was done, for the summary's throughput). Photos are read inside the actor: local paths
 exactly as ``edgecls run`` reads them, URIs (s3://, gs://, file://) as bytes through pyarrow's filesystems, decoded
 by the same loader (EXIF orientation, the pixel bound, the same error texts naming the URI).
 """
@@ -86,6 +87,7 @@ class ClassifyActor:
                           streams=streams)
         self.cfg = cfg
         self.source = config.input
+        self.t_ready = time.time()  # wall clock (comparable across a cluster's nodes): the model is loaded
         log.info("model actor ready: %s, model load %.2f s", self.backend, self.load_s)
 
     def _read(self, task: Tuple[str, int, Any, str]):
@@ -117,4 +119,6 @@ class ClassifyActor:
             "index": np.asarray(batch["index"]),
             "record": np.array([json.dumps(r, ensure_ascii=False) for r in recs], dtype=object),
             "backend": np.array([self.backend] * len(recs), dtype=object),
+            "t_ready": np.full(len(recs), self.t_ready),  # the throughput's clock: model loaded → records out
+            "t_done": np.full(len(recs), time.time()),
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -20,11 +21,12 @@ from edgecls.core.images import IMAGE_EXTENSIONS, is_image_file
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 ID_COLUMNS = ("id",)
 PATH_COLUMNS = ("path", "uri", "url")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_uri(text: str) -> bool:
     """``scheme://...`` (s3://, gs://, file://): read through a pyarrow filesystem, not as a local path."""
-    return "://" in text and text.split("://", 1)[0].isalpha()
+    return _SCHEME.match(text) is not None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from edgecls.runtime.run.stats import RunStats
 from edgecls.runtime.scale.actor import ClassifyActor
 from edgecls.runtime.scale.config import ScaleConfig
 from edgecls.runtime.scale.inputs import Inputs, list_inputs
-from edgecls.runtime.scale.shards import ShardStore
+from edgecls.runtime.scale.shards import ShardCollector, ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,16 @@ class JobResult:
     resumed_shards: int  # committed by an earlier run, skipped
     classified: int = 0  # records this invocation received (work done)
     duplicates: int = 0  # records that arrived twice (a retried batch) and were dropped
-    startup_s: float = 0.0  # Ray start, actor start, model load, first batch back
-    steady_s: float = 0.0  # first record back → last record back
-    steady_frames: int = 0  # records in that span (the throughput's numerator)
+    startup_s: float = 0.0  # Ray start, actor start, model load (until the first actor is ready)
+    steady_s: float = 0.0  # the first actor ready → the last batch done (as `edgecls run`: model load excluded)
     backend: str = ""
     output: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
-        """Photos/s after start-up (first batch back → last)."""
-        return self.steady_frames / self.steady_s if self.steady_s > 0 else 0.0
+        """Photos/s after start-up: this run's photos over the first actor's model ready → the last batch done."""
+        return self.classified / self.steady_s if self.steady_s > 0 else 0.0
 
     def exit_code(self) -> int:
         return self.stats.exit_code()
@@ -68,7 +67,7 @@ class JobResult:
         head = (f"edgecls ray: {self.stats.frames} photos classified, {self.stats.errors} errors, {self.inputs} inputs "
                 f"in {self.shards} shards ({self.resumed_shards} committed by an earlier run)")
         this = (f"this run: {self.classified} photos, {self.rate:.1f} photos/s after a start-up of "
-                f"{self.startup_s:.1f} s (Ray, actors, model load, first batch){'  [INTERRUPTED]' if self.stats.interrupted else ''}"
+                f"{self.startup_s:.1f} s (Ray, actors, model load){'  [INTERRUPTED]' if self.stats.interrupted else ''}"
                 + (f"; {self.backend}" if self.backend else ""))
         rest = self.stats.format().splitlines()[1:]  # decisions, labels, latencies, notes, exit line
         out = [head, this, *rest]
@@ -139,35 +138,20 @@ def _classify(ray, config: ScaleConfig, inputs: Inputs, store: ShardStore, todo:
         batch_format="numpy", compute=pool, num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
     )  # a killed worker: Ray Data's actor pools restart the actor and retry its batch (max_restarts=-1 by default)
     total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
-    buffers: Dict[int, Dict[int, str]] = {}
-    t_first: Optional[float] = None
+    collector = ShardCollector(store)
+    t_ready, t_done = float("inf"), 0.0  # wall clock: the first actor's model loaded, the last batch done
     with progress(total=total, desc="edgecls ray", unit="photo", enabled=config.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            n = 0
-            for s, i, rec in zip(batch["shard"], batch["index"], batch["record"]):
-                s, i = int(s), int(i)
-                buf = buffers.setdefault(s, {})
-                if i in buf:
-                    result.duplicates += 1
-                    continue
-                buf[i] = rec
-                n += 1
-                lo, hi = store.bounds(s)
-                if len(buf) == hi - lo:
-                    store.commit(s, [buf[j] for j in range(lo, hi)])
-                    del buffers[s]
+            n = sum(collector.add(int(s), int(i), str(rec))
+                    for s, i, rec in zip(batch["shard"], batch["index"], batch["record"]))
             if not result.backend and len(batch["backend"]):
                 result.backend = str(batch["backend"][0])
-            now = time.perf_counter()
-            if t_first is None:
-                t_first, result.startup_s = now, now - t_start
-            else:
-                result.steady_frames += n
-                result.steady_s = now - t_first
+            t_ready, t_done = min(t_ready, float(batch["t_ready"].min())), max(t_done, float(batch["t_done"].max()))
+            result.startup_s, result.steady_s = t_ready - t_start, t_done - t_ready
             result.classified += n
             bar.update(n)
-    if buffers:  # Ray returned without every record: never commit a partial shard
-        raise RuntimeError(f"shards {sorted(buffers)[:5]} came back incomplete; rerun the same command to redo them")
+    collector.check_complete()
+    result.duplicates = collector.duplicates
     if result.duplicates:
         log.info("%d record(s) arrived twice (retried batches) and were dropped", result.duplicates)
 
@@ -196,6 +180,7 @@ def run_job(config: ScaleConfig, err: Optional[TextIO] = None, actor_cls: type =
 
     err = err if err is not None else sys.stderr
     t0 = time.perf_counter()
+    ray = _import_ray()  # missing: exit 4 before anything is written
     inputs = list_inputs(config.input)  # a bad INPUT, model or --out fails here, before Ray starts
     decider = Decider(load_model_spec(check_model_file(config.model)), config.threshold, config.topk, config.coverage)
     store = ShardStore(config.out, len(inputs), config.shard_size, config.fmt, job_identity(config, inputs))
@@ -204,8 +189,7 @@ def run_job(config: ScaleConfig, err: Optional[TextIO] = None, actor_cls: type =
     stats = RunStats(decider, "ray", 1, 0.0)
     result = JobResult(stats, len(inputs), store.count, len(done))
     if todo:
-        ray = _import_ray()
-        t_start = time.perf_counter()
+        t_start = time.time()  # wall clock, as the actors' timestamps
         _start_ray(ray, config.address)
         try:
             _classify(ray, config, inputs, store, todo, result, actor_cls, t_start)

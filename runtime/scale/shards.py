@@ -145,3 +145,36 @@ class ShardStore:
 
     def missing(self, done: Set[int]) -> List[int]:
         return [k for k in range(self.count) if k not in done]
+
+
+class ShardCollector:
+    """Records as they come back from Ray, in any order, at least once: each kept once, and each shard committed
+    when its last record arrives. A record seen before (a retried batch), even of a shard already committed, is
+    counted in ``duplicates`` and dropped."""
+
+    def __init__(self, store: ShardStore) -> None:
+        self.store = store
+        self.buffers: Dict[int, Dict[int, str]] = {}
+        self.committed: Set[int] = set()
+        self.duplicates = 0
+
+    def add(self, shard: int, index: int, record: str) -> bool:
+        """Keep ``record`` (JSON text) of input ``index``; False when it was a duplicate."""
+        if shard in self.committed or index in self.buffers.get(shard, ()):
+            self.duplicates += 1
+            return False
+        lo, hi = self.store.bounds(shard)
+        if not lo <= index < hi:
+            raise RuntimeError(f"input {index} is not in shard {shard} ({lo}..{hi - 1})")
+        buf = self.buffers.setdefault(shard, {})
+        buf[index] = record
+        if len(buf) == hi - lo:
+            self.store.commit(shard, [buf[j] for j in range(lo, hi)])
+            del self.buffers[shard]
+            self.committed.add(shard)
+        return True
+
+    def check_complete(self) -> None:
+        if self.buffers:  # Ray returned without every record: a partial shard is never committed
+            raise RuntimeError(f"shards {sorted(self.buffers)[:5]} came back incomplete; run the same command again "
+                               "to redo them")
