@@ -50,7 +50,7 @@ def make_demo_video(path: Path, frames: int = 24, size: int = 96, seed: int = 1)
     return path
 
 
-def run_demo(out: str = "runs/demo", epochs: int = 3) -> None:
+def run_demo(out: str = "runs/demo", epochs: int = 8) -> None:
     root = Path(out)
     # val as large as train: the export's gates judge half of val, and a verdict on ~20 images is one image's noise
     counts = {"mobile": 40, "other": 80}
