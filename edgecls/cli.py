@@ -68,7 +68,7 @@ app.command("doctor")(doctor_command)
 @app.command("demo")
 def demo_command(
     out: str = typer.Option("runs/demo", help="Folder for the generated data, checkpoint and exports."),
-    epochs: int = typer.Option(3, help="Training epochs on the generated data."),
+    epochs: int = typer.Option(8, help="Training epochs on the generated data."),
 ) -> None:
     """The whole pipeline on a small dataset generated on the spot: train → export (parity) → run."""
     from edgecls.demo import run_demo

@@ -50,12 +50,14 @@ def make_demo_video(path: Path, frames: int = 24, size: int = 96, seed: int = 1)
     return path
 
 
-def run_demo(out: str = "runs/demo", epochs: int = 3) -> None:
+def run_demo(out: str = "runs/demo", epochs: int = 8) -> None:
     root = Path(out)
-    data = root / "data"
+    # val as large as train: the export's gates judge half of val, and a verdict on ~20 images is one image's noise
+    counts = {"mobile": 40, "other": 80}
+    data = root / f"data-{counts['mobile']}-{counts['other']}-val{counts['mobile']}-{counts['other']}"
     if not (data / "train").is_dir():
         log.info("generating a small image folder in %s", data)
-        make_image_folder(data, counts={"mobile": 40, "other": 80}, size=96, seed=0)
+        make_image_folder(data, counts=counts, val_counts=counts, size=96, seed=0)
     samples = root / "samples"
     if not samples.is_dir():
         samples.mkdir(parents=True)

@@ -210,9 +210,9 @@ def test_4_lost_live_source_exits_7(model):
     assert stats.exit_code() == E.EXIT_NOTHING and "lost" in stats.status()
 
 
-def test_4_readme_exit_code_table_matches_errors_py():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+def test_4_docs_exit_code_table_matches_errors_py():
+    text = (REPO / "docs" / "exit-codes.md").read_text(encoding="utf-8")
+    section = text.split("# Exit codes", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\|\s*(\d+)\s*\|\s*(.+?)\s*\|\s*$", section, flags=re.M)
     assert {int(c): m for c, m in rows} == E.EXIT_MEANINGS
     doc = {int(c) for c in re.findall(r"^\| (\d+) \|", E.__doc__, flags=re.M)}

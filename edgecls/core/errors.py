@@ -15,7 +15,7 @@
 | 130 | interrupted (Ctrl-C, SIGINT) |
 | 143 | terminated (SIGTERM: docker stop, systemctl stop); handled like Ctrl-C (run and serve alike) |
 
-:data:`EXIT_MEANINGS` holds the same table; the README's exit-code table is checked against it by a test.
+:data:`EXIT_MEANINGS` holds the same table; docs/exit-codes.md's table is checked against it by a test.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class ServeConfig:
     topk: int = 3
     name: Optional[str] = None  # KServe model name (default: the model file's stem)
     backend: Optional[str] = None  # triton://host:port/name: preprocessing here, inference on a Triton server
-    # hostile and careless clients (see README "edgecls serve: limits")
+    # hostile and careless clients (see docs/serving.md, "edgecls serve against slow, careless and hostile clients")
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     min_upload_rate: int = DEFAULT_MIN_UPLOAD_RATE
