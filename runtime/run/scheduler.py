@@ -225,8 +225,11 @@ class LiveScheduler:
             for w in workers:
                 w.join(timeout=2.0)
             with self.cond:
-                for e in self.entries.values():
+                left = list(self.entries.values())
+                for e in left:
                     e.stats.t1 = e.stats.t1 or time.perf_counter()
+            for e in left:  # sources added while running are this scheduler's to close
+                e.source.close()
             self.stats.dropped += sum(int(getattr(s, "dropped", 0) or 0) for s in self.everyone)
 
 
