@@ -117,10 +117,17 @@ def test_add_and_remove_over_http_with_the_token(env, monkeypatch):
         time.sleep(0.3)
         assert r.frames(v[0]) == after and r.frames(v[1]) > 0
         assert call(base + "/nope", "DELETE", token="s3cret")[0] == 404
-        code, metrics = 200, urllib.request.urlopen(urllib.request.Request(
+        metrics = urllib.request.urlopen(urllib.request.Request(
             r.url + "metrics", headers={"Authorization": "Bearer s3cret"}), timeout=10).read().decode()
         assert 'edgecls_run_source_frames_total{source="door"}' in metrics
         assert 'edgecls_run_source_latency_ms{quantile="0.99",source="door"}' in metrics
+        state = json.loads(urllib.request.urlopen(urllib.request.Request(
+            r.url + "state.json", headers={"Authorization": "Bearer s3cret"}), timeout=10).read())
+        door = [s for s in state["per_source"] if s["source"] == "door"][0]
+        assert door["frames"] > 0 and door["last"]["decision"] and door["removed"] is False
+        jpeg = urllib.request.urlopen(urllib.request.Request(
+            r.url + "frame.jpg?source=door", headers={"Authorization": "Bearer s3cret"}), timeout=10).read()
+        assert jpeg[:2] == b"\xff\xd8"  # the grid's image of that camera
     finally:
         r.stop()
     err = r.err.getvalue()

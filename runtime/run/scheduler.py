@@ -66,7 +66,7 @@ class LiveScheduler:
         self.entries: Dict[str, _Entry] = {}
         self.everyone: List[Any] = []  # every source ever run (their drops count in the summary)
         self.rr = 0  # round-robin position
-        self.done: "queue.Queue[Tuple[Any, Any, Any]]" = queue.Queue()
+        self.done: queue.Queue[Tuple[Any, Any, Any]] = queue.Queue()
         self.stopping = False
         self.running = False
 
@@ -239,7 +239,7 @@ def live_batch(config: Any, clf: Any, streams: int, n_sources: int) -> int:
     the batch measured on this model at start (``auto_batch``), at most the number of sources."""
     if config.batch != "auto" and int(config.batch) > 1:
         return int(config.batch)
-    if streams > 1 or _cpu_provider(clf.backend):
+    if streams > 1 or _cpu_provider(clf.backend) or (n_sources < 2 and not getattr(config, "sources_file", None)):
         return 1
     from edgecls.runtime.run.plan import auto_batch
 
