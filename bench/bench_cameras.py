@@ -5,6 +5,8 @@ In one run, alternating A and B (``--rounds``):
 - bound: the same N videos without --realtime (every frame decoded and classified as fast as the machine goes);
 - one process: ``edgecls run MODEL cam0.avi … camN.avi --realtime``: classified frames/s, stale frames skipped,
   capture → decision p50/p99, per source (fair share: each source within ±20 % of the mean);
+- one call: the same one process with ``--streams 1 --threads 2`` (one call at a time with both threads: the
+  plan live sources had before the scheduler ran calls side by side);
 - N processes: one ``edgecls run MODEL camI.avi --realtime`` per video, side by side (what one would do without).
 Then cameras added and removed over HTTP (``--view``): N-1 videos running, the N-th POSTed to /sources (time to its
 first decision), DELETEd (time until it stops), the others' frames/s before, during and after.
@@ -169,16 +171,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for r in range(args.rounds):
             bound = run_cli([model, *videos], tmp / "bound.json", limit)["frames_per_s"]
             one = run_cli([model, *videos, "--realtime"], tmp / "one.json", limit)
+            serial = run_cli([model, *videos, "--realtime", "--streams", "1", "--threads", "2"], tmp / "ser.json",
+                             limit)
             sep = run_separate(model, videos, tmp, limit)
             sep_fps = sum(d["frames"] for d in sep) / max(d["elapsed_s"] for d in sep)
-            rounds.append({"bound": bound, "one": report_one(one, offered, bound), "separate": {
+            rounds.append({"bound": bound, "one": report_one(one, offered, bound),
+                           "one_call": report_one(serial, offered, bound), "separate": {
                 "fps": sep_fps, "p50_median": statistics.median(live_latency(d)["p50"] for d in sep),
                 "p99_max": max(live_latency(d)["p99"] for d in sep)}})
             o = rounds[-1]["one"]
             print(f"round {r + 1}: bound {bound:.1f} frames/s (files, every frame) | one process "
                   f"{o['fps']:.1f} frames/s = {o['of_bound']:.2f} of min(bound, offered {offered:.0f}), p50 "
                   f"{o['p50']:.1f} / p99 {o['p99']:.1f} ms, {o['dropped']} dropped, fairness max |dev| "
-                  f"{o['fair']:.1%}, {o['streams']} call(s) in flight | {args.cameras} processes "
+                  f"{o['fair']:.1%}, {o['streams']} call(s) in flight | one call x 2 threads "
+                  f"{rounds[-1]['one_call']['fps']:.1f} frames/s, p50 {rounds[-1]['one_call']['p50']:.1f} / p99 "
+                  f"{rounds[-1]['one_call']['p99']:.1f} ms | {args.cameras} processes "
                   f"{sep_fps:.1f} frames/s, p50 {rounds[-1]['separate']['p50_median']:.1f} ms (median), p99 "
                   f"{rounds[-1]['separate']['p99_max']:.1f} ms (max)")
         last = rounds[-1]["one"]
