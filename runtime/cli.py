@@ -61,8 +61,9 @@ def run_command(
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Interface of --metrics-port (0.0.0.0: "
                                      "every interface)."),
     view: Optional[str] = typer.Option(None, "--view", help="[HOST:]PORT: watch the run in a browser (annotated "
-                                       "stream, decisions, frames/s, latency, /metrics); 127.0.0.1 unless HOST is "
-                                       "given, which then needs an access token in $EDGECLS_TOKEN."),
+                                       "stream, a grid of cameras, decisions, frames/s, latency, /metrics; POST/DELETE "
+                                       "/sources add and remove cameras); 127.0.0.1 unless HOST is given, which then "
+                                       "needs an access token in $EDGECLS_TOKEN."),
     allow_new_classes: bool = typer.Option(False, "--allow-new-classes", help="Accept a new model whose classes "
                                            "differ from the current one's (it learned new products)."),
     golden: Optional[str] = typer.Option(None, "--golden", help="Labelled folder (DIR/<class>/<image>): a new model "
@@ -75,6 +76,11 @@ def run_command(
                                "model was calibrated on (needs the model's .drift.json; records carry `drift`)."),
     drift_reference: Optional[str] = typer.Option(None, "--drift-reference", help="The drift reference to use "
                                                   "(default: MODEL's .drift.json beside it)."),
+    fps_cap: Optional[float] = typer.Option(None, "--fps-cap", help="Classify at most this many frames per second "
+                                            "of each camera/stream (frames in between are not even converted)."),
+    sources_file: Optional[str] = typer.Option(None, "--sources-file", help="Live sources, one a line: "
+                                               "SOURCE, or id=NAME fps=N SOURCE (both optional); re-read when it changes (cameras "
+                                               "start and stop while running); the run goes on until Ctrl-C."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -128,6 +134,8 @@ def run_command(
                         watch=watch),
         drift=drift,
         drift_reference=drift_reference,
+        fps_cap=fps_cap,
+        sources_file=sources_file,
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

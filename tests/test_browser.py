@@ -197,6 +197,34 @@ def test_live_view_stream_moves_and_decision_counts_grow(browser, model, tmp_pat
         assert code == 143
 
 
+def test_live_view_grid_shows_every_camera_with_its_own_numbers(browser, model, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    a = make_video(tmp_path / "gate.avi", shared_photos(12))
+    b = make_video(tmp_path / "door.avi", shared_photos(12)[::-1])
+    run = RunWithView(model, a, str(b), "--realtime")
+    try:
+        browser.get(run.url)
+
+        def cards():
+            return browser.find_elements(By.CSS_SELECTOR, "#grid .cam")
+
+        wait_for(lambda: len(cards()) == 2 and all(
+            browser.execute_script("return arguments[0].naturalWidth", c.find_element(By.TAG_NAME, "img")) > 0
+            for c in cards()), what="two camera cards with a frame each")
+        assert browser.find_element(By.ID, "cameras").is_displayed()
+        names = {c.get_attribute("data-source") for c in cards()}
+        assert names == {str(a), str(b)}
+        for c in cards():
+            numbers = c.find_element(By.CLASS_NAME, "nums").text
+            assert "frames/s" in numbers and "p99 ms" in numbers and "dropped" in numbers
+            assert c.find_element(By.CLASS_NAME, "last").text  # its newest decision
+    finally:
+        code = run.stop()
+        print("".join(run.lines))
+        assert code == 143
+
+
 # -- without a browser -------------------------------------------------------------------------------------------
 @pytest.fixture()
 def view(model):

@@ -52,6 +52,8 @@ class RunConfig:
     slot: SlotConfig = SlotConfig()  # new models: --allow-new-classes, --golden, --watch (runtime.slot)
     drift: bool = True  # watch drift against the artifact's reference (runtime/drift), when it has one
     drift_reference: Optional[str] = None  # another path for the reference (default: MODEL's .drift.json)
+    fps_cap: Optional[float] = None  # classify at most this many frames/s of each live source
+    sources_file: Optional[str] = None  # live sources, one a line, re-read when it changes (sources_control.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))
@@ -83,9 +85,10 @@ class RunConfig:
 
             check_exposure(parse_address(self.view)[0], self.view_token)
         self.source_options()  # validates --open-timeout, --rtsp-latency, --rtsp-codec
-        if not self.sources and not self.cameras:
-            raise InputError("no source: give image files, folders, globs, videos, streams, csi://N or --camera N")
+        if not self.sources and not self.cameras and not self.sources_file:
+            raise InputError("no source: give image files, folders, globs, videos, streams, csi://N, --camera N or "
+                             "--sources-file PATH")
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(RetryPolicy(retries=self.retries), self.open_timeout, self.rtsp_latency, self.rtsp_codec,
-                             self.loop, self.realtime)
+                             self.loop, self.realtime, self.fps_cap)

@@ -33,6 +33,7 @@ from edgecls.runtime.run.output import AnnotatedOutput
 from edgecls.runtime.run.plan import auto_batch, plan_inference
 from edgecls.runtime.run.records import error_record, prediction_record
 from edgecls.runtime.run.saver import Saver
+from edgecls.runtime.run.sources_control import SourceControl
 from edgecls.runtime.run.stats import RunStats
 from edgecls.runtime.run.viewer import Viewer
 from edgecls.runtime.run.webview import start_view
@@ -283,14 +284,17 @@ def _batch_for(config: RunConfig, clf: Any, sources: Sequence[Any]) -> int:
 
 
 def _warn_unused_options(config: RunConfig, sources: Sequence[Any]) -> None:
-    if config.loop and all(s.live for s in sources):
+    if config.loop and all(s.live for s in sources) and not config.realtime:
         log.warning("--loop has no effect: it replays video files and image folders, and every source here is live")
     if config.smooth > 1 and not any(s.live or isinstance(s, VideoFileSource) for s in sources):
         log.warning("--smooth %d has no effect: it averages over frames of videos and live sources", config.smooth)
 
 
 def _run_groups(loop: _Loop, sources: Sequence[Any], notify: threading.Event, stats: RunStats) -> None:
-    for g in _groups(sources):
+    groups = _groups(sources)
+    if loop.cfg.sources_file and not any(isinstance(g, list) for g in groups):
+        groups.append([])  # the sources file's cameras: they start once the scheduler runs
+    for g in groups:
         if isinstance(g, list):
             loop.run_live(g, notify)  # counts the drops of its sources
         elif isinstance(g, ImageSource):
@@ -319,7 +323,9 @@ def run(
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     if sources is None:  # before the (slow) model load: a bad source fails at once
-        sources = parse_sources(config.sources, config.cameras, config.source_options())
+        given = config.sources or config.cameras or not config.sources_file
+        sources = parse_sources(config.sources, config.cameras, config.source_options()) if given else []
+    control = SourceControl(config, stats=None) if config.sources_file or config.view else None
     plan = plan_inference(config, sources, usable_cpus())
     t0 = time.perf_counter()
     owns = classifier is None
@@ -359,9 +365,15 @@ def run(
             err.write(f"edgecls run: metrics on {opened.metrics.url}\n")
             err.flush()
         opened.web = start_view(config, stats, sources, err)  # --view (None without)
+        if control is not None:
+            opened.control, control.stats = control, stats
+            if opened.web is not None:
+                opened.web.control = control
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
         opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams, drift=stats.drift)
+        if control is not None:
+            control.start(opened.loop)
         try:
             with sighup_reloads(watcher):
                 _run_groups(opened.loop, sources, notify, stats)

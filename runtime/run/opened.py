@@ -22,8 +22,11 @@ class Opened:
     stats: Optional[RunStats] = None
     metrics: Optional[Any] = None  # --metrics-port server
     web: Optional[Any] = None  # --view server
+    control: Optional[Any] = None  # sources added/removed while running (the sources file's watcher)
 
     def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
         for server in (self.metrics, self.web):
             if server is not None:
                 server.close()

@@ -8,8 +8,12 @@ scrapes, so the loop does no extra work per frame. Served by prometheus_client's
 frames skipped), ``edgecls_run_reconnects_total{source}``, ``edgecls_run_last_frame_age_seconds`` (since the last
 classified frame; NaN before the first), ``edgecls_run_decisions_total{decision}``, ``edgecls_run_frames_per_second``,
 ``edgecls_run_sources_live`` (live sources still running), ``edgecls_run_confidence`` and ``edgecls_run_ood_score``
-(histograms per frame). With a drift reference (:mod:`edgecls.runtime.drift`): ``edgecls_run_drift_alarms_total{source,
-kind}`` (alarms raised), ``edgecls_run_drift_firing{source,kind}`` (1 while a kind fires) and
+(histograms per frame). Per source (label ``source``, sources added while
+running included): ``edgecls_run_source_frames_total``, ``edgecls_run_source_errors_total``,
+``edgecls_run_source_dropped_frames_total``, ``edgecls_run_source_decisions_total{source,decision}``,
+``edgecls_run_source_frames_per_second`` and ``edgecls_run_source_latency_ms{source,quantile}`` (capture →
+decision, p50 and p99). With a drift reference (:mod:`edgecls.runtime.drift`):
+``edgecls_run_drift_alarms_total{source,kind}`` (alarms raised), ``edgecls_run_drift_firing{source,kind}`` (1 while a kind fires) and
 ``edgecls_run_drift_martingale{source}`` (the scores test's value; it alarms at 1/alpha, ``edgecls_run_drift_threshold``).
 """
 from __future__ import annotations
@@ -29,6 +33,44 @@ class RunCollector:
         self.stats = stats
         self.sources = list(sources)
 
+    def _live(self) -> list:
+        """The live sources: those given at start and those added since (the run's per-source stats)."""
+        seen, out = set(), []
+        for src in self.sources + [st.source for st in list(getattr(self.stats, "per_source", {}).values())]:
+            if src is not None and getattr(src, "live", False) and id(src) not in seen:
+                seen.add(id(src))
+                out.append(src)
+        return out
+
+    def per_source(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.stats
+        rows = list(getattr(s, "per_source", {}).values())
+        fams = {k: CounterMetricFamily(f"edgecls_run_source_{k}", h, labels=("source",)) for k, h in (
+            ("frames", "Frames classified, per source"), ("errors", "Frames without a prediction, per source"),
+            ("dropped_frames", "Frames captured and never classified (newest-frame policy, fps cap), per source"))}
+        dec = CounterMetricFamily("edgecls_run_source_decisions", "Decisions per source and value",
+                                  labels=("source", "decision"))
+        fps = GaugeMetricFamily("edgecls_run_source_frames_per_second", "Frames classified per second while the "
+                                "source ran", labels=("source",))
+        lat = GaugeMetricFamily("edgecls_run_source_latency_ms", "Capture to decision latency (ms) of live "
+                                "sources, by quantile", labels=("source", "quantile"))
+        for st in rows:
+            name = str(st.name)
+            fams["frames"].add_metric((name,), st.frames)
+            fams["errors"].add_metric((name,), st.errors)
+            fams["dropped_frames"].add_metric((name,), st.dropped)
+            for d in s.decision_names:
+                dec.add_metric((name, str(d)), st.decisions.get(d, 0))
+            fps.add_metric((name,), st.fps)
+            for q in (50, 99):
+                v = st.latency.percentile(q)
+                if v is not None:
+                    lat.add_metric((name, f"0.{q}"), v)
+        yield from fams.values()
+        yield from (dec, fps, lat)
+
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -36,7 +78,7 @@ class RunCollector:
         yield CounterMetricFamily("edgecls_run_frames", "Frames classified", value=s.frames)
         yield CounterMetricFamily("edgecls_run_errors", "Frames without a prediction (unreadable, failed)",
                                   value=s.errors)
-        live = [src for src in self.sources if getattr(src, "live", False)]
+        live = self._live()
         dropped = sum(int(getattr(src, "dropped", 0) or 0) for src in live)
         yield CounterMetricFamily("edgecls_run_dropped_frames", "Stale live frames skipped (newest-frame policy)",
                                   value=dropped)
@@ -57,6 +99,7 @@ class RunCollector:
                                 value=s.fps)
         running = sum(1 for src in live if not getattr(src, "finished", False))
         yield GaugeMetricFamily("edgecls_run_sources_live", "Live sources still running", value=running)
+        yield from self.per_source()
         yield from score_histograms(s)
         if getattr(s, "drift", None) is not None:
             yield from drift_metrics(s.drift)

@@ -66,7 +66,7 @@ class LiveScheduler:
         self.entries: Dict[str, _Entry] = {}
         self.everyone: List[Any] = []  # every source ever run (their drops count in the summary)
         self.rr = 0  # round-robin position
-        self.done: "queue.Queue[Tuple[Any, Any, Any]]" = queue.Queue()
+        self.done: queue.Queue[Tuple[Any, Any, Any]] = queue.Queue()
         self.stopping = False
         self.running = False
 
@@ -225,8 +225,11 @@ class LiveScheduler:
             for w in workers:
                 w.join(timeout=2.0)
             with self.cond:
-                for e in self.entries.values():
+                left = list(self.entries.values())
+                for e in left:
                     e.stats.t1 = e.stats.t1 or time.perf_counter()
+            for e in left:  # sources added while running are this scheduler's to close
+                e.source.close()
             self.stats.dropped += sum(int(getattr(s, "dropped", 0) or 0) for s in self.everyone)
 
 
@@ -236,7 +239,7 @@ def live_batch(config: Any, clf: Any, streams: int, n_sources: int) -> int:
     the batch measured on this model at start (``auto_batch``), at most the number of sources."""
     if config.batch != "auto" and int(config.batch) > 1:
         return int(config.batch)
-    if streams > 1 or _cpu_provider(clf.backend):
+    if streams > 1 or _cpu_provider(clf.backend) or (n_sources < 2 and not getattr(config, "sources_file", None)):
         return 1
     from edgecls.runtime.run.plan import auto_batch
 

@@ -259,7 +259,8 @@ class RunStats:
 
     def format(self) -> str:
         lines = [
-            f"edgecls run: {self.frames} frames, {self.errors} errors from {self.sources} source(s) in "
+            f"edgecls run: {self.frames} frames, {self.errors} errors from {max(self.sources, len(self.per_source))} "
+            f"source(s) in "
             f"{self.elapsed:.2f} s → {self.fps:.1f} frames/s  ({self.backend_desc}, batch {self.batch}"
             f"{f' x {self.streams} streams' if self.streams > 1 else ''}, model load "
             f"{self.load_s:.2f} s){'  [INTERRUPTED]' if self.interrupted else ''}"

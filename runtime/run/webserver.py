@@ -8,7 +8,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgecls.runtime.run import access
 
@@ -18,6 +18,7 @@ BOUNDARY = "edgeclsframe"
 ASSETS = {"/": ("view.html", "text/html; charset=utf-8"), "/view.js": ("view.js", "text/javascript; charset=utf-8"),
           "/view.css": ("view.css", "text/css; charset=utf-8")}
 KEEPALIVE_S = 2.0  # a stream with no new frame waits this long before checking its client is still there
+MAX_BODY = 64 * 1024  # bytes of a request body (POST /sources)
 
 
 class ViewServer(ThreadingHTTPServer):
@@ -92,6 +93,13 @@ class ViewHandler(BaseHTTPRequestHandler):
             self._json(view.state())
         elif path == "/stream.mjpg":
             self._stream()
+        elif path == "/frame.jpg" and "source" in parse_qs(url.query):
+            name = parse_qs(url.query)["source"][0]
+            jpeg = view.source_jpeg(name)
+            if jpeg is None:
+                self._json({"error": f"no frame of {name!r} classified yet"}, 404)
+            else:
+                self._send(200, jpeg, "image/jpeg")
         elif path == "/frame.jpg":
             got = view.wait_frame(0, 5.0)
             if got is None:
@@ -100,8 +108,80 @@ class ViewHandler(BaseHTTPRequestHandler):
                 self._send(200, got[1], "image/jpeg")
         elif path == "/metrics":
             self._metrics()
+        elif path == "/sources":
+            control = getattr(view, "control", None)
+            self._json({"sources": control.sources() if control is not None else view.state()["per_source"]})
         else:
-            self._json({"error": f"not found: {path}; try /, /stream.mjpg, /state.json, /metrics"}, 404)
+            self._json({"error": f"not found: {path}; try /, /stream.mjpg, /state.json, /metrics, /sources"}, 404)
+
+    # -- sources added and removed while running (runtime/run/sources_control.py) -----------------------------
+    def _control(self) -> Any:
+        url = urlsplit(self.path)
+        if self._authorized(url.query) is None:
+            return None
+        control = getattr(self.server.view, "control", None)
+        if control is None:
+            self._json({"error": "this run cannot add or remove sources"}, 409)
+        return control
+
+    def do_POST(self) -> None:
+        """``POST /sources`` with JSON ``{"source": "rtsp://…", "id": "door", "fps": 5}``: 201 once its camera is
+        open and scheduled; 400 bad request, 409 id already running, 504 it did not open."""
+        from edgecls.core.errors import InputError, SourceError
+        from edgecls.runtime.run.sources_control import parse_spec
+
+        if urlsplit(self.path).path != "/sources":
+            self._json({"error": "POST goes to /sources"}, 404)
+            return
+        control = self._control()
+        if control is None:
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if "application/json" not in (self.headers.get("Content-Type") or ""):
+            self._json({"error": "send Content-Type: application/json with {\"source\": ..., \"id\": ..., "
+                                 "\"fps\": ...}"}, 415)
+            return
+        if not 0 < length <= MAX_BODY:
+            self._json({"error": f"the body must be 1 to {MAX_BODY} bytes of JSON"}, 400)
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+            unknown = set(body) - {"source", "id", "fps"}
+            if unknown:
+                raise InputError(f"unknown field(s) {', '.join(sorted(unknown))}; valid: source, id, fps")
+            name = control.add(parse_spec(body.get("source"), body.get("id"), body.get("fps"), "POST /sources"))
+        except InputError as e:  # (a ValueError too: first)
+            self._json({"error": str(e)}, 409 if "already running" in str(e) else 400)
+        except (ValueError, UnicodeDecodeError) as e:
+            self._json({"error": f"the body is not a JSON object: {e}"}, 400)
+        except SourceError as e:
+            self._json({"error": str(e)}, 504)
+        else:
+            self._json({"id": name, "running": True}, 201)
+
+    def do_DELETE(self) -> None:
+        """``DELETE /sources/ID`` (ID URL-encoded): 200 once it is no longer scheduled, 404 when not running."""
+        from edgecls.core.errors import SourceError
+
+        path = urlsplit(self.path).path
+        if not path.startswith("/sources/"):
+            self._json({"error": "DELETE goes to /sources/ID"}, 404)
+            return
+        control = self._control()
+        if control is None:
+            return
+        name = unquote(path[len("/sources/"):])
+        try:
+            removed = control.remove(name)
+        except SourceError as e:
+            self._json({"error": str(e)}, 409)
+            return
+        if removed:
+            self._json({"id": name, "removed": True})
+        else:
+            self._json({"error": f"no running source {name!r}; GET /sources lists them"}, 404)
 
     def _metrics(self) -> None:
         from edgecls.core.errors import CapabilityError

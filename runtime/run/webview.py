@@ -1,8 +1,10 @@
 """``edgecls run --view [HOST:]PORT``: the run in a browser while it runs.
 
-``GET /`` the page; ``/stream.mjpg`` the newest annotated frame as MJPEG (``multipart/x-mixed-replace``: any
-browser plays it without a library); ``/frame.jpg`` one frame; ``/state.json`` counts per decision, frames/s,
-latency per stage and the latest decisions; ``/metrics`` the Prometheus metrics of ``--metrics-port``.
+``GET /`` the page (with two or more cameras, a grid: each camera's newest frame and its own numbers);
+``/stream.mjpg`` the newest annotated frame as MJPEG (``multipart/x-mixed-replace``: any browser plays it without a
+library); ``/frame.jpg`` one frame (``?source=ID``: that camera's newest); ``/state.json`` counts per decision,
+frames/s, latency per stage, per source, and the latest decisions; ``/metrics`` the Prometheus metrics of
+``--metrics-port``; ``/sources`` (GET, POST, DELETE ``/sources/ID``) the sources, added and removed while running.
 
 It never slows the run loop: per frame the loop only hands over a reference to the frame's image and its
 prediction (:meth:`WebView.publish`); drawing the overlay and encoding the JPEG happen on the thread of a client
@@ -87,6 +89,9 @@ class WebView:
         self.cond = threading.Condition()
         self.seq = 0  # frames published
         self.latest: Optional[Tuple[int, Any, bool, Any, Optional[float]]] = None
+        self.by_source: Dict[str, Tuple[int, Any, bool, Any, Optional[float]]] = {}  # each source's newest
+        self._jpeg_by: Dict[str, Tuple[int, bytes]] = {}
+        self.control: Any = None  # SourceControl: /sources can add and remove sources (sources_control.py)
         self.recent: Deque[Tuple[float, Any, Any]] = deque(maxlen=RECENT)
         self.encoded = 0  # JPEGs encoded (0 while nobody watches)
         self.encode_s = 0.0  # time spent drawing and encoding them
@@ -110,6 +115,7 @@ class WebView:
         with self.cond:
             self.seq += 1
             self.latest = (self.seq, frame.image, bool(frame.bgr), pred, fps)
+            self.by_source[frame.source] = self.latest
             self.recent.append((time.time(), frame, pred))
             self.cond.notify_all()
 
@@ -134,6 +140,36 @@ class WebView:
                 self.encode_s += time.perf_counter() - t0
                 self.encoded += 1
             return self._jpeg[1]
+
+    def source_jpeg(self, name: str) -> Optional[bytes]:
+        """The JPEG of source ``name``'s newest classified frame (None: none yet), encoded once per frame."""
+        with self.cond:
+            latest = self.by_source.get(name)
+        if latest is None:
+            return None
+        with self._encode_lock:
+            cached = self._jpeg_by.get(name)
+            if cached is None or cached[0] != latest[0]:
+                seq, image, bgr, pred, fps = latest
+                t0 = time.perf_counter()
+                cached = self._jpeg_by[name] = (seq, render_jpeg(image, bgr, pred, fps, max_side=MAX_SIDE // 2))
+                self.encode_s += time.perf_counter() - t0
+                self.encoded += 1
+            return cached[1]
+
+    def per_source(self) -> List[Dict[str, Any]]:
+        """Each source's numbers (the summary's table) and its newest decision."""
+        s = self.stats
+        with self.cond:
+            newest = {k: v[3] for k, v in self.by_source.items()}
+        out = []
+        for st in list(getattr(s, "per_source", {}).values()):
+            d = st.to_dict(s.decision_names)
+            p = newest.get(st.name)
+            if p is not None:
+                d["last"] = {"label": p.label, "decision": p.decision, "confidence": round(float(p.confidence), 4)}
+            out.append(d)
+        return out
 
     def frames_per_s(self) -> Optional[float]:
         """Frames/s over the last few seconds (the run's average until two polls are ~1 s apart)."""
@@ -166,6 +202,7 @@ class WebView:
             "sources": [str(getattr(src, "name", src)) for src in self.sources],
             "drift": ({src: list(k) for src, k in dict(s.drift.firing).items() if k}
                       if getattr(s, "drift", None) is not None else None),
+            "per_source": self.per_source(),
         }
 
     def metrics(self) -> Tuple[bytes, str]:

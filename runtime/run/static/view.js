@@ -49,7 +49,46 @@ function render(st) {
               cell(r.confidence.toFixed(3), "n"));
     return tr;
   }));
+  renderCameras(st.per_source || []);
   $("status").textContent = `${st.viewers} viewer(s) · updated ${new Date().toLocaleTimeString()}`;
+}
+
+// Two or more sources: a grid, each camera's newest frame (/frame.jpg?source=ID, refreshed with each poll) and
+// its own numbers. Cards are kept by source id, so images do not flicker.
+const cards = new Map();
+function num(v, digits) { return v === null || v === undefined ? "–" : Number(v).toFixed(digits); }
+function camCard(id) {
+  const c = document.createElement("div");
+  c.className = "cam"; c.dataset.source = id;
+  c.innerHTML = '<div class="name"></div><img alt=""><div class="nums"></div><div class="last"></div>';
+  c.querySelector(".name").textContent = id; c.querySelector(".name").title = id;
+  c.querySelector("img").alt = "newest frame of " + id;
+  $("grid").append(c); cards.set(id, c);
+  return c;
+}
+function renderCameras(list) {
+  $("cameras").hidden = list.length < 2;
+  if (list.length < 2) return;
+  $("ncameras").textContent = `${list.filter((s) => !s.removed).length} running`;
+  for (const s of list) {
+    const c = cards.get(s.source) || camCard(s.source);
+    c.classList.toggle("removed", !!s.removed);
+    const cells = [["frames/s", num(s.frames_per_s, 1)], ["frames", s.frames], ["dropped", s.dropped ?? "–"],
+                   ["p50 ms", num(s.latency_p50_ms, 1)], ["p99 ms", num(s.latency_p99_ms, 1)],
+                   ["reconnects", s.reconnects ?? "–"]];
+    c.querySelector(".nums").replaceChildren(...cells.map(([k, v]) => {
+      const d = document.createElement("div"); d.innerHTML = "<span></span><br><b></b>";
+      d.firstChild.textContent = k; d.lastChild.textContent = v; return d;
+    }));
+    const last = c.querySelector(".last");
+    last.replaceChildren();
+    if (s.last) {
+      const tag = document.createElement("span"); tag.className = `tag d-${s.last.decision}`;
+      tag.textContent = `${s.last.decision} · ${s.last.label} ${s.last.confidence.toFixed(2)}`;
+      last.append(tag); c.className = `cam d-${s.last.decision}` + (s.removed ? " removed" : "");
+      if (!s.removed) c.querySelector("img").src = "frame.jpg?source=" + encodeURIComponent(s.source) + "&t=" + s.frames;
+    }
+  }
 }
 
 async function poll() {
