@@ -374,7 +374,7 @@ def run(
         output.sources = {s.name: s for s in sources}
         opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams)
         try:
-            with sighup_reloads(watcher):
+            with sighup_reloads(lambda: watcher):
                 _run_groups(opened.loop, sources, notify, stats)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (edgecls.core.errors.Terminated): a clean stop
             stats.interrupted = True

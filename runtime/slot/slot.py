@@ -117,7 +117,7 @@ class ModelSlot:
                 from edgecls.core.fileio import file_sha256
 
                 sha = file_sha256(path)
-            identity = ModelIdentity(Path(path).stem, "1", sha, os.fspath(path))
+            identity = ModelIdentity(kw.get("name") or Path(path).stem, "1", sha, os.fspath(path))
         slot = cls(lambda p: (_ for _ in ()).throw(InputError("this model was handed in; it cannot be reloaded")),
                    path, **kw)
         slot._install(Loaded(clf, identity, owned=False))
