@@ -362,6 +362,8 @@ def run(
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
+        stats.model = slot.identity.to_dict()  # the views show the model answering now
+        slot.on_change.append(lambda ident: setattr(stats, "model", ident.to_dict()))
         if config.metrics_port is not None:
             from edgecls.runtime.run.prometheus import MetricsServer
 

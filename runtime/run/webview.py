@@ -164,6 +164,7 @@ class WebView:
             "latency_ms": stages, "recent": recent, "viewers": self.streams, "encoded": self.encoded,
             "encode_ms_total": round(self.encode_s * 1e3, 1),
             "sources": [str(getattr(src, "name", src)) for src in self.sources],
+            "model": getattr(s, "model", None),  # name, version, sha256 of the model answering now
         }
 
     def metrics(self) -> Tuple[bytes, str]:
