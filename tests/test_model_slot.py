@@ -240,3 +240,34 @@ def test_metrics_name_the_model_and_count_swaps_refusals(models, tmp_path):
     assert 'edgecls_model_swap_refusals_total{reason="input"} 1.0' in text
     assert 'edgecls_model_swap_refusals_total{reason="golden"} 0.0' in text
     slot.close()
+
+
+def test_cli_run_takes_sighup_as_a_reload(models, tmp_path):
+    """The real command: SIGHUP no longer ends `edgecls run` (it used to exit 129); SIGTERM still stops it (143)."""
+    import subprocess
+    import sys
+
+    from runtime_helpers import write_video
+
+    video = write_video(tmp_path / "v.avi", n=20, fps=20.0)
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    replace_atomically(models["a"], path)
+    sha_a, sha_b = file_sha256(models["a"])[:12], file_sha256(models["b"])[:12]
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "run", str(path), str(video), "--realtime", "--loop",
+                             "--device", "cpu", "--no-watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        assert wait_for(lambda: any(sha_a in line for line in seen), 60)
+        replace_atomically(models["b"], path)
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: any(sha_b in line for line in seen), 30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "1 swap(s)" in err and f"now model v2 ({sha_b})" in err

@@ -197,7 +197,7 @@ def test_not_ready_until_loaded_and_load_errors_are_reported(model, images):
     real = Classifier.load(model, device="cpu")
 
     def slow_loader(cfg):
-        def load():
+        def load(path):
             assert gate.wait(30)
             return real
         return load

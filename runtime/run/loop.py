@@ -357,6 +357,8 @@ def run(
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
         stats.drift = open_drift(config, clf, err, on_drift_alarm)
+        stats.model = slot.identity.to_dict()  # the views show the model answering now
+        slot.on_change.append(lambda ident: setattr(stats, "model", ident.to_dict()))
         if config.metrics_port is not None:
             from edgecls.runtime.run.prometheus import MetricsServer
 
@@ -375,7 +377,7 @@ def run(
         if control is not None:
             control.start(opened.loop)
         try:
-            with sighup_reloads(watcher):
+            with sighup_reloads(lambda: watcher):
                 _run_groups(opened.loop, sources, notify, stats)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (edgecls.core.errors.Terminated): a clean stop
             stats.interrupted = True

@@ -203,6 +203,7 @@ class WebView:
             "drift": ({src: list(k) for src, k in dict(s.drift.firing).items() if k}
                       if getattr(s, "drift", None) is not None else None),
             "per_source": self.per_source(),
+            "model": getattr(s, "model", None),  # name, version, sha256 of the model answering now
         }
 
     def metrics(self) -> Tuple[bytes, str]:

@@ -46,7 +46,7 @@ def import_fastapi():
 class ServeState:
     """The loaded model, the batcher, the pools and the counters of one app."""
 
-    def __init__(self, config: ServeConfig, load: Callable[[], Any], metrics: Any,
+    def __init__(self, config: ServeConfig, load: Callable[[Any], Any], metrics: Any,
                  on_load_error: Optional[Callable[[BaseException], None]] = None) -> None:
         from edgecls.runtime.run.loop import usable_cpus
 
@@ -54,7 +54,9 @@ class ServeState:
         self._load = load
         self.metrics = metrics
         self.on_load_error = on_load_error
-        self.clf: Any = None
+        self.slot: Any = None  # the model slot (runtime.slot): which model answers, swapped between two batches
+        self.watcher: Any = None
+        self.handed: Any = None  # a classifier handed to create_app (never reloaded)
         self.batcher: Optional[MicroBatcher] = None
         self.load_error: Optional[str] = None
         self.ready = False
@@ -64,6 +66,12 @@ class ServeState:
         self.parse_lock: Optional[asyncio.Lock] = None  # one big JSON parse at a time (made on the server's loop)
         workers = config.workers or max(1, min(4, usable_cpus() // 2))
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="edgecls-serve-prep")
+
+    @property
+    def clf(self) -> Any:
+        """The slot (it answers ``prepare``, ``spec``, ``decider``, ``backend`` for the current model); None before
+        the first load."""
+        return self.slot
 
     @property
     def max_batch(self) -> int:
@@ -76,19 +84,19 @@ class ServeState:
     async def load(self) -> None:
         t0 = time.perf_counter()
         try:
-            clf = await asyncio.get_running_loop().run_in_executor(self.pool, self._load)
+            self.slot, self.watcher = await asyncio.get_running_loop().run_in_executor(self.pool, self._open_slot)
         except Exception as e:  # any load failure makes the server unready, with the reason
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("model %s could not be loaded: %s", self.cfg.model, self.load_error)
             if self.on_load_error is not None:
                 self.on_load_error(e)
             return
-        self.clf = clf
+        clf = self.slot.loaded.clf
         self.parse_lock = asyncio.Lock()  # json.loads holds the GIL anyway, and needs ~3x the text
         # default_loader's plan; a classifier handed in (tests, the Python API) runs --streams, else 1
         plan = getattr(clf, "plan", None) or InferencePlan(self.cfg.threads, self.cfg.streams or 1)
         streams = plan.streams_on(clf.backend)
-        self.batcher = MicroBatcher(clf.infer, self.max_batch, self.cfg.max_wait_ms,
+        self.batcher = MicroBatcher(self.slot.infer, self.max_batch, self.cfg.max_wait_ms,
                                     on_batch=lambda n, ms: self.metrics.batch.observe(n), streams=streams)
         self.batcher.start()
         spec = clf.spec
@@ -96,13 +104,11 @@ class ServeState:
             await self.batcher.warm_up((3, spec.preprocess.crop, spec.preprocess.crop))
         except Exception as e:  # the first requests will say what is wrong; the warm-up only saves them time
             log.warning("warm-up inference failed (%s: %s)", type(e).__name__, e)
-        sha = await asyncio.get_running_loop().run_in_executor(self.pool, _model_sha, self.cfg.model)
-        self.metrics.set_model(self.cfg.model_name, spec.arch, spec.precision, sha, spec.source_sha256 or "",
-                               clf.backend.describe())
+        self.metrics.watch_slot(self.slot)
         self.metrics.ready.set(1)
         self.ready = True
-        log.info("model %s loaded in %.2f s (%s, max batch %d x %d in flight, max wait %g ms)", self.cfg.model,
-                 time.perf_counter() - t0, clf.backend.describe(), self.max_batch, streams, self.cfg.max_wait_ms)
+        log.info("model %s (%s) loaded in %.2f s (%s, max batch %d x %d in flight, max wait %g ms)", self.cfg.model,
+                 self.slot.identity, time.perf_counter() - t0, clf.backend.describe(), self.max_batch, streams, self.cfg.max_wait_ms)
 
     async def close(self) -> None:
         self.ready = False
@@ -110,8 +116,19 @@ class ServeState:
         if self.batcher is not None:
             await self.batcher.close()  # everything already queued is served first
         self.pool.shutdown(wait=True)
-        if self.clf is not None:
-            self.clf.close()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.slot is not None:
+            self.slot.close()
+
+    def _open_slot(self) -> Tuple[Any, Any]:
+        from edgecls.runtime.slot import ModelSlot
+        from edgecls.runtime.slot.config import open_slot
+
+        if self.handed is not None:
+            return ModelSlot.around(self.handed, name=self.cfg.model_name), None
+        return open_slot(self.cfg.slot, self.cfg.model, self._load, name=self.cfg.model_name,
+                         warm_batch=self.cfg.max_batch or DEFAULT_MAX_BATCH)
 
     def not_ready(self) -> UploadError:
         if self.load_error:
@@ -136,12 +153,13 @@ class ServeState:
         loop = asyncio.get_running_loop()
         chw, decode_ms, pre_ms = await loop.run_in_executor(self.pool, self.decode_and_prepare, data)
         res = await self.batcher.submit(chw)
-        d = self.clf.decider
+        d = res.model.clf.decider  # the model that answered (a swap may have happened since the request came)
         pred = d.decide(res.output[None, :])[0]  # probabilities, conformal set and the unknown flag
         frame = Frame(source="http", index=self.count, path=filename, decode_ms=decode_ms)
         self.count += 1
         total = (time.perf_counter() - t_start) * 1e3
-        rec = prediction_record(frame, pred, pre_ms, res.infer_ms, res.batch, probs, total)
+        rec = prediction_record(frame, pred, pre_ms, res.infer_ms, res.batch, probs, total,
+                                res.model.identity.to_dict())
         rec["timings_ms"]["queue"] = round(res.queue_ms, 3)
         self.metrics.observe_stages({"decode": decode_ms, "preprocess": pre_ms, "queue": res.queue_ms,
                                      "infer": res.infer_ms, "total": total})
@@ -149,17 +167,8 @@ class ServeState:
         return rec
 
 
-def _model_sha(path: str) -> str:
-    from edgecls.core.fileio import file_sha256
-
-    try:
-        return file_sha256(path)
-    except OSError:
-        return ""
-
-
-def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
-    def load():
+def default_loader(cfg: ServeConfig) -> Callable[[Any], Any]:
+    def load(path):
         from edgecls.runtime.classifier import Classifier
         from edgecls.runtime.run.loop import usable_cpus
 
@@ -167,7 +176,7 @@ def default_loader(cfg: ServeConfig) -> Callable[[], Any]:
         options = {"remote": cfg.backend} if cfg.backend else {}
         if plan.session_config:
             options["session_config"] = plan.session_config
-        clf = Classifier.load(cfg.model, device=cfg.device, threads=plan.threads, allow_fallback=cfg.allow_fallback,
+        clf = Classifier.load(path, device=cfg.device, threads=plan.threads, allow_fallback=cfg.allow_fallback,
                               threshold=cfg.threshold, topk=cfg.topk, **options)
         clf.plan = plan  # the micro-batcher's batches in flight (ServeState.load)
         return clf
@@ -185,8 +194,8 @@ def create_app(config: ServeConfig, classifier: Any = None,
     from edgecls.runtime.serve.server import Guard
 
     metrics = ServeMetrics()
-    load = (lambda: classifier) if classifier is not None else default_loader(config)
-    state = ServeState(config, load, metrics, on_load_error)
+    state = ServeState(config, default_loader(config), metrics, on_load_error)
+    state.handed = classifier
 
     @asynccontextmanager
     async def lifespan(app):

@@ -33,6 +33,7 @@ class BatchResult:
     infer_ms: float  # the whole batch's inference time
     queue_ms: float  # time spent waiting in the queue before the batch started
     batch: int  # images in the batch
+    model: Any = None  # the model that answered, when ``infer`` returns ``(output, model)`` (a model slot)
 
 
 @dataclass
@@ -136,6 +137,9 @@ class MicroBatcher:
         try:
             batch = np.stack([it.chw for it in items])
             out = await loop.run_in_executor(self._executor, self.infer, batch)
+            model = None
+            if isinstance(out, tuple):  # a model slot names the model that answered
+                out, model = out
             out = np.asarray(out)
             if out.ndim != 2 or out.shape[0] != len(items):
                 raise RuntimeError(f"model returned shape {out.shape} for a batch of {len(items)}")
@@ -152,7 +156,7 @@ class MicroBatcher:
             self.on_batch(len(items), infer_ms)
         for it, row in zip(items, out):
             if not it.future.done():  # a client that went away leaves a cancelled future
-                it.future.set_result(BatchResult(row, infer_ms, (t0 - it.t_queued) * 1e3, len(items)))
+                it.future.set_result(BatchResult(row, infer_ms, (t0 - it.t_queued) * 1e3, len(items), model))
 
     async def close(self) -> None:
         """Refuse new work, finish every queued image, stop the inference thread."""

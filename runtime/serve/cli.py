@@ -35,7 +35,10 @@ def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, acces
         from edgecls.core.errors import CapabilityError
 
         raise CapabilityError("edgecls serve needs uvicorn: pip install 'edgecls[serve]'") from e
-    load_model_spec(cfg.model)  # a model without a valid spec: exit 2 before anything listens
+    from edgecls.runtime.slot.identity import resolve_model
+    from edgecls.runtime.slot.watch import sighup_reloads
+
+    load_model_spec(resolve_model(cfg.model)[0])  # a model without a valid spec: exit 2 before anything listens
     failures: List[BaseException] = []
     holder: List[Any] = []
 
@@ -47,7 +50,8 @@ def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, acces
     app = create_app(cfg, on_load_error=on_load_error)
     server = build_server(app, cfg, announce=announce, access_log=access_log)
     holder.append(server)
-    server.run()
+    with sighup_reloads(lambda: app.state.edgecls.watcher):  # SIGHUP: load the model again (uvicorn leaves it)
+        server.run()
     if failures:
         raise failures[0]
     if not server.started:
@@ -62,7 +66,9 @@ def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, acces
 
 
 def serve_command(
-    model: str = typer.Argument(..., help="Exported model: .onnx (with its metadata) or TensorRT .engine/.plan."),
+    model: str = typer.Argument(..., help="Exported model: .onnx (with its metadata) or TensorRT .engine/.plan, or a "
+                                "model folder <repo>/<name>/ with version folders <version>/model.onnx (the newest "
+                                "is served)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: any free port, printed at startup)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt (cuda:N / tensorrt:N pick a GPU)."),
@@ -100,21 +106,34 @@ def serve_command(
                                                      "(default: 8 x --max-bytes)."),
     shutdown_timeout: float = typer.Option(3.0, "--shutdown-timeout", help="SIGTERM: seconds in-flight requests "
                                            "get before the rest are answered 503 and closed."),
+    allow_new_classes: bool = typer.Option(False, "--allow-new-classes", help="Accept a new model whose classes "
+                                           "differ from the current one's (it learned new products)."),
+    golden: Optional[str] = typer.Option(None, "--golden", help="Labelled folder (DIR/<class>/<image>): a new model "
+                                         "must classify it at least as well as the current one, else it is refused."),
+    golden_tolerance: float = typer.Option(2.0, "--golden-tolerance", help="Accuracy points a new model may lose on "
+                                           "--golden."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Swap in a new model when the model file (or a "
+                               "newer version folder) appears (SIGHUP and the repository API reload either way)."),
 ) -> None:
     """Serve a model over HTTP: POST /predict (image bytes or a multipart file → the record `edgecls run`
     prints), KServe v2 (/v2/health/live, /v2/health/ready, /v2/models/<name>/infer), Prometheus /metrics.
 
     Concurrent requests are micro-batched; bad uploads get a 4xx JSON error; slow clients time out; SIGTERM
-    finishes in-flight work. Needs the serve extra (FastAPI, uvicorn, prometheus-client). Exit codes: 2 bad
+    finishes in-flight work. A new model (SIGHUP, a replaced file, POST /v2/repository/models/<name>/load) is
+    checked and swapped in between two batches, with no failed request. Needs the serve extra (FastAPI, uvicorn,
+    prometheus-client). Exit codes: 2 bad
     model, 4 missing capability, 143 stopped by SIGTERM, 130 by Ctrl-C."""
     from edgecls.runtime.serve.config import ServeConfig
+    from edgecls.runtime.slot.config import SlotConfig
 
     cfg = ServeConfig(model=model, host=host, port=port, device=device, threads=threads, streams=streams,
                       allow_fallback=allow_fallback, max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, threshold=threshold, topk=topk,
                       name=name, backend=backend, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                       min_upload_rate=min_upload_rate, max_connections=max_connections,
-                      max_buffered_bytes=max_buffered_bytes, shutdown_timeout_s=shutdown_timeout)
+                      max_buffered_bytes=max_buffered_bytes, shutdown_timeout_s=shutdown_timeout,
+                      slot=SlotConfig(allow_new_classes=allow_new_classes, golden=golden,
+                                      golden_tolerance=golden_tolerance, watch=watch))
     if cfg.public:
         from edgecls.runtime.run.access import env_token
 

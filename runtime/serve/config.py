@@ -10,6 +10,7 @@ from typing import Optional
 from edgecls.core.errors import InputError
 from edgecls.runtime.decision import check_threshold
 from edgecls.runtime.preprocess import DEFAULT_MAX_PIXELS  # the loader's own bound (50 MP)
+from edgecls.runtime.slot.config import SlotConfig
 
 DEFAULT_MAX_BYTES = 20 * 2**20  # 20 MiB per upload
 DEFAULT_MAX_BATCH = 8  # models with a dynamic batch; an engine's profile maximum wins
@@ -48,6 +49,7 @@ class ServeConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_buffered_bytes: Optional[int] = None  # bodies held at once, all requests together (None: 8 x --max-bytes)
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    slot: SlotConfig = SlotConfig()  # new models: --allow-new-classes, --golden, --watch (runtime.slot)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -85,7 +87,13 @@ class ServeConfig:
     def model_name(self) -> str:
         if self.name:
             return self.name
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(self.model).stem) or "model"
+        from edgecls.runtime.slot.identity import resolve_model
+
+        try:  # a model folder or <name>/<version>/model.onnx: the folder's name
+            named = resolve_model(self.model)[1]
+        except InputError:
+            named = Path(self.model).name
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", named) or "model"
         return stem if NAME_RE.match(stem) else f"m_{stem}"
 
     @property

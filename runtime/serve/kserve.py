@@ -31,7 +31,6 @@ from edgecls.runtime.serve.uploads import UploadError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_IMAGES_PER_REQUEST = 256
-VERSIONS = ("1",)  # the one version a server has (the file it was started with)
 
 
 def short(value: Any, n: int = 60) -> str:
@@ -254,8 +253,10 @@ def _bytes_tensor(items: Sequence[str]) -> bytes:
 
 
 def infer_response(model_name: str, req: InferRequest, output_name: str, outputs: np.ndarray,
-                   probs: np.ndarray, classes: Sequence[str]) -> Tuple[bytes, Dict[str, str]]:
-    """``(body, headers)`` of the response; binary outputs follow the JSON (with the header giving its length)."""
+                   probs: np.ndarray, classes: Sequence[str], version: str = "1",
+                   sha256: Optional[str] = None) -> Tuple[bytes, Dict[str, str]]:
+    """``(body, headers)`` of the response; binary outputs follow the JSON (with the header giving its length).
+    ``version`` and ``sha256`` name the model that answered (``model_version``, ``parameters.model_sha256``)."""
     want = req.output
     entry: Dict[str, Any] = {"name": output_name}
     if want.classification:
@@ -273,7 +274,9 @@ def infer_response(model_name: str, req: InferRequest, output_name: str, outputs
         entry["data"] = data
     else:
         entry["parameters"] = {"binary_data_size": len(payload)}
-    doc: Dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": [entry]}
+    doc: Dict[str, Any] = {"model_name": model_name, "model_version": str(version), "outputs": [entry]}
+    if sha256:
+        doc["parameters"] = {"model_sha256": sha256}
     if req.id is not None:
         doc["id"] = req.id
     head = json.dumps(doc).encode("utf-8")
@@ -282,10 +285,10 @@ def infer_response(model_name: str, req: InferRequest, output_name: str, outputs
     return head + payload, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
 
 
-def model_metadata(name: str, spec, platform: str) -> Dict[str, Any]:
+def model_metadata(name: str, spec, platform: str, versions: Sequence[str] = ("1",)) -> Dict[str, Any]:
     c = spec.preprocess.crop
     return {
-        "name": name, "versions": list(VERSIONS), "platform": platform,
+        "name": name, "versions": list(versions), "platform": platform,
         "inputs": [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, 3, c, c]}],
         "outputs": [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, spec.num_classes]}],
         "parameters": {"classes": list(spec.classes), "output": spec.output, "temperature": spec.temperature,
@@ -294,13 +297,15 @@ def model_metadata(name: str, spec, platform: str) -> Dict[str, Any]:
     }
 
 
-def model_config(name: str, spec, platform: str, max_wait_ms: float, max_batch: int) -> Dict[str, Any]:
+def model_config(name: str, spec, platform: str, max_wait_ms: float, max_batch: int,
+                 versions: Sequence[str] = ("1",)) -> Dict[str, Any]:
     """Triton's model configuration (``GET /v2/models/<name>/config``, tritonclient's ``get_model_config``) in its
-    JSON form: what Triton's ``config.pbtxt`` for this model would say (one version, NCHW FP32 in, FP32 out)."""
+    JSON form: what Triton's ``config.pbtxt`` for this model would say (the loaded version, NCHW FP32 in, FP32
+    out)."""
     c = spec.preprocess.crop
     return {
         "name": name, "platform": platform, "backend": platform, "max_batch_size": MAX_IMAGES_PER_REQUEST,
-        "version_policy": {"specific": {"versions": [int(v) for v in VERSIONS]}},
+        "version_policy": {"specific": {"versions": [int(v) for v in versions]}},
         "input": [{"name": spec.input_name, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, c, c]}],
         "output": [{"name": spec.output_name, "data_type": "TYPE_FP32", "dims": [spec.num_classes]}],
         "dynamic_batching": {"preferred_batch_size": [max_batch],

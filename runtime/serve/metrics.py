@@ -3,8 +3,10 @@ registry, so several apps — tests, or ``edgecls run --metrics-port`` beside a 
 
 ``edgecls_requests_total{endpoint,status}``, ``edgecls_request_seconds{stage}`` (decode, preprocess, queue,
 infer, total), ``edgecls_batch_size``, ``edgecls_decisions_total{decision}``, ``edgecls_errors_total{kind}``,
-``edgecls_inflight_requests``, ``edgecls_model_info{name,arch,precision,sha256,checkpoint_sha256,backend}`` (1) and
-``edgecls_ready`` (0 until the model is loaded).
+``edgecls_inflight_requests``, ``edgecls_ready`` (0 until the model is loaded), and the model slot's
+(:mod:`edgecls.runtime.slot.metrics`): ``edgecls_model_info{name,version,sha256,...}`` (1 for the model answering
+now), ``edgecls_model_swaps_total``, ``edgecls_model_swap_refusals_total{reason}``,
+``edgecls_model_rollbacks_total{reason}``.
 """
 from __future__ import annotations
 
@@ -45,9 +47,6 @@ class ServeMetrics:
         self.inflight = pc.Gauge("edgecls_inflight_requests", "Requests being handled", registry=r)
         self.ready = pc.Gauge("edgecls_ready", "1 when the model is loaded and the server takes requests",
                               registry=r)
-        self.model = pc.Gauge("edgecls_model_info", "The served model (value 1): sha256 of the model file and of "
-                              "the checkpoint it was exported from", ("name", "arch", "precision", "sha256",
-                                                                      "checkpoint_sha256", "backend"), registry=r)
         self._content_type = pc.CONTENT_TYPE_LATEST
         self._generate = pc.generate_latest
 
@@ -56,9 +55,11 @@ class ServeMetrics:
             if v is not None:
                 self.latency.labels(stage).observe(v / 1e3)
 
-    def set_model(self, name: str, arch: str, precision: str, sha256: str, checkpoint_sha256: str,
-                  backend: str) -> None:
-        self.model.labels(name, arch, precision, sha256, checkpoint_sha256, backend).set(1)
+    def watch_slot(self, slot) -> None:
+        """Add the model slot's metrics (read at scrape time)."""
+        from edgecls.runtime.slot.metrics import SlotCollector
+
+        self.registry.register(SlotCollector(slot))
 
     def render(self) -> Tuple[bytes, str]:
         return self._generate(self.registry), self._content_type

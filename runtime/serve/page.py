@@ -70,6 +70,9 @@ def page_info(state: Any) -> Dict[str, Any]:
     info.update(classes=list(d.classes), positive=d.spec.positive, threshold=d.threshold, topk=d.topk,
                 coverage=rule.coverage, ood=rule.ood is not None, backend=state.clf.backend.describe(),
                 confidence=rule.describe(d.threshold))
+    cur = state.slot.current if state.slot is not None else None
+    if cur is not None:
+        info["identity"] = cur.identity.to_dict()  # name, version, sha256 of the model answering now
     return info
 
 

@@ -4,8 +4,11 @@
   prints (plus ``timings_ms.queue``, the time spent waiting for a batch).
 - KServe v2: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (503 until loaded), ``/v2/models/<name>``
   (metadata), ``/v2/models/<name>/ready``, ``/v2/models/<name>/config`` (Triton's model configuration),
-  ``POST /v2/models/<name>/infer``; each also under ``/v2/models/<name>/versions/1/...`` (the one version: any
-  other is a 404) (:mod:`.kserve`). Request bodies may be ``Content-Encoding: gzip`` or ``deflate``.
+  ``POST /v2/models/<name>/infer``; each also under ``/v2/models/<name>/versions/<v>/...`` (the version loaded
+  now: any other is a 404) (:mod:`.kserve`). Responses name the model that answered (``model_version``,
+  ``parameters.model_sha256``; ``/predict``: ``model``). Request bodies may be ``Content-Encoding: gzip`` or ``deflate``.
+- Triton's model-repository extension: ``POST /v2/repository/index``, ``/v2/repository/models/<name>/load`` and
+  ``/unload`` (:mod:`.repository`).
 - ``GET /metrics``: Prometheus text (:mod:`.metrics`).
 
 Every error is JSON ``{"error": "..."}``: 4xx for what the client sent, 503 (with ``Retry-After`` when retrying
@@ -15,13 +18,14 @@ helps) while loading, shutting down, or holding too many uploads.
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from edgecls.runtime.serve import kserve
 from edgecls.runtime.serve.batching import BatcherClosed
 from edgecls.runtime.serve.uploads import Lease, UploadError, read_body
+from edgecls.runtime.slot.slot import SlotEmpty
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class Responder:
         except UploadError as e:
             kind = {503: "unavailable", 404: "client", 422: "client", 408: "timeout"}.get(e.status, "upload")
             return self.reply(endpoint, e.status, e.message, kind, e.headers)
-        except BatcherClosed as e:
+        except (BatcherClosed, SlotEmpty) as e:
             return self.reply(endpoint, 503, str(e), "unavailable")
         except ClientDisconnect:
             return self.reply(endpoint, 400, "the client disconnected before the upload was complete", "upload")
@@ -101,6 +105,9 @@ def add_routes(app: Any, state: Any, overhead: int) -> None:
 
     _health_routes(app, state)
     _kserve_routes(app, state, resp)
+    from edgecls.runtime.serve.repository import add_repository_routes
+
+    add_repository_routes(app, state, resp)
 
 
 def _health_routes(app: Any, state: Any) -> None:
@@ -124,12 +131,13 @@ def _health_routes(app: Any, state: Any) -> None:
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str = "1"):
+    async def model_ready(name: str, version: Optional[str] = None):
         if name != state.cfg.model_name:
             return JSONResponse({"error": f"unknown model {kserve.short(name)}"}, status_code=404)
-        if version not in kserve.VERSIONS:
-            return JSONResponse({"error": unknown_version(name, version)}, status_code=404)
-        return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
+        ready = state.ready and bool(versions(state))
+        if version is not None and ready and version not in versions(state):
+            return JSONResponse({"error": unknown_version(state, name, version)}, status_code=404)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def prometheus():
@@ -137,44 +145,52 @@ def _health_routes(app: Any, state: Any) -> None:
         return Response(body, media_type=ctype)
 
 
-def unknown_version(name: str, version: str) -> str:
-    return (f"model {kserve.short(name)} has no version {kserve.short(version)}; its versions: "
-            f"{', '.join(kserve.VERSIONS)}")
+def versions(state: Any) -> Tuple[str, ...]:
+    """The version loaded now (none after an unload): a swap replaces it, as Triton's default policy (latest 1)."""
+    cur = state.slot.current if state.slot is not None else None
+    return (cur.identity.version,) if cur is not None else ()
+
+
+def unknown_version(state: Any, name: str, version: str) -> str:
+    return (f"model {kserve.short(name)} has no version {kserve.short(version)} loaded; loaded: "
+            f"{', '.join(versions(state)) or 'none'}")
 
 
 def _kserve_routes(app: Any, state: Any, resp: Responder) -> None:
     from fastapi import Request
     from fastapi.responses import Response
 
-    def check_name(name: str, version: str = "1") -> None:
+    def check_name(name: str, version: Optional[str] = None) -> None:
         if name != state.cfg.model_name:
             raise UploadError(404, f"unknown model {kserve.short(name)}; this server serves "
                                    f"{state.cfg.model_name!r}")
-        if version not in kserve.VERSIONS:
-            raise UploadError(404, unknown_version(name, version))
+        if version is not None and version not in versions(state):
+            raise UploadError(404, unknown_version(state, name, version))
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str = "1"):
+    async def model_metadata(name: str, version: Optional[str] = None):
         async def work():
             check_name(name, version)
-            return resp.reply("/v2/models/metadata", 200, kserve.model_metadata(name, state.clf.spec, PLATFORM))
+            return resp.reply("/v2/models/metadata", 200, kserve.model_metadata(name, state.clf.spec, PLATFORM,
+                                                                                versions(state)))
 
         return await resp.guarded("/v2/models/metadata", work)
 
     @app.get("/v2/models/{name}/config")
     @app.get("/v2/models/{name}/versions/{version}/config")
-    async def model_config(name: str, version: str = "1"):
+    async def model_config(name: str, version: Optional[str] = None):
         async def work():
             check_name(name, version)
-            doc = kserve.model_config(name, state.clf.spec, PLATFORM, state.cfg.max_wait_ms, state.max_batch)
+            doc = kserve.model_config(name, state.clf.spec, PLATFORM, state.cfg.max_wait_ms, state.max_batch,
+                                      versions(state))
             return resp.reply("/v2/models/config", 200, doc)
 
         return await resp.guarded("/v2/models/config", work)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str = "1"):
+    async def infer(name: str, request: Request, version: Optional[str] = None):
         async def work():
             check_name(name, version)
             return await _infer(state, request, Response)
@@ -201,10 +217,18 @@ async def _infer(state: Any, request: Any, response_cls: Any) -> Any:
         else:
             req = await loop.run_in_executor(state.pool, *args)
         del args  # the buffer goes before inference, and the lease's bytes with it
-    results = await asyncio.gather(*(state.batcher.submit(x) for x in req.batch))
+    for _ in range(3):  # a request's images all answered by one model: again if a swap fell between its batches
+        results = await asyncio.gather(*(state.batcher.submit(x) for x in req.batch))
+        if len({id(r.model) for r in results}) == 1:
+            break
+    else:
+        raise UploadError(503, "the model was swapped three times while this request ran; retry", {"Retry-After": "1"})
+    model = results[0].model
+    spec = model.clf.spec  # the answering model's temperature and classes
     outputs = np.stack([r.output for r in results]).astype(np.float32)
     probs = outputs.astype(np.float64) if spec.output == "probs" else softmax(outputs, spec.temperature)
-    body, headers = kserve.infer_response(state.cfg.model_name, req, spec.output_name, outputs, probs, spec.classes)
+    body, headers = kserve.infer_response(state.cfg.model_name, req, spec.output_name, outputs, probs, spec.classes,
+                                          model.identity.version, model.identity.short)
     state.metrics.requests.labels("/v2/models/infer", "200").inc()
     return response_cls(body, status_code=200, headers=headers)
 

@@ -33,7 +33,7 @@ class Refusal:
 
 
 def _input_shape(clf: Any) -> Tuple[Any, ...]:
-    return tuple(getattr(clf.backend, "input_shape", None) or ())
+    return tuple(getattr(getattr(clf, "backend", None), "input_shape", None) or ())  # () once closed
 
 
 def check_compatible(current: Any, new: Any, allow_new_classes: bool) -> Optional[Refusal]:

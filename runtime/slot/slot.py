@@ -117,7 +117,7 @@ class ModelSlot:
                 from edgecls.core.fileio import file_sha256
 
                 sha = file_sha256(path)
-            identity = ModelIdentity(Path(path).stem, "1", sha, os.fspath(path))
+            identity = ModelIdentity(kw.get("name") or Path(path).stem, "1", sha, os.fspath(path))
         slot = cls(lambda p: (_ for _ in ()).throw(InputError("this model was handed in; it cannot be reloaded")),
                    path, **kw)
         slot._install(Loaded(clf, identity, owned=False))
@@ -391,9 +391,28 @@ def _stat(path: Path) -> Tuple[int, int, int, int]:
 
 
 def _close(m: Loaded) -> None:
+    """Close a retired model and give its memory back to the system (glibc keeps freed pages until trimmed: without
+    it every swap would leave the old session's heap in the process)."""
     if not m.owned:
         return
     try:
         m.clf.close()
     except Exception:
         log.exception("closing model %s failed", m.identity)
+    m.clf = _Closed(m.clf)
+    import gc
+
+    from edgecls.runtime.serve.uploads import malloc_trim
+
+    gc.collect()
+    malloc_trim()
+
+
+class _Closed:
+    """What a closed model keeps: its spec and decision rule (records decided after the swap still need them)."""
+
+    def __init__(self, clf: Any) -> None:
+        self.spec, self.decider, self.max_pixels = clf.spec, clf.decider, getattr(clf, "max_pixels", None)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise SlotEmpty("this model was closed after a swap")

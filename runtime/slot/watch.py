@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 from collections import deque
-from typing import Any, Deque, Iterator, Optional, Tuple
+from typing import Any, Callable, Deque, Iterator, Optional, Tuple
 
 from edgecls.runtime.slot.identity import resolve_model
 
@@ -89,15 +89,19 @@ class SlotWatcher:
 
 
 @contextlib.contextmanager
-def sighup_reloads(watcher: Optional[SlotWatcher]) -> Iterator[None]:
-    """While the block runs, SIGHUP asks ``watcher`` for a reload instead of ending the process (main thread only;
-    elsewhere, or without a watcher, a no-op)."""
-    if watcher is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+def sighup_reloads(watcher: Callable[[], Optional[SlotWatcher]]) -> Iterator[None]:
+    """While the block runs, SIGHUP asks ``watcher()`` for a reload instead of ending the process (main thread
+    only; elsewhere a no-op). Without a watcher at that moment (a model handed in, or still loading) it is logged."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         yield
         return
 
     def on_sighup(signum, frame) -> None:
-        watcher.request("SIGHUP")
+        w = watcher()
+        if w is None:
+            log.warning("SIGHUP: no model file to reload here (the model is loading, or was handed in)")
+        else:
+            w.request("SIGHUP")
 
     previous = signal.signal(signal.SIGHUP, on_sighup)
     try:

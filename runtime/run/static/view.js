@@ -15,6 +15,7 @@ function render(st) {
   $("elapsed").textContent = duration(st.elapsed_s);
   $("threshold").textContent = (st.positive ? `p(${st.positive}) ≥ ` : "confidence ≥ ") + st.threshold.toFixed(2);
   $("backend").textContent = st.backend;
+  if (st.model) $("model").textContent = `${st.model.name} v${st.model.version} · ${st.model.sha256}`;
   $("sources").textContent = "sources: " + st.sources.map((s) => s.split("/").pop()).join(", ");
   const drift = $("drift");  // one banner per source whose frames no longer look like the calibration images
   const firing = Object.entries(st.drift || {});

@@ -13,7 +13,8 @@ async function loadInfo() {
     info = await r.json();
     if (!r.ok) throw new Error(info.error || r.status);
     if (!info.ready) { $("model").textContent = info.error; setTimeout(loadInfo, 1000); return; }
-    $("model").textContent = `model “${info.model}”: ${info.classes.join(" / ")} · threshold ${info.threshold.toFixed(2)}` +
+    const id = info.identity ? ` v${info.identity.version} (${info.identity.sha256})` : "";
+    $("model").textContent = `model “${info.model}”${id}: ${info.classes.join(" / ")} · threshold ${info.threshold.toFixed(2)}` +
       ` · ${info.backend}`;
     $("limits").textContent = `Up to ${bytes(info.max_bytes)} and ${(info.max_pixels / 1e6).toFixed(0)} megapixels per photo.`;
   } catch (e) { $("model").textContent = "cannot reach the server: " + e.message; setTimeout(loadInfo, 2000); }
@@ -41,6 +42,7 @@ function render(rec, roundTrip) {
   const dec = $("decision");
   dec.textContent = rec.decision; dec.className = `decision d-${rec.decision}`;
   $("label").textContent = rec.label;
+  $("answered-by").textContent = rec.model ? `answered by ${rec.model.name} v${rec.model.version} (${rec.model.sha256})` : "";
   const t0 = info && info.threshold != null ? info.threshold : null;
   const thr = t0 == null ? "?" : t0.toFixed(2);
   $("versus").textContent = rec.positive
