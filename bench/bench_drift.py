@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class Stream:
             after = onset is not None and i >= onset
             pool = self.unseen if after and kind == "unseen" and self.rng.random() < 0.3 else self.photos
             j = int(self.rng.integers(len(pool)))
-            for k in range(hold):
+            for _ in range(hold):
                 if i >= n:
                     return
                 on = onset is not None and i >= onset
