@@ -3,8 +3,11 @@
 
 A stream is a camera at 30 frames/s looking at product photos: each scene is one photo (its shorter side scaled to
 240 px, its aspect kept, so the model sees what it saw on calibration photos) held 0.5-5 s (uniform), each frame with its own sensor noise (Gaussian, sd 2 grey levels, rounded and
-clipped, drawn from a bank of 24 noise fields at a random offset each frame). In-distribution photos: the
-checkpoint's val images *not* in its calibration split (the reference is built on that split). Shifts start at
+clipped, drawn from a bank of 24 noise fields at a random offset each frame). In-distribution photos: half the
+checkpoint's training images and its val images *not* in its calibration split; the reference is built here as
+export builds it (scores on the calibration split, image statistics on it and on the other half of the training
+images), so no stream photo is a reference photo. The model is more confident on its training photos than on new
+ones: for the scores test those scenes are easier than new photos would be (the image checks do not depend on it). Shifts start at
 frame ``--pre`` and last ``--post`` frames: ``dark`` (brightness x0.5), ``blur`` (Gaussian sigma 3), ``rotate``
 (camera turned 90 degrees: the photo rotated, then framed), ``covered`` (black, noise only), ``frozen`` (the frame at
 onset repeated bit-identically), ``unseen`` (each new scene from classes the model never saw with probability 0.3).
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -141,29 +143,34 @@ def load_photos(paths: Sequence[str]) -> List[np.ndarray]:
 
 
 def photo_sets(args) -> tuple:
+    """``(stream photos, unseen photos, calibration photos, reference-statistics photos)``: the training images split
+    in two halves, one for the reference's image statistics (with the calibration split, as export does with all
+    of them), the other for the streams with the val images outside the calibration split."""
     from edgecls.core.images import list_images
     from edgecls.export.drift_reference import calibration_images
     from edgecls.reference.checkpoint import load_checkpoint
 
-    calib, _ = calibration_images(load_checkpoint(args.checkpoint).data or {})
-    calib = {os.path.realpath(p) for p in calib}
-    photos = [str(p) for p in list_images(args.photos) if os.path.realpath(p) not in calib]
+    data = load_checkpoint(args.checkpoint).data or {}
+    calib, _ = calibration_images(data)
+    real = {os.path.realpath(p) for p in calib}
+    train = [p for p, *_ in data.get("train", [])]
+    val_rest = [str(p) for p in list_images(args.photos) if os.path.realpath(p) not in real]
     unseen = [str(p) for p in list_images(args.unseen)] if args.unseen else []
-    return photos, unseen, len(calib)
+    return train[1::2] + val_rest, unseen, calib, list(calib) + train[0::2]
 
 
 def bench_streams(args) -> None:
+    from edgecls.export.drift_reference import build_reference
     from edgecls.runtime.classifier import Classifier
     from edgecls.runtime.drift.monitor import Thresholds
-    from edgecls.runtime.drift.reference import load_reference
 
-    photos, unseen, n_calib = photo_sets(args)
-    ref = load_reference(args.model)
-    if ref is None:
-        sys.exit(f"{args.model} has no drift reference")
-    print(f"model {args.model}; reference: {ref.n} images ({ref.source}); stream photos: {len(photos)} val images "
-          f"not in the calibration split ({n_calib}); unseen-class photos: {len(unseen)}; {FPS} fps, scenes held "
-          "0.5-5 s, sensor noise sd 2")
+    photos, unseen, calib, stats_paths = photo_sets(args)
+    ref = build_reference(args.model, calib, f"calibration split ({len(calib)})", threads=args.threads,
+                          stats_paths=stats_paths, stats_source="calibration split + half the training images")
+    print(f"model {args.model}; reference: scores on {ref.n_scores} calibration images, image statistics on {ref.n} "
+          f"(calibration + even training images); stream photos: {len(photos)} (odd training images + val images "
+          f"not in the calibration split); unseen-class photos: {len(unseen)}; {FPS} fps, scenes held 0.5-5 s, "
+          "sensor noise sd 2")
     imgs, unseen_imgs = load_photos(photos), load_photos(unseen)
     with Classifier.load(args.model, threads=args.threads) as clf:
         from edgecls.runtime.drift.monitor import DriftConfig
@@ -210,7 +217,7 @@ def bench_cost(args) -> None:
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
 
-    photos, _, _ = photo_sets(args)
+    photos = photo_sets(args)[0]
     video = Path(args.video or "runs/bench_drift_cost.avi")
     if not video.is_file():
         vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
