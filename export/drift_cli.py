@@ -14,8 +14,8 @@ def drift_reference_cli(
                                        "images itself)."),
     images: Optional[str] = typer.Option(None, "--images", help="The images the model's confidence was calibrated "
                                          "on (a folder, searched recursively)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="best.pt: use the calibration split it "
-                                             "recorded instead of --images."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="best.pt: scores on the calibration "
+                                             "split it recorded, image statistics on its training images too."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N (engines: cuda)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference."),
 ) -> None:
@@ -24,7 +24,12 @@ def drift_reference_cli(
     import os
 
     from edgecls.core.errors import InputError
-    from edgecls.export.drift_reference import build_reference, calibration_images, folder_reference
+    from edgecls.export.drift_reference import (
+        build_reference,
+        calibration_images,
+        folder_reference,
+        learned_images,
+    )
     from edgecls.runtime.drift.reference import reference_path
 
     if (images is None) == (checkpoint is None):
@@ -37,7 +42,10 @@ def drift_reference_cli(
         else:
             from edgecls.reference.checkpoint import load_checkpoint
 
-            paths, source = calibration_images(load_checkpoint(checkpoint).data or {})
-            ref = build_reference(m, paths, source, device, threads)
+            data = load_checkpoint(checkpoint).data or {}
+            paths, source = calibration_images(data)
+            stats_paths, stats_source = learned_images(data, paths)
+            ref = build_reference(m, paths, source, device, threads, stats_paths, stats_source)
             ref.save(m)
-        typer.echo(f"{reference_path(m)}: {ref.n} images ({ref.source})")
+        typer.echo(f"{reference_path(m)}: scores on {ref.n_scores} images ({ref.source}), image statistics on "
+                   f"{ref.n} ({ref.stats_source})")

@@ -93,9 +93,9 @@ def calibrate_command(
         if any(v is not None for v in (target_precision, delta, coverage)) or best_promise:
             settings = _settings_for(m, target_precision, delta, coverage, best_promise)
         results.append(recalibrate_artifact(m, data, settings, out, device, threads))
-        from edgecls.export.drift_reference import folder_reference
+        from edgecls.export.drift_reference import restate_reference
 
-        folder_reference(out or m, data, device, threads)  # the promise is now stated on these images
+        restate_reference(out or m, data, device, threads)  # the promise is now stated on these images
     return results
 
 

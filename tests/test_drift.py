@@ -176,7 +176,7 @@ def test_run_with_a_reference_carries_drift_and_refuses_another_models(env, caps
     cv2 = pytest.importorskip("cv2")
     code, out, err = cli(["drift-reference", env["model"], "--images", env["calib"], "--threads", "1"], capsys)
     assert code == 0, err
-    assert reference_path(env["model"]).is_file() and "40 images" in out
+    assert reference_path(env["model"]).is_file() and "scores on 40 images" in out
     video = tmp_path / "frozen.avi"  # one picture written 80 times: decoded bit-identical, a frozen camera
     img = cv2.imread(str(env["photos"][0]))
     vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (img.shape[1], img.shape[0]))

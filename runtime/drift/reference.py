@@ -1,8 +1,10 @@
 """The drift reference: what the calibration images looked like to one artifact, stored beside it.
 
 ``model.onnx`` → ``model.drift.json``: the artifact's sha256, how many calibration images and where they came from,
-each image's statistics (:mod:`.image_checks`) and the artifact's own scores on them (max probability, the OOD
-score the unknown threshold is fitted on, positive-class probability, conformal set size) and the class mix. The
+the artifact's own scores on them (max probability, the OOD score the unknown threshold is fitted on,
+positive-class probability, conformal set size) and the class mix; and image statistics (:mod:`.image_checks`) of
+every image the model learned and was calibrated from (``stats_source``: they do not depend on the model, and the
+tails the image checks compare with need more than a calibration split of a hundred images to be pinned down). The
 values are stored per image, not summarized: the monitor's tests rank live values among them.
 
 A reference belongs to one artifact: loading it for another (its sha256 differs) is refused with an error naming
@@ -43,9 +45,10 @@ class DriftReference:
     """Per-image statistics and scores of the calibration images, for the artifact with ``model_sha256``."""
 
     model_sha256: str
-    source: str  # which images, in words ("calibration split recorded in the checkpoint (136 val images)")
-    stats: Mapping[str, Tuple[float, ...]]  # STATS name -> one value per image
+    source: str  # the scores' images, in words ("calibration split recorded in the checkpoint (136 val images)")
+    stats: Mapping[str, Tuple[float, ...]]  # STATS name -> one value per image (of stats_source)
     scores: Mapping[str, Tuple[float, ...]] = field(default_factory=dict)  # SCORES name -> values (absent: n/a)
+    stats_source: str = ""  # the statistics' images, in words (default: the same as the scores')
     classes: Mapping[str, int] = field(default_factory=dict)  # predicted label -> images
     ood_kind: Optional[str] = None  # the OOD score's kind (energy, msp, ...): higher = less like calibration
 
@@ -53,18 +56,26 @@ class DriftReference:
         missing = [s for s in STATS if s not in self.stats]
         if missing:
             raise DriftReferenceError(f"drift reference lacks image statistics {missing}; it needs {list(STATS)}")
-        n = {len(v) for v in self.stats.values()} | {len(v) for v in self.scores.values()}
-        if len(n) != 1:
-            raise DriftReferenceError(f"drift reference has columns of different lengths {sorted(n)}")
-        if self.n < MIN_IMAGES:
-            raise DriftReferenceError(f"drift reference from {self.n} images: at least {MIN_IMAGES} are needed")
+        for what, cols in (("image statistics", self.stats), ("scores", self.scores)):
+            n = {len(v) for v in cols.values()}
+            if len(n) > 1:
+                raise DriftReferenceError(f"drift reference {what} have columns of different lengths {sorted(n)}")
+            if n and min(n) < MIN_IMAGES:
+                raise DriftReferenceError(f"drift reference {what} from {min(n)} images: at least {MIN_IMAGES} are "
+                                          "needed")
         for name, v in list(self.stats.items()) + list(self.scores.items()):
             if not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
                 raise DriftReferenceError(f"drift reference column {name!r} holds non-finite values")
 
     @property
     def n(self) -> int:
+        """Images behind the image statistics."""
         return len(next(iter(self.stats.values())))
+
+    @property
+    def n_scores(self) -> int:
+        """Images behind the scores (the calibration images)."""
+        return len(next(iter(self.scores.values()))) if self.scores else 0
 
     def stat(self, name: str) -> np.ndarray:
         return np.asarray(self.stats[name], dtype=np.float64)
@@ -75,7 +86,8 @@ class DriftReference:
 
     def to_dict(self) -> Dict[str, Any]:
         r = lambda v: [round(float(x), 6) for x in v]  # noqa: E731
-        return {"format": FORMAT, "model_sha256": self.model_sha256, "source": self.source, "n": self.n,
+        return {"format": FORMAT, "model_sha256": self.model_sha256, "source": self.source,
+                "stats_source": self.stats_source or self.source, "n": self.n, "n_scores": self.n_scores,
                 "ood_kind": self.ood_kind, "classes": dict(self.classes),
                 "stats": {k: r(v) for k, v in self.stats.items()}, "scores": {k: r(v) for k, v in self.scores.items()}}
 
@@ -89,6 +101,7 @@ class DriftReference:
                        stats={k: tuple(map(float, v)) for k, v in d["stats"].items()},
                        scores={k: tuple(map(float, v)) for k, v in (d.get("scores") or {}).items()},
                        classes={str(k): int(v) for k, v in (d.get("classes") or {}).items()},
+                       stats_source=str(d.get("stats_source", "")),
                        ood_kind=d.get("ood_kind"))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise DriftReferenceError(f"drift reference is malformed ({type(e).__name__}: {e})") from e
