@@ -96,6 +96,8 @@ def accuracy(a) -> list:
     rows = []
     combos = [c for r in (1, 2, 3) for c in itertools.combinations(("mnv2", "lite0", "lite2"), r)]
     combos.append(("lite0", "mnv2"))  # the pair led by Lite0's preprocessing
+    if a.combos:
+        combos = [tuple(c.split("+")) for c in a.combos.split(",")]
     single_l2 = {}
     for names in combos:
         t = time.monotonic()
@@ -105,7 +107,9 @@ def accuracy(a) -> list:
         ytr, yva = feats[0][2], feats[0][3]
         c = int(ytr.max()) + 1
         entry = {"backbones": "+".join(names), "arch": joined_arch(names), "input_view": view}
-        for label, fs in (("joined", feats), ("own_preprocessing", own)) if len(names) > 1 else (("joined", feats),):
+        variants = (("joined", feats), ("own_preprocessing", own)) if len(names) > 1 and not a.no_own else (
+            ("joined", feats),)
+        for label, fs in variants:
             xtr = np.concatenate([f[0] for f in fs], 1)
             xva = np.concatenate([f[1] for f in fs], 1)
             w, b, l2 = fit_head(xtr, ytr, c)
@@ -113,12 +117,26 @@ def accuracy(a) -> list:
             entry[label] = {"val_correct": k, "n": len(yva), "l2": l2}
             if len(names) == 1:
                 single_l2[names[0]] = l2
+            if a.branch_norm and len(names) > 1:  # each branch's features scaled to one norm: does it help?
+                xn_tr = np.concatenate([f[0] * (a.branch_norm / np.linalg.norm(f[0], axis=1, keepdims=True))
+                                        for f in fs], 1)
+                xn_va = np.concatenate([f[1] * (a.branch_norm / np.linalg.norm(f[1], axis=1, keepdims=True))
+                                        for f in fs], 1)
+                wn, bn, l2n = fit_head(xn_tr, ytr, c)
+                entry[label + "_branch_norm"] = {"val_correct": int(np.sum((xn_va @ wn.T + bn).argmax(1) == yva)),
+                                                 "n": len(yva), "l2": l2n}
+                if a.cv:
+                    hk, hn = pooled_cv([(np.concatenate([xn_tr, xn_va]), np.concatenate([ytr, yva]))], [l2n], c,
+                                       False)
+                    entry[label + "_branch_norm"].update(cv_correct=hk, cv_n=hn)
             if a.cv:
                 hk, hn = pooled_cv([(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]))], [l2], c, False)
                 entry[label].update(cv_correct=hk, cv_n=hn)
-        if len(names) > 1:  # probability averaging: each backbone's own head at its own preprocessing
+        if len(names) > 1 and not a.no_average:  # probability averaging: each backbone's own head at its own preprocessing
             probs = []
             for n, f in zip(names, own):
+                if n not in single_l2:
+                    single_l2[n] = fit_head(f[0], ytr, c)[2]
                 w, b, _ = fit_head(f[0], ytr, c, single_l2[n])
                 probs.append(softmax(f[1] @ w.T + b))
             k = int(np.sum(np.mean(probs, 0).argmax(1) == yva))
@@ -134,16 +152,16 @@ def accuracy(a) -> list:
 
 
 def print_accuracy(rows) -> None:
-    print("\n| backbones | joined features, one input (val) | pooled CV | each at its own preprocessing (val) "
-          "| probability average (val) | pooled CV |")
-    print("|---|---|---|---|---|---|")
+    print("\n| backbones (input) | joined features, one input: val | pooled CV | joined, each at its own "
+          "preprocessing: val | pooled CV | probability average: val | pooled CV |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         j, o, p = r["joined"], r.get("own_preprocessing"), r.get("prob_average")
         cell = (lambda d, k="val": rate(d[f"{k}_correct"], d["n" if k == "val" else "cv_n"])
                 if d and f"{k}_correct" in d else "-")
         name = " + ".join(NAMES[n] for n in r["backbones"].split("+"))
-        print(f"| {name} (input: {r['input_view']}) | {cell(j)} | {cell(j, 'cv')} | {cell(o)} | {cell(p)} "
-              f"| {cell(p, 'cv')} |")
+        print(f"| {name} ({r['input_view']}) | {cell(j)} | {cell(j, 'cv')} | {cell(o)} | {cell(o, 'cv')} "
+              f"| {cell(p)} | {cell(p, 'cv')} |")
 
 
 # --------------------------------------------------------------------------------------------------- latency
@@ -234,6 +252,10 @@ def main() -> int:
     pa.add_argument("--cache", default="/work/cache_joined")
     pa.add_argument("--cv", action=argparse.BooleanOptionalAction, default=True)
     pa.add_argument("--json", default=None)
+    pa.add_argument("--combos", default=None, help="e.g. mnv2+lite0,mnv2+lite0+lite2 (default: all)")
+    pa.add_argument("--branch-norm", type=float, default=0.0, help="also: each branch's features scaled to this norm")
+    pa.add_argument("--no-own", action="store_true", help="skip the own-preprocessing variant")
+    pa.add_argument("--no-average", action="store_true", help="skip probability averaging")
     pl = sub.add_parser("latency")
     pl.add_argument("--onnx-dir", default="/work/cache_joined/onnx")
     pl.add_argument("--combos", default="mnv2+lite0,mnv2+lite2,lite0+lite2,mnv2+lite0+lite2")

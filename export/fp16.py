@@ -37,6 +37,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if w not in clipped:
             log.debug("float16 converter: %s", w.message)
     float_t = onnx.TensorProto.FLOAT
+    _casts_follow_their_outputs(out)
     for v in list(out.graph.input) + list(out.graph.output):
         if v.type.tensor_type.elem_type != float_t:
             raise RuntimeError(f"FP16 conversion changed the type of graph I/O {v.name!r}; expected float32")
@@ -47,3 +48,23 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     log.info("FP16: %d FP16 initializers, %d left FP32", n16, n32)
     onnx.checker.check_model(out)
     return out
+
+
+def _casts_follow_their_outputs(model: onnx.ModelProto) -> int:
+    """Cast-to-float nodes whose output the converter declared FP16 now cast to FP16: the converter retypes the
+    tensor but not the Cast, which onnxruntime refuses (timm's TF "same" padding computes its pads from the input
+    shape through such Casts). Returns how many were changed."""
+    import onnx
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "Cast" or declared.get(node.output[0]) != onnx.TensorProto.FLOAT16:
+            continue
+        for a in node.attribute:
+            if a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                a.i = onnx.TensorProto.FLOAT16
+                fixed += 1
+    if fixed:
+        log.info("FP16: %d Cast node(s) to float retargeted to float16 (shape arithmetic)", fixed)
+    return fixed
