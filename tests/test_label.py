@@ -120,6 +120,15 @@ def test_labels_file_naming_a_class_twice_is_a_clear_error(collection):
     path.write_bytes(before)
 
 
+def test_manifest_lines_pointing_outside_images_are_not_served(collection, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"\xff\xd8 not for the page")
+    with open(collection / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"event": "kept", "id": "evil", "image": "../secret.jpg"}) + "\n")
+    s = LabelStore(collection)
+    assert "evil" not in s.items and s.image_path("evil") is None and len(s.items) == 12
+
+
 def test_cli_refuses_a_folder_without_manifest_and_a_bad_labels_file(collection, tmp_path, capsys):
     from cli_helpers import run_cli_captured as cli
 

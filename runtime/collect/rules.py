@@ -46,8 +46,8 @@ def reasons(pred: Prediction, rules: Sequence[str], margin: float) -> List[str]:
 
 
 class RateCap:
-    """At most ``per_min`` keeps in any 60 s per (source, rule); a frame passes when one of its rules has room,
-    and a keep counts against each of its rules that had room. Thread-safe (the loop asks, the writer takes)."""
+    """At most ``per_min`` keeps in any 60 s per (source, rule), a frame counted under the first rule it meets
+    (callers pass that one). Thread-safe (the loop asks, the writer takes)."""
 
     def __init__(self, per_min: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_min = int(per_min)

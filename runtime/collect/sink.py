@@ -202,7 +202,7 @@ class Collector:
             return
         if frame.image is None:
             return
-        if live and not self.rate.available(frame.source, why):
+        if live and not self.rate.available(frame.source, why[:1]):  # counted under its first rule
             self.early["rate_capped"] += 1
             return
         item = (frame.source, frame.image, bool(frame.bgr), pred, record, why, live, time.time())
@@ -248,7 +248,7 @@ class Collector:
         if self.dups.seen(source, h):
             self.counts["duplicate"] += 1
             return None
-        if live and not self.rate.take(source, why):
+        if live and not self.rate.take(source, why[:1]):
             self.counts["rate_capped"] += 1
             return None
         jpeg, w, hgt = encode_jpeg(image, bgr)

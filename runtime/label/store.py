@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from edgecls.core.errors import InputError
 from edgecls.core.fileio import copy_file, remove_quietly, write_json
-from edgecls.runtime.collect.manifest import MANIFEST, read_manifest
+from edgecls.runtime.collect.manifest import IMAGES, MANIFEST, read_manifest
 from edgecls.runtime.label.names import check_class_name, find_duplicate, same_name
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,11 @@ def _said(d: Dict[str, Any]) -> str:
     """The model's top class for a kept frame (what it said, whatever the threshold)."""
     topk = d.get("topk") or []
     return str(topk[0]["label"]) if topk else str(d.get("label", "?"))
+
+
+def _reason(d: Dict[str, Any]) -> str:
+    """The first rule a kept frame met (its group on the page, with what the model said)."""
+    return str((d.get("reasons") or ["?"])[0])
 
 
 def read_labels(path: Path, known_ids: Optional[set] = None) -> Dict[str, Any]:
@@ -82,8 +87,8 @@ class LabelStore:
                 for c in (d.get("model") or {}).get("classes") or []:
                     if c not in model_classes:
                         model_classes.append(c)
-            elif d.get("event") == "kept" and isinstance(d.get("id"), str):
-                if (self.root / d["image"]).is_file():
+            elif d.get("event") == "kept" and isinstance(d.get("id"), str) and isinstance(d.get("image"), str):
+                if self._collected(d["image"]):
                     self.items[d["id"]] = d
         self.model_classes = model_classes
         self.labelled_root = self.root / LABELLED
@@ -98,6 +103,17 @@ class LabelStore:
         self.lock = threading.Lock()
         self._reconcile()
 
+    def _collected(self, rel: str) -> bool:
+        """Whether ``rel`` is an image file under DIR/images (the page serves nothing else, whatever a manifest
+        line says)."""
+        path = (self.root / rel).resolve()
+        try:
+            path.relative_to(self.root / IMAGES)
+        except ValueError:
+            log.warning("%s: %r is not under %s/; skipped", MANIFEST, rel, IMAGES)
+            return False
+        return path.is_file()
+
     # -- reading -------------------------------------------------------------------------------------------------
     def status(self, item_id: str) -> str:
         return "labelled" if item_id in self.labels else "discarded" if item_id in self.discarded else "pending"
@@ -111,8 +127,8 @@ class LabelStore:
         with self.lock:
             groups: Dict[str, Dict[str, Any]] = {}
             items = []
-            for i, d in sorted(self.items.items(), key=lambda kv: (_said(kv[1]), kv[1].get("time", 0))):
-                reason = (d.get("reasons") or ["?"])[0]
+            for i, d in sorted(self.items.items(), key=lambda kv: (_said(kv[1]), _reason(kv[1]), kv[1].get("time", 0))):
+                reason = _reason(d)
                 key = f"{_said(d)} · {reason}"
                 g = groups.setdefault(key, {"key": key, "label": _said(d), "reason": reason, "count": 0})
                 g["count"] += 1
