@@ -46,7 +46,10 @@ def test_keyboard_select_new_class_existing_class_discard(page):
     groups = [e.text for e in d.find_elements("css selector", "section.group h2")]
     assert groups[0].startswith("model said: cup · ") and len(groups) == 4
     # Space selects the focused image, → moves, Shift+→ extends: the first three images
-    keys(d, Keys.SPACE, Keys.ARROW_RIGHT, Keys.SPACE, Keys.SHIFT + Keys.ARROW_RIGHT)
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    keys(d, Keys.SPACE, Keys.ARROW_RIGHT, Keys.SPACE)
+    ActionChains(d).key_down(Keys.SHIFT).send_keys(Keys.ARROW_RIGHT).key_up(Keys.SHIFT).perform()
     wait_for(lambda: d.find_element("id", "selected").text == "3 selected", what="3 selected")
     keys(d, "n")
     wait_for(lambda: d.switch_to.active_element.get_attribute("id") == "new-class", what="new-class input focused")
@@ -65,8 +68,6 @@ def test_keyboard_select_new_class_existing_class_discard(page):
     wait_for(lambda: len(shown_ids(d)) == 8, what="8 pending")
     items = d.find_elements("css selector", ".item")
     items[2].click()
-    from selenium.webdriver.common.action_chains import ActionChains
-
     ActionChains(d).key_down(Keys.SHIFT).click(items[4]).key_up(Keys.SHIFT).perform()
     wait_for(lambda: d.find_element("id", "selected").text == "3 selected", what="shift-click range of 3")
     chosen = [e.get_attribute("data-id") for e in items[2:5]]
