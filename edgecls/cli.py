@@ -19,6 +19,7 @@ from edgecls.export.drift_cli import drift_reference_cli
 from edgecls.runtime.cli import run_command
 from edgecls.runtime.doctor.cli import doctor_command
 from edgecls.runtime.scale.cli import ray_command
+from edgecls.runtime.label.cli import label_command
 from edgecls.runtime.serve.cli import serve_command
 from edgecls.train.cli import train_command
 
@@ -58,6 +59,7 @@ app.command("calib-sample")(calib_sample_command)
 app.command("calibrate")(calibrate_cli)
 app.command("drift-reference")(drift_reference_cli)
 app.command("run")(run_command)
+app.command("label")(label_command)
 app.command("serve")(serve_command)
 app.command("ray")(ray_command)
 app.command("eval")(eval_command)

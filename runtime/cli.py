@@ -81,6 +81,16 @@ def run_command(
     sources_file: Optional[str] = typer.Option(None, "--sources-file", help="Live sources, one a line: "
                                                "SOURCE, or id=NAME fps=N SOURCE (both optional); re-read when it changes (cameras "
                                                "start and stop while running); the run goes on until Ctrl-C."),
+    collect: Optional[str] = typer.Option(None, "--collect", help="Keep the frames worth a person's look in this "
+                                          "folder (JPEG + manifest.jsonl), to label with `edgecls label DIR`."),
+    collect_rules: Optional[str] = typer.Option(None, "--collect-rules", help="Which frames --collect keeps, "
+                                                "comma-separated: unknown, empty-set, multi-set, uncertain, "
+                                                "low-margin (low-margin:0.15 sets its threshold; default: all, "
+                                                "margin 0.1)."),
+    collect_max_mb: float = typer.Option(2048.0, "--collect-max-mb", help="Disk cap of the --collect folder in MB; "
+                                         "collection stops there, the run goes on."),
+    collect_rate: int = typer.Option(20, "--collect-rate", help="Live sources: at most N kept frames a minute per "
+                                     "source and rule (0: no cap)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -91,6 +101,7 @@ def run_command(
     replacing the model file, swaps in the new model between two frames once it passes its checks. A run put in
     the background by a script ignores SIGINT (POSIX shells do that): stop it with SIGTERM (`kill PID`).
     """
+    from edgecls.runtime.collect.config import CollectConfig, parse_rules
     from edgecls.runtime.run.access import env_token
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
@@ -98,6 +109,10 @@ def run_command(
     from edgecls.runtime.run.stats import write_summary_json
     from edgecls.runtime.slot.config import SlotConfig
 
+    collecting = None
+    if collect is not None:
+        rules, margin = parse_rules(collect_rules)
+        collecting = CollectConfig(collect, rules, margin, collect_max_mb, collect_rate)
     cfg = RunConfig(
         model=model,
         sources=tuple(sources or ()),
@@ -136,6 +151,7 @@ def run_command(
         drift_reference=drift_reference,
         fps_cap=fps_cap,
         sources_file=sources_file,
+        collect=collecting,
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

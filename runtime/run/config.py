@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 from edgecls.core.errors import InputError
 from edgecls.runtime.decision import check_threshold
@@ -54,6 +54,7 @@ class RunConfig:
     drift_reference: Optional[str] = None  # another path for the reference (default: MODEL's .drift.json)
     fps_cap: Optional[float] = None  # classify at most this many frames/s of each live source
     sources_file: Optional[str] = None  # live sources, one a line, re-read when it changes (sources_control.py)
+    collect: Optional[Any] = None  # --collect DIR: a runtime.collect.config.CollectConfig
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))

@@ -23,6 +23,7 @@ class Opened:
     metrics: Optional[Any] = None  # --metrics-port server
     web: Optional[Any] = None  # --view server
     control: Optional[Any] = None  # sources added/removed while running (the sources file's watcher)
+    collector: Optional[Any] = None  # --collect sink (its writer finishes what is queued)
 
     def close(self) -> None:
         if self.control is not None:
@@ -34,6 +35,8 @@ class Opened:
             s.close()
         if self.loop is not None:
             self.loop.close()
+        if self.collector is not None:
+            self.collector.close()
         if self.saver is not None:
             saved = self.saver.close()
             if self.stats is not None:

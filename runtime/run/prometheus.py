@@ -14,7 +14,8 @@ running included): ``edgecls_run_source_frames_total``, ``edgecls_run_source_err
 ``edgecls_run_source_frames_per_second`` and ``edgecls_run_source_latency_ms{source,quantile}`` (capture →
 decision, p50 and p99). With a drift reference (:mod:`edgecls.runtime.drift`):
 ``edgecls_run_drift_alarms_total{source,kind}`` (alarms raised), ``edgecls_run_drift_firing{source,kind}`` (1 while a kind fires) and
-``edgecls_run_drift_martingale{source}`` (the scores test's value; it alarms at 1/alpha, ``edgecls_run_drift_threshold``).
+``edgecls_run_drift_martingale{source}`` (the scores test's value; it alarms at 1/alpha, ``edgecls_run_drift_threshold``); with ``--collect``:
+``edgecls_run_collect_frames_total{outcome}``, ``edgecls_run_collect_folder_bytes``, ``edgecls_run_collect_stopped``.
 """
 from __future__ import annotations
 
@@ -103,6 +104,18 @@ class RunCollector:
         yield from score_histograms(s)
         if getattr(s, "drift", None) is not None:
             yield from drift_metrics(s.drift)
+        col = getattr(s, "collect", None)
+        if col is not None:  # --collect
+            fam = CounterMetricFamily("edgecls_run_collect_frames", "Frames flagged for collection, by outcome "
+                                      "(kept, duplicate, rate_capped, dropped_slow_disk, stopped, write_error)",
+                                      labels=("outcome",))
+            for k, v in col.outcomes().items():
+                fam.add_metric((k,), v)
+            yield fam
+            yield GaugeMetricFamily("edgecls_run_collect_folder_bytes", "Bytes in the collection folder",
+                                    value=col.used)
+            yield GaugeMetricFamily("edgecls_run_collect_stopped", "1 when collection stopped (disk cap, disk "
+                                    "full, read-only)", value=1.0 if col.stopped else 0.0)
 
 
 def score_histograms(stats: Any) -> Iterator[Any]:

@@ -109,6 +109,7 @@ class RunStats:
         self.latency = LatencySketch()
         self.notes: List[str] = BoundedNotes()
         self.saved: List[str] = []
+        self.collect: Optional[Any] = None  # --collect: the Collector (its counts in the summary and metrics)
         self.incomplete = 0  # video files that ended early (truncated or corrupt)
         self.lost = 0  # live sources lost after their reopen attempts
         self.interrupted = False
@@ -255,6 +256,7 @@ class RunStats:
             "confidence": self.confidence,
             "sources": [st.to_dict(self.decision_names) for st in self.per_source.values()],
             **({"drift": self.drift.to_dict()} if self.drift is not None else {}),
+            **({"collect": self.collect.to_dict()} if self.collect is not None else {}),
         }
 
     def format(self) -> str:
@@ -282,6 +284,8 @@ class RunStats:
         lines.extend(self.sources_table())
         for s in self.saved:
             lines.append(f"saved: {s}")
+        if self.collect is not None:
+            lines.extend(self.collect.summary_lines())
         lines.extend(f"confidence: {c}" for c in self.confidence)
         if self.drift is not None:
             lines.extend(self.drift.summary_lines())
