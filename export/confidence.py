@@ -116,9 +116,24 @@ def confidence_record(spec: ModelSpec) -> Optional[Dict]:
     }
 
 
-def refit_artifact(exporter, path: os.PathLike, spec: ModelSpec, name: str, device: str = "cpu") -> ModelSpec:
-    """The pipeline's hook for every artifact kind: ``spec`` with the artifact's own confidence (recorded in
-    ``parity.json`` under the artifact's entry)."""
+def refit_artifact(exporter, path: os.PathLike, spec: ModelSpec, name: str, device: str = "cpu",
+                   report=None) -> ModelSpec:
+    """The pipeline's hook for every artifact kind: ``spec`` with the checkpoint's promise carried to it (or
+    re-certified where its outputs differ enough to matter, :mod:`edgecls.export.promise`) when the checkpoint
+    keeps its calibration scores and parity measured the artifact (``report``); else its own confidence re-fitted
+    on the calibration images. Recorded in ``parity.json`` under the artifact's entry."""
+    from edgecls.export.promise import carry_promise
+
+    carried = carry_promise(spec, exporter.ckpt.spec, report, name) if report is not None else None
+    if carried is not None:
+        entry = exporter.extra.setdefault(name, {})
+        entry["confidence"] = confidence_record(carried.spec)
+        entry["promise"] = carried.to_dict()
+        return carried.spec
+    if report is not None and exporter.ckpt.spec.confidence is not None \
+            and exporter.ckpt.spec.confidence.scores is None:
+        log.info("%s: the checkpoint keeps no calibration scores (trained before they were kept): the confidence "
+                 "is re-fitted on the calibration images", name)
     refit = getattr(exporter, "_confidence_refit", None)
     if refit is None:
         refit = exporter._confidence_refit = ArtifactRefit(exporter.ckpt.data, exporter.data, exporter.cfg.threads)

@@ -181,7 +181,7 @@ class _Exporter:
             if report:
                 from edgecls.export.confidence import refit_artifact
 
-                spec = refit_artifact(self, tmp, spec, name)  # its own sets/OOD/threshold, on its own outputs
+                spec = refit_artifact(self, tmp, spec, name, report=report)  # the checkpoint's promise, carried
                 embed_spec(proto, spec)
                 tmp.write_bytes(proto.SerializeToString())
                 atomic.publish(tmp, final)
@@ -352,7 +352,8 @@ class _Exporter:
                 from edgecls.export.confidence import refit_artifact
                 from edgecls.export.metadata import write_sidecar
 
-                write_sidecar(res.path, refit_artifact(self, res.path, spec, res.path.name, device="auto"))
+                write_sidecar(res.path, refit_artifact(self, res.path, spec, res.path.name, device="auto",
+                                                       report=report))
             self.reports.append(report)
         return results, ("\n".join(errors) if errors else None)
 

@@ -233,7 +233,7 @@ def calibrate_on_folder(result: TrainResult, config: TrainConfig) -> TrainResult
                                   delta=config.delta, best=config.best_promise)
     done = {}
     for path in (result.best_path, result.last_path):
-        r = recalibrate_checkpoint(path, config.calib_data, settings)
+        r = recalibrate_checkpoint(path, config.calib_data, settings, combine=False)  # instead of val's
         done[path.name] = {"images": r.images, "positives": r.positives, "temperature": r.spec.temperature,
                            "statement": r.statement}
     log.info("--calib-data %s: best.pt re-fitted on %d labelled images: %s", config.calib_data,
