@@ -87,7 +87,7 @@ def calibrate_val(setup: RunSetup, logits: np.ndarray, index: np.ndarray, crossf
     if crossfit is not None:
         return calibrate(crossfit.logits, crossfit.y, setup.classes, cfg.positive, cfg.target_precision,
                          settings=settings, source=crossfit.source(cfg.positive, setup.classes), honest=True,
-                         announce=announce)
+                         announce=announce, ids=crossfit.ids or None)
     keep = split_of(setup, index, calibration=True)
     honest = setup.calibrating_apart
     source = (f"calibration split of val ({len(keep)} images, never used to pick the epoch), PyTorch checkpoint"

@@ -109,6 +109,13 @@ class _Phases:
 
         keep: Dict[str, Any] = {}
         row, logits, index, crossfit = head_phase(self.runner, model, self.state.head_info, keep)
+        if self.setup.ctx.is_main:  # for --add-classes on the head-phase model: no second extraction
+            from edgecls.train.feature_cache import store_head_phase
+
+            data = self.setup.data
+            store_head_phase(self.setup.run_dir, model, self.setup.config.arch, list(data.train) + list(data.val),
+                             np.concatenate([keep["feats_tr"], keep["feats_va"]]),
+                             np.concatenate([keep["idx_tr"], keep["idx_va"] + len(data.train)]))
         if self.setup.recipe.distill > 0 and self.setup.config.pretrained:
             from edgecls.train.distill import teacher_targets
 
