@@ -9,8 +9,8 @@ on the ~130 calibration images alone would state a different, weaker promise for
 2. the checkpoint's scores are re-certified with every row moved that far *against* the promise
    (:func:`edgecls.runtime.confidence.fit.fit_confidence` ``margin``): a positive's score down and its OOD score
    up, a negative's score up and its OOD score down, every conformal score up;
-3. when that worst case certifies the same threshold at the same target, the artifact states the checkpoint's
-   promise word for word (its outputs do not differ enough to matter); otherwise it states the re-certified one,
+3. when that worst case certifies the same threshold at the same target (or, for a refusal, refuses in the same
+   words), the artifact states the checkpoint's promise word for word (its outputs do not differ enough to matter); otherwise it states the re-certified one,
    and the log and ``parity.json`` say why, with the numbers.
 
 What rests on measurement: the margins are the largest differences seen on the parity images, not a bound over
@@ -78,10 +78,12 @@ def carry_promise(spec: ModelSpec, checkpoint: ModelSpec, report, name: str) -> 
                           output=spec.output, positive=spec.positive, settings=settings, source="")
     g0, g1 = conf.guarantee, moved.guarantee
     same_t = abs(float(spec.temperature) - conf.temperature) <= 1e-12
+    # the same promise: a certified one at the same target and threshold; a refusal stated word for word (its
+    # threshold is a point estimate midway between scores, which the margin moves without changing what is said)
     same = same_t and (g0 is None) == (g1 is None) and (g0 is None or (
-        g0.certified == g1.certified and g0.target == g1.target and g0.threshold == g1.threshold))
-    measured = (f"{name}'s probabilities are within {prob:.2g} of the checkpoint's (logits {dz:.2g}) on {n} parity "
-                "images")
+        g0.certified == g1.certified and g0.target == g1.target
+        and (g0.threshold == g1.threshold if g0.certified else g0.statement() == g1.statement())))
+    measured = f"its probabilities are within {prob:.2g} of the checkpoint's (logits {dz:.2g}) on {n} parity images"
     if same:
         why = f"{measured}: with every calibration score moved that far against it, the promise holds unchanged"
         new_conf = replace(moved, guarantee=g0, source=f"{conf.source}; carried to {name}: {why}")

@@ -74,6 +74,22 @@ def test_an_artifact_that_differs_enough_is_recertified_against_the_promise_and_
     assert c.spec.confidence.conformal.quantile() >= ck.confidence.conformal.quantile()  # sets can only grow
 
 
+def test_a_refusal_is_kept_when_the_worst_case_refuses_in_the_same_words():
+    z, y = _scores(n=136, pos=5, seed=2)  # the fine-tuned mobile model's calibration split: 5 phones
+    conf = fit_confidence(z, y, CLASSES, temperature=1.0, positive="mobile",
+                          settings=ConfidenceSettings(target_precision=0.95), source="split")
+    assert not conf.guarantee.certified
+    ck = ModelSpec(arch="mobilenet_v2", classes=CLASSES, positive="mobile", threshold=conf.guarantee.threshold,
+                   confidence=conf)
+    c = carry_promise(ck.replace(precision="fp16"), ck, _report(1e-5, 1e-4, 134), "model_fp16.onnx")
+    assert c.kept and c.spec.confidence.guarantee.statement() == conf.guarantee.statement()
+    assert c.spec.threshold == ck.threshold
+    # 0.015 moves the point-estimate threshold (midway between scores): the refusal is re-stated, and says why
+    c = carry_promise(ck.replace(precision="fp16"), ck, _report(0.015, 0.09, 134), "model_fp16.onnx")
+    g = c.spec.confidence.guarantee
+    assert not c.kept and not g.certified and g.threshold > conf.guarantee.threshold and "0.015" in c.why
+
+
 def test_other_classes_or_no_scores_fall_back():
     ck = _checkpoint_spec()
     assert carry_promise(ck, ck.replace(confidence=None), _report(0, 0), "x") is None  # no scores kept
@@ -113,3 +129,12 @@ def test_recalibrating_an_artifact_with_margins_keeps_its_temperature():
     assert r.spec.temperature == c.spec.temperature
     assert r.spec.confidence.scores.margin[:1400].max() == pytest.approx(1e-3)
     assert r.spec.confidence.scores.margin[1400:].max() == 0.0
+
+
+def test_the_promise_only_breaks_accuracy_ties():
+    from edgecls.train.report import head_replaces
+
+    # the mobile run: the head phase 0.9962 vs the fine-tuned 1.0 on 134 selection images, stronger promise
+    assert head_replaces(0.9962, 1.0, (0.8, 0.57), (0.0, 0.0)) == (False, True)  # accuracy first: not deployed
+    assert head_replaces(1.0, 1.0, (0.8, 0.57), (0.0, 0.0)) == (True, True)  # a tie: the promise decides
+    assert head_replaces(1.0, 1.0, (0.0, 0.0), (0.8, 0.5)) == (True, False)

@@ -215,6 +215,13 @@ def _option(cal: Calibration) -> Dict[str, Any]:
             "best_target": getattr(g, "best_target", None), "best_recall": getattr(g, "best_recall", None)}
 
 
+def head_replaces(head_metric: float, best_metric: float, head_strength: Tuple[float, float],
+                  best_strength: Tuple[float, float]) -> Tuple[bool, bool]:
+    """``(ties, stronger)``: the head-phase model is deployed instead of the best epoch only when both hold —
+    its selection metric equals the best epoch's (:data:`TIE`) and its promise is stronger (:func:`_strength`)."""
+    return head_metric >= best_metric - TIE, head_strength > best_strength
+
+
 def choose_deployed(setup: RunSetup, state: RunState, bad: BadImages) -> Dict[str, Any]:
     """The honest promise options of the run, measured, and the model deployed as ``best.pt``.
 
@@ -236,8 +243,7 @@ def choose_deployed(setup: RunSetup, state: RunState, bad: BadImages) -> Dict[st
     jb, jh = judge(setup, state.best_logits, state.best_index), judge(setup, head["logits"], head["index"])
     out["options"] = {f"epoch {state.best_epoch} (fine-tuned), held-out calibration split": _option(best_cal),
                       "epoch 0 (head phase), cross-fitted scores": _option(head_cal)}
-    tie = jh.score[0] >= jb.score[0] - TIE
-    stronger = _strength(head_cal) > _strength(best_cal)
+    tie, stronger = head_replaces(jh.score[0], jb.score[0], _strength(head_cal), _strength(best_cal))
     out["head_ties"], out["head_promise_stronger"] = bool(tie), bool(stronger)
     out["selection"] = {"metric": setup.recipe.select, "head": jh.score[0], f"epoch {state.best_epoch}": jb.score[0],
                         "images": len(split_of(setup, head["index"], False))}
