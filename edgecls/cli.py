@@ -17,6 +17,7 @@ from edgecls.export.calibrate_cli import calibrate_cli
 from edgecls.export.cli import build_engine_command, calib_sample_command, export_command
 from edgecls.runtime.cli import run_command
 from edgecls.runtime.doctor.cli import doctor_command
+from edgecls.runtime.label.cli import label_command
 from edgecls.runtime.serve.cli import serve_command
 from edgecls.train.cli import train_command
 
@@ -52,6 +53,7 @@ app.command("build-engine")(build_engine_command)
 app.command("calib-sample")(calib_sample_command)
 app.command("calibrate")(calibrate_cli)
 app.command("run")(run_command)
+app.command("label")(label_command)
 app.command("serve")(serve_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)

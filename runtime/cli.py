@@ -63,6 +63,16 @@ def run_command(
     view: Optional[str] = typer.Option(None, "--view", help="[HOST:]PORT: watch the run in a browser (annotated "
                                        "stream, decisions, frames/s, latency, /metrics); 127.0.0.1 unless HOST is "
                                        "given, which then needs an access token in $EDGECLS_TOKEN."),
+    collect: Optional[str] = typer.Option(None, "--collect", help="Keep the frames worth a person's look in this "
+                                          "folder (JPEG + manifest.jsonl), to label with `edgecls label DIR`."),
+    collect_rules: Optional[str] = typer.Option(None, "--collect-rules", help="Which frames --collect keeps, "
+                                                "comma-separated: unknown, empty-set, multi-set, uncertain, "
+                                                "low-margin (low-margin:0.15 sets its threshold; default: all, "
+                                                "margin 0.1)."),
+    collect_max_mb: float = typer.Option(2048.0, "--collect-max-mb", help="Disk cap of the --collect folder in MB; "
+                                         "collection stops there, the run goes on."),
+    collect_rate: int = typer.Option(20, "--collect-rate", help="Live sources: at most N kept frames a minute per "
+                                     "source and rule (0: no cap)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -72,12 +82,17 @@ def run_command(
     source lost, 130 Ctrl-C, 143 SIGTERM (both: the summary is printed and --save outputs finalized). A run put in
     the background by a script ignores SIGINT (POSIX shells do that): stop it with SIGTERM (`kill PID`).
     """
+    from edgecls.runtime.collect.config import CollectConfig, parse_rules
     from edgecls.runtime.run.access import env_token
     from edgecls.runtime.run.config import RunConfig
     from edgecls.runtime.run.loop import run
     from edgecls.runtime.run.signals import sigterm_as_interrupt
     from edgecls.runtime.run.stats import write_summary_json
 
+    collecting = None
+    if collect is not None:
+        rules, margin = parse_rules(collect_rules)
+        collecting = CollectConfig(collect, rules, margin, collect_max_mb, collect_rate)
     cfg = RunConfig(
         model=model,
         sources=tuple(sources or ()),
@@ -110,6 +125,7 @@ def run_command(
         metrics_host=metrics_host,
         view=view,
         view_token=env_token(),
+        collect=collecting,
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

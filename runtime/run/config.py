@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 from edgecls.core.errors import InputError
 from edgecls.runtime.decision import check_threshold
@@ -48,6 +48,7 @@ class RunConfig:
     metrics_host: str = "127.0.0.1"
     view: Optional[str] = None  # --view [HOST:]PORT: the run in a browser (webview.py)
     view_token: Optional[str] = field(default=None, repr=False)  # $EDGECLS_TOKEN: needed beyond 127.0.0.1
+    collect: Optional[Any] = None  # --collect DIR: a runtime.collect.config.CollectConfig
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))

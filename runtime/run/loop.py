@@ -72,7 +72,7 @@ class _Loop:
     """One run's work: the prefetching pool, the inference threads, decisions, records and annotated output."""
 
     def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats, batch: int = 1,
-                 streams: int = 1):
+                 streams: int = 1, collector: Any = None):
         self.clf = clf
         self.cfg = cfg
         self.batch = batch
@@ -81,7 +81,8 @@ class _Loop:
         self.output = output
         self.stats = stats
         self.smoother = Smoother(cfg.smooth) if cfg.smooth > 1 else None
-        self.keep_images = output.active
+        self.collector = collector  # --collect: offered each classified frame before its image is dropped
+        self.keep_images = output.active or collector is not None
         self.workers = cfg.workers or max(1, min(4, usable_cpus() // 2))
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
         self.infer_exec = ThreadPoolExecutor(streams, thread_name_prefix="edgecls-infer")
@@ -118,7 +119,9 @@ class _Loop:
         self.stats.decode.append(frame.decode_ms)
         self.stats.preprocess.append(pre_ms)
         record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency)
-        if self.keep_images and frame.image is not None and not self.output.emit(frame, pred):
+        if self.collector is not None:  # takes a reference to the image, queues it or drops it: never waits
+            self.collector.offer(frame, pred, record, live)
+        if self.output.active and frame.image is not None and not self.output.emit(frame, pred):
             self.stopped = True
         self.writer.write(record)  # after --save/--show: a record out (then Ctrl-C/SIGTERM) means its frame is saved
 
@@ -327,6 +330,10 @@ def run(
     err = err if err is not None else sys.stderr
     if sources is None:  # before the (slow) model load: a bad source fails at once
         sources = parse_sources(config.sources, config.cameras, config.source_options())
+    if config.collect is not None:  # so does a collection folder that cannot be written (exit 2)
+        from edgecls.runtime.collect.sink import check_folder
+
+        check_folder(config.collect.folder)
     plan = plan_inference(config, sources, usable_cpus())
     t0 = time.perf_counter()
     owns = classifier is None
@@ -361,7 +368,13 @@ def run(
         opened.web = start_view(config, stats, sources, err)  # --view (None without)
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
-        opened.loop = _Loop(clf, config, writer, output, stats, batch=batch, streams=streams)
+        if config.collect is not None:
+            from edgecls.runtime.collect.sink import Collector, model_identity
+
+            opened.collector = stats.collect = Collector(config.collect, model_identity(config.model, clf.spec))
+            stats.notes.extend(opened.collector.check_model(clf.decider))
+        opened.loop = _Loop(clf, config, writer, output, stats, batch=batch, streams=streams,
+                            collector=opened.collector)
         try:
             _run_groups(opened.loop, sources, notify, stats)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (edgecls.core.errors.Terminated): a clean stop

@@ -22,6 +22,7 @@ class Opened:
     stats: Optional[RunStats] = None
     metrics: Optional[Any] = None  # --metrics-port server
     web: Optional[Any] = None  # --view server
+    collector: Optional[Any] = None  # --collect sink (its writer finishes what is queued)
 
     def close(self) -> None:
         for server in (self.metrics, self.web):
@@ -31,6 +32,8 @@ class Opened:
             s.close()
         if self.loop is not None:
             self.loop.close()
+        if self.collector is not None:
+            self.collector.close()
         if self.saver is not None:
             saved = self.saver.close()
             if self.stats is not None:

@@ -7,7 +7,8 @@ scrapes, so the loop does no extra work per frame. Served by prometheus_client's
 ``edgecls_run_frames_total``, ``edgecls_run_errors_total``, ``edgecls_run_dropped_frames_total`` (stale live
 frames skipped), ``edgecls_run_reconnects_total{source}``, ``edgecls_run_last_frame_age_seconds`` (since the last
 classified frame; NaN before the first), ``edgecls_run_decisions_total{decision}``, ``edgecls_run_frames_per_second``,
-``edgecls_run_sources_live`` (live sources still running).
+``edgecls_run_sources_live`` (live sources still running); with ``--collect``:
+``edgecls_run_collect_frames_total{outcome}``, ``edgecls_run_collect_folder_bytes``, ``edgecls_run_collect_stopped``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ class RunCollector:
                                 value=s.fps)
         running = sum(1 for src in live if not getattr(src, "finished", False))
         yield GaugeMetricFamily("edgecls_run_sources_live", "Live sources still running", value=running)
+        col = getattr(s, "collect", None)
+        if col is not None:  # --collect
+            fam = CounterMetricFamily("edgecls_run_collect_frames", "Frames flagged for collection, by outcome "
+                                      "(kept, duplicate, rate_capped, dropped_slow_disk, stopped, write_error)",
+                                      labels=("outcome",))
+            for k, v in col.outcomes().items():
+                fam.add_metric((k,), v)
+            yield fam
+            yield GaugeMetricFamily("edgecls_run_collect_folder_bytes", "Bytes in the collection folder",
+                                    value=col.used)
+            yield GaugeMetricFamily("edgecls_run_collect_stopped", "1 when collection stopped (disk cap, disk "
+                                    "full, read-only)", value=1.0 if col.stopped else 0.0)
 
 
 class MetricsServer:

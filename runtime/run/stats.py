@@ -65,6 +65,7 @@ class RunStats:
         self.latency = LatencySketch()
         self.notes: List[str] = BoundedNotes()
         self.saved: List[str] = []
+        self.collect: Optional[Any] = None  # --collect: the Collector (its counts in the summary and metrics)
         self.incomplete = 0  # video files that ended early (truncated or corrupt)
         self.lost = 0  # live sources lost after their reopen attempts
         self.interrupted = False
@@ -151,6 +152,7 @@ class RunStats:
             "notes": self.notes,
             "notes_not_shown": getattr(self.notes, "more", 0),
             "confidence": self.confidence,
+            **({"collect": self.collect.to_dict()} if self.collect is not None else {}),
         }
 
     def format(self) -> str:
@@ -176,6 +178,8 @@ class RunStats:
                 lines.append(f"  {names[k]:<20}{v['p50']:>9.2f}{v['p95']:>9.2f}{v['p99']:>9.2f}")
         for s in self.saved:
             lines.append(f"saved: {s}")
+        if self.collect is not None:
+            lines.extend(self.collect.summary_lines())
         lines.extend(f"confidence: {c}" for c in self.confidence)
         lines.extend(f"note: {n}" for n in self.notes)
         if getattr(self.notes, "more", 0):
