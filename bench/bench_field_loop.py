@@ -10,8 +10,11 @@ the camera sees; they come back labelled and are learnt from — ``--add-classes
 calibrate), *later* (15 %: labelled after learning, for ``calibrate``) and *unseen* (40 %: judged only). Known
 classes are judged on products28's val (the base model's val: the grown head never fitted on it).
 
-Collection and the labelling page (``run --collect``, ``edgecls label``) are not in this branch yet: the field
-photos are handed to ``--add-classes`` as the labelled folder the page writes, and the bench says so.
+Collection: the base model exported (FP32) runs over a folder of the field photos of the three products mixed with
+``known_seen`` photos of known products (from its own train split, so nothing judged is seen) with ``--collect``
+(default rules and caps). Labelling: ``edgecls label`` on the collection, driven through its HTTP API as a person
+would: every kept photo of a missing product assigned its class, the others discarded. Learning reads the
+labelled folders of the new classes only.
 
     /work/bin/quiet .venv/bin/python bench/bench_field_loop.py --work runs/bench_field
 """
@@ -25,12 +28,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from field_loop_data import MISSING, prepare, write_folder  # noqa: E402
+from field_loop_data import MISSING, prepare, write_flat, write_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -78,6 +81,71 @@ def confidence_lines(text: str) -> List[str]:
     return [ln.strip()[len(head):] for ln in text.splitlines() if ln.strip().startswith(head)]
 
 
+def collect_and_label(work: Path, base: Path, data) -> Path:
+    """``run --collect`` over the field, then the label page's HTTP API; the new classes' labelled folder."""
+    import urllib.request
+
+    exp = work / "base_export"
+    if not (exp / "model.onnx").is_file():
+        secs, _ = sh(["export", str(base / "best.pt"), "--out", str(exp)], "export the base model")
+    src = work / "field_src"
+    shutil.rmtree(src, ignore_errors=True)
+    missing = {os.path.realpath(p): c for c, ps in data.field.items() for p in ps}
+    seen = sorted(missing) + list(data.known_seen)
+    write_flat(src, seen)
+    col = work / "collected"
+    shutil.rmtree(col, ignore_errors=True)
+    secs, out = sh(["run", str(exp / "model.onnx"), str(src), "--collect", str(col), "--format", "csv"],
+                   "run --collect")
+    kept = [json.loads(ln) for ln in (col / "manifest.jsonl").read_text().splitlines() if ln.strip()]
+    kept = [k for k in kept if k.get("event") == "kept"]
+    got = {os.path.realpath(k["path"]) for k in kept if k.get("path")}
+    hit = {p for p in got if p in missing}
+    summary = [ln for ln in out.splitlines() if ln.startswith("collect")]
+    print(f"collect    {secs:.1f}s over {len(seen)} photos ({len(missing)} of the missing products): kept "
+          f"{len(kept)}; distinct photos of the missing products kept {interval(len(hit), len(missing))}; "
+          f"{' '.join(summary)}")
+    proc = subprocess.Popen([*EDGECLS, "label", str(col), "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        t0 = time.monotonic()
+        while url is None and time.monotonic() - t0 < 60:
+            line = proc.stderr.readline()
+            if "page on " in line:
+                url = line.split("page on ", 1)[1].split()[0].rstrip("/")
+        if url is None:
+            sys.exit("edgecls label did not announce its page")
+
+        def call(path: str, body=None):
+            req = urllib.request.Request(url + path, method="POST" if body is not None else "GET",
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.load(r)
+
+        items = call("/api/state")["items"]
+        by_class: Dict[str, List[str]] = {}
+        other = []
+        for it in items:
+            c = missing.get(os.path.realpath(it.get("path") or ""))
+            (by_class.setdefault(c, []) if c else other).append(it["id"])
+        for c, ids in sorted(by_class.items()):
+            call("/api/assign", {"ids": ids, "class": c})
+        if other:
+            call("/api/discard", {"ids": other})
+        counts = call("/api/state")["counts"]
+        print(f"label      through the page's HTTP API: {counts} "
+              f"({', '.join(f'{c} {len(v)}' for c, v in sorted(by_class.items()))})")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    learn = work / "labelled"
+    shutil.rmtree(learn, ignore_errors=True)
+    for c in by_class:
+        shutil.copytree(col / "labelled" / c, learn / c, symlinks=True)
+    return learn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_field")
@@ -97,11 +165,7 @@ def main() -> None:
                       "--out", str(base), "--exist-ok", "--no-progress"], "deploy (train without 3 classes)")
         print(f"deploy     trained on 25 classes in {secs:.0f}s (load {load()})")
 
-    print("collect    NOT RUN: run --collect and the labelling page are not in this branch; the field photos "
-          "come back as the labelled folder the page writes")
-    labelled = work / "labelled"
-    shutil.rmtree(labelled, ignore_errors=True)
-    write_folder(labelled, data.field)
+    labelled = collect_and_label(work, base, data)
 
     added = work / "added"
     secs, out = sh(["train", "--add-classes", str(labelled), "--from", str(base / "best.pt"), "--out", str(added),

@@ -20,6 +20,7 @@ class FieldData:
     later: Dict[str, List[str]]  # photos labelled after learning (calibrate)
     unseen: Dict[str, List[str]]  # never used: new-class recall
     known_val: Path  # base/val: known-class accuracy before/after
+    known_seen: List[str]  # photos of known products the camera also sees (from base/train: nothing judged on them)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -29,7 +30,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def prepare(products28: Path, work: Path, missing: Sequence[str] = MISSING, seed: int = 0,
-            shares=(0.45, 0.15)) -> FieldData:
+            shares=(0.55, 0.1), known_seen: int = 240) -> FieldData:
     """Build the folders under ``work`` (idempotent) and deal the missing classes' photos."""
     base = work / "products25"
     for split in ("train", "val"):
@@ -44,7 +45,16 @@ def prepare(products28: Path, work: Path, missing: Sequence[str] = MISSING, seed
         a = int(round(len(photos) * shares[0]))
         b = a + int(round(len(photos) * shares[1]))
         field[c], later[c], unseen[c] = photos[:a], photos[a:b], photos[b:]
-    return FieldData(base, field, later, unseen, base / "val")
+    known = sorted(os.fspath(p) for p in (base / "train").glob("*/*"))
+    random.Random(seed + 1).shuffle(known)
+    return FieldData(base, field, later, unseen, base / "val", sorted(known[:known_seen]))
+
+
+def write_flat(dest: Path, photos: Sequence[str]) -> Path:
+    """``dest/<n>_<photo name>`` symlinks: what a camera sees, no labels."""
+    for i, p in enumerate(photos):
+        _link(Path(p), dest / f"{i:04d}_{Path(p).name}")
+    return dest
 
 
 def write_folder(dest: Path, photos: Dict[str, List[str]]) -> Path:
