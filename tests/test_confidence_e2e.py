@@ -211,7 +211,13 @@ def test_run_records_and_api_expose_sets_and_unknown(exported, conf_data, tmp_pa
     recs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(recs) == 44 and all("set" in r and "unknown" in r and "ood_score" in r for r in recs)
     assert all(set(r["set"]) <= {"mobile", "other"} for r in recs)
-    assert "confidence: sets: 80 % coverage (LAC, 100 calibration images" in err.getvalue()  # the checkpoint's
+    from edgecls.export.confidence import SETS_MARGIN
+    from edgecls.runtime.model_io import load_model_spec
+
+    margin = json.loads((exported / "parity.json").read_text())["artifacts"]["model_int8_cpu.onnx"]["promise"]["margin"]
+    n_sets = 22 if margin > SETS_MARGIN else 100  # its own outputs on the calibration split, else the checkpoint's
+    assert load_model_spec(exported / "model_int8_cpu.onnx").confidence.conformal.n == n_sets
+    assert f"confidence: sets: 80 % coverage (LAC, {n_sets} calibration images" in err.getvalue()
     assert "NOT GUARANTEED" in err.getvalue() and stats.to_dict()["confidence"]
     noise = tmp_path / "noise.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)
