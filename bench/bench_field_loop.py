@@ -213,11 +213,14 @@ def main() -> None:
     ck_lines = ConfidenceRule(spec).describe(spec.threshold)
     print("checkpoint " + " | ".join(ck_lines))
     unseen_dir = write_folder(work / "unseen", data.unseen)
+    parity = json.loads((exp / "parity.json").read_text())["artifacts"]
     for art in sorted(exp.glob("model*.onnx")):
         secs, out = sh(["run", str(art), str(unseen_dir), "--format", "csv"], f"run {art.name}")
         lines = confidence_lines(out)
-        same = "same as the checkpoint" if lines == ck_lines else "DIFFERS from the checkpoint"
-        print(f"run        {art.name}: {same}: " + " | ".join(lines))
+        same = "same as the checkpoint" if lines == ck_lines else "differs from the checkpoint"
+        why = (parity.get(art.name) or {}).get("promise") or {}
+        print(f"run        {art.name}: {same} (probability margin {why.get('margin', float('nan')):.3g} on "
+              f"{why.get('n')} parity images): " + " | ".join(lines))
 
 
 if __name__ == "__main__":
