@@ -85,7 +85,8 @@ def carry_promise(spec: ModelSpec, checkpoint: ModelSpec, report, name: str) -> 
         and (g0.threshold == g1.threshold if g0.certified else g0.statement() == g1.statement())))
     measured = f"its probabilities are within {prob:.2g} of the checkpoint's (logits {dz:.2g}) on {n} parity images"
     if same:
-        why = f"{measured}: with every calibration score moved that far against it, the promise holds unchanged"
+        why = (f"{measured}: with every calibration score moved that far against it, the promise holds unchanged"
+               if g0 is not None else f"{measured}: no precision promise to carry (no positive class)")
         new_conf = replace(moved, guarantee=g0, source=f"{conf.source}; carried to {name}: {why}")
         out = spec.replace(confidence=new_conf, threshold=float(g0.threshold) if g0 is not None else spec.threshold)
         log.info("%s: the checkpoint's promise carried (%s)", name, why)
