@@ -116,12 +116,62 @@ def confidence_record(spec: ModelSpec) -> Optional[Dict]:
     }
 
 
-def refit_artifact(exporter, path: os.PathLike, spec: ModelSpec, name: str, device: str = "cpu") -> ModelSpec:
-    """The pipeline's hook for every artifact kind: ``spec`` with the artifact's own confidence (recorded in
-    ``parity.json`` under the artifact's entry)."""
+SETS_MARGIN = 0.01  # probabilities further than this from the checkpoint's: the sets are fitted on its own outputs
+
+
+def _refit_of(exporter) -> ArtifactRefit:
     refit = getattr(exporter, "_confidence_refit", None)
     if refit is None:
         refit = exporter._confidence_refit = ArtifactRefit(exporter.ckpt.data, exporter.data, exporter.cfg.threads)
+    return refit
+
+
+def _own_sets(refit: ArtifactRefit, path: os.PathLike, spec: ModelSpec, name: str, device: str,
+              margin: float) -> ModelSpec:
+    """``spec`` with its conformal sets fitted on the artifact's own outputs for the labelled calibration images
+    (exact split conformal) instead of the checkpoint's scores widened by ``margin`` — chosen by the margin alone
+    (no labels), so the choice keeps the coverage guarantee. The precision promise and the unknown threshold stay
+    as carried (the promise was certified with that threshold)."""
+    import dataclasses
+
+    from edgecls.runtime.confidence.conformal import ConformalFit
+    from edgecls.runtime.confidence.fit import probabilities
+
+    conf = spec.confidence
+    if not refit.possible or conf is None or conf.conformal is None:
+        return spec
+    out = refit.outputs(path, spec, device)
+    probs = probabilities(out, spec.output, spec.temperature)
+    sets = ConformalFit.fit(probs, refit.y, conf.conformal.method, conf.conformal.coverage)
+    why = (f"sets fitted on its own outputs for {len(refit.y)} calibration images ({refit.source}): its "
+           f"probabilities differ from the checkpoint's by up to {margin:.2g} > {SETS_MARGIN:g}")
+    log.info("%s: %s", name, why)
+    return spec.replace(confidence=dataclasses.replace(conf, conformal=sets, source=f"{conf.source}; {why}"))
+
+
+def refit_artifact(exporter, path: os.PathLike, spec: ModelSpec, name: str, device: str = "cpu",
+                   report=None) -> ModelSpec:
+    """The pipeline's hook for every artifact kind: ``spec`` with the checkpoint's promise carried to it (or
+    re-certified where its outputs differ enough to matter, :mod:`edgecls.export.promise`) when the checkpoint
+    keeps its calibration scores and parity measured the artifact (``report``); else its own confidence re-fitted
+    on the calibration images. Recorded in ``parity.json`` under the artifact's entry."""
+    from edgecls.export.promise import carry_promise
+
+    carried = carry_promise(spec, exporter.ckpt.spec, report, name) if report is not None else None
+    if carried is not None:
+        new = carried.spec
+        if carried.margin > SETS_MARGIN:
+            new = exporter.timed(f"confidence {name}", _own_sets, _refit_of(exporter), path, new, name, device,
+                                 carried.margin)
+        entry = exporter.extra.setdefault(name, {})
+        entry["confidence"] = confidence_record(new)
+        entry["promise"] = carried.to_dict()
+        return new
+    if report is not None and exporter.ckpt.spec.confidence is not None \
+            and exporter.ckpt.spec.confidence.scores is None:
+        log.info("%s: the checkpoint keeps no calibration scores (trained before they were kept): the confidence "
+                 "is re-fitted on the calibration images", name)
+    refit = _refit_of(exporter)
     new = exporter.timed(f"confidence {name}", refit, path, spec, name, device)
     exporter.extra.setdefault(name, {})["confidence"] = confidence_record(new)
     return new

@@ -181,7 +181,8 @@ class _Exporter:
             if report:
                 from edgecls.export.confidence import refit_artifact
 
-                spec = refit_artifact(self, tmp, spec, name)  # its own sets/OOD/threshold, on its own outputs
+                spec = refit_artifact(self, tmp, spec, name, report=report)  # the checkpoint's promise, carried
+                report = _with_promise(report, spec, self.extra.get(name, {}).get("promise"))
                 embed_spec(proto, spec)
                 tmp.write_bytes(proto.SerializeToString())
                 atomic.publish(tmp, final)
@@ -355,9 +356,20 @@ class _Exporter:
                 from edgecls.export.confidence import refit_artifact
                 from edgecls.export.metadata import write_sidecar
 
-                write_sidecar(res.path, refit_artifact(self, res.path, spec, res.path.name, device="auto"))
+                write_sidecar(res.path, refit_artifact(self, res.path, spec, res.path.name, device="auto",
+                                                       report=report))
             self.reports.append(report)
         return results, ("\n".join(errors) if errors else None)
+
+
+def _with_promise(report: ParityReport, spec: ModelSpec, promise: Optional[Dict[str, Any]]) -> ParityReport:
+    """The report's note on the promise the artifact states, and its final threshold (the carried one)."""
+    if not promise:
+        return report
+    note = ("promise: the checkpoint's, word for word" if promise["kept"] else "promise: re-certified") + \
+        f" ({promise['why']})" + (f"; threshold {spec.threshold:.4g}" if spec.positive is not None else "")
+    return dataclasses.replace(report, notes=tuple(report.notes) + (note,),
+                               threshold=spec.threshold if spec.positive is not None else report.threshold)
 
 
 def gate_data(folder: Optional[Path], spec: ModelSpec, parity: ParityData) -> Optional[ParityData]:

@@ -60,7 +60,8 @@ def recalibrate_artifact(path: os.PathLike, data: os.PathLike, settings: Optiona
     with load_backend(p, device=device, threads=threads, allow_fallback=False, spec=spec) as be:
         z = folder_outputs(be, items, spec)
     source = f"labelled folder {os.fspath(data)} ({len(items)} images); outputs of {p.name} ({spec.precision})"
-    r = recalibrate_spec(spec, z, [y for _, y in items], source, settings)
+    r = recalibrate_spec(spec, z, [y for _, y in items], source, settings,
+                         ids=[os.path.realpath(p) for p, _ in items])
     dest = Path(out) if out is not None else p
     if model_kind(p) == "onnx":
         _write_onnx(p, dest, r.spec)

@@ -111,8 +111,9 @@ def fp32_and_int8(trained, tmp_path_factory):
 
 
 def test_calibrate_refits_pt_fp32_and_int8_from_a_labelled_folder(fp32_and_int8, trained, conf_data, tmp_path):
-    """``edgecls calibrate`` on copies of best.pt, model.onnx and model_int8_cpu.onnx: each re-fitted on its own
-    outputs for the folder, weights untouched, ONNX metadata and sidecar agree."""
+    """``edgecls calibrate`` on copies of best.pt, model.onnx and model_int8_cpu.onnx: each re-states its promise
+    on the labelled scores it was certified on plus its own outputs for the folder (an image in both counted once,
+    with its new output), weights untouched, ONNX metadata and sidecar agree."""
     import shutil
 
     import onnx
@@ -143,22 +144,29 @@ def test_calibrate_refits_pt_fp32_and_int8_from_a_labelled_folder(fp32_and_int8,
     ck = load_checkpoint(tmp_path / "best.pt")
     old = load_checkpoint(trained.best_path)
     assert all(torch.equal(ck.state_dict[k], old.state_dict[k]) for k in old.state_dict)
-    assert ck.spec.confidence.n == 44 and "labelled folder" in ck.spec.confidence.source
+    stored = old.spec.confidence.scores.n  # the cross-fitted scores of all 100 labelled images (val among them)
+    assert stored == 100 and ck.spec.confidence.n == 100 and "+ 44 from labelled folder" in ck.spec.confidence.source
     assert ck.spec.confidence.guarantee.target == 0.8 and ck.metrics["recalibrated"]["images"] == 44
     for n in names[1:]:
         spec = load_model_spec(tmp_path / n)
         assert onnx.load(str(tmp_path / n)).graph.SerializeToString() == before[n]  # weights untouched
         assert spec == read_sidecar(tmp_path / n) == spec_of_model(onnx.load(str(tmp_path / n)))
-        assert spec.confidence.n == 44
+        assert spec.confidence.n == 100
         assert f"outputs of {n}" in spec.confidence.source and spec.precision == load_model_spec(fp32_and_int8 / n).precision
         out = _onnx_outputs(tmp_path / n, [p for p, _ in items], spec.preprocess)
-        scores = round_up(nonconformity(softmax(out, spec.temperature), y, "lac"))
-        assert spec.confidence.conformal.scores == pytest.approx(scores, abs=2e-6), n  # its own outputs'
+        rows = spec.confidence.scores
+        assert rows.outputs[-44:] == pytest.approx(out, abs=2e-5), n  # its own outputs for the folder's images
+        assert np.all(rows.margin[-44:] == 0) and list(rows.labels[-44:]) == list(y)
+        own = round_up(nonconformity(softmax(out, spec.temperature), y, "lac"))
+        assert set(own) <= set(spec.confidence.conformal.scores), n
     with open(sidecar_path(tmp_path / "model.onnx")) as f:
-        assert json.loads(f.read())["confidence"]["n"] == 44
+        assert json.loads(f.read())["confidence"]["n"] == 100
 
 
-def test_every_artifact_carries_confidence_fitted_on_its_own_outputs(exported, trained):
+def test_every_artifact_states_the_checkpoints_promise_or_its_own(exported, trained):
+    """Logit artifacts carry the checkpoint's promise (its scores, moved by the measured output difference when
+    that changes it); the probabilities variant (other outputs) re-fits on its own outputs for the calibration
+    split."""
     from edgecls.reference.checkpoint import load_checkpoint
     from edgecls.runtime.confidence import nonconformity
     from edgecls.runtime.confidence.conformal import round_up
@@ -170,7 +178,15 @@ def test_every_artifact_carries_confidence_fitted_on_its_own_outputs(exported, t
     y = np.array([lab for p, lab in ck.items("val") if p in set(calib)])
     order = [p for p, _ in ck.items("val") if p in set(calib)]
     parity = json.loads((exported / "parity.json").read_text())
-    for name in ("model.onnx", "model_fp16.onnx", "model_int8_cpu.onnx", "model_probs.onnx"):
+    for name in ("model.onnx", "model_fp16.onnx", "model_int8_cpu.onnx"):
+        conf = load_model_spec(exported / name).confidence
+        promise = parity["artifacts"][name]["promise"]
+        assert conf.n == ck.spec.confidence.n == 100 and promise["n"] > 0
+        assert (f"carried to {name}" if promise["kept"] else f"re-certified for {name}") in conf.source
+        if promise["kept"]:
+            assert conf.guarantee.statement() == ck.spec.confidence.guarantee.statement()
+        assert parity["artifacts"][name]["confidence"]["source"] == conf.source
+    for name in ("model_probs.onnx",):
         spec = load_model_spec(exported / name)
         conf = spec.confidence
         assert conf is not None and conf.n == 22 and f"outputs of {name}" in conf.source
@@ -195,7 +211,13 @@ def test_run_records_and_api_expose_sets_and_unknown(exported, conf_data, tmp_pa
     recs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(recs) == 44 and all("set" in r and "unknown" in r and "ood_score" in r for r in recs)
     assert all(set(r["set"]) <= {"mobile", "other"} for r in recs)
-    assert "confidence: sets: 80 % coverage (LAC, 22 calibration images" in err.getvalue()
+    from edgecls.export.confidence import SETS_MARGIN
+    from edgecls.runtime.model_io import load_model_spec
+
+    margin = json.loads((exported / "parity.json").read_text())["artifacts"]["model_int8_cpu.onnx"]["promise"]["margin"]
+    n_sets = 22 if margin > SETS_MARGIN else 100  # its own outputs on the calibration split, else the checkpoint's
+    assert load_model_spec(exported / "model_int8_cpu.onnx").confidence.conformal.n == n_sets
+    assert f"confidence: sets: 80 % coverage (LAC, {n_sets} calibration images" in err.getvalue()
     assert "NOT GUARANTEED" in err.getvalue() and stats.to_dict()["confidence"]
     noise = tmp_path / "noise.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise)

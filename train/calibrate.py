@@ -64,6 +64,8 @@ class Calibration:
         conf = self.confidence.to_dict() if self.confidence is not None else None
         if conf and conf.get("conformal"):  # the scores live in the spec; the summary keeps the fitted numbers
             conf["conformal"] = {k: v for k, v in conf["conformal"].items() if k != "scores"}
+        if conf:
+            conf.pop("scores", None)
         return {
             "temperature": self.temperature,
             "ece_before": self.ece_before,
@@ -100,6 +102,7 @@ def calibrate(
     source: str = "",
     honest: bool = True,
     announce: bool = True,
+    ids: Optional[Sequence[str]] = None,
 ) -> Calibration:
     """Fit the temperature on ``(logits, y)``, then the confidence the checkpoint carries (sets, OOD threshold and,
     for ``positive``, the threshold with its guarantee for ``target_precision`` — or the visible fallback).
@@ -114,7 +117,8 @@ def calibrate(
     p1 = M.softmax(logits)
     t = fit_temperature(logits, y, announce)
     pt = M.softmax(logits, t)
-    conf = fit_confidence(logits, y, classes, temperature=t, positive=positive, settings=settings, source=source)
+    conf = fit_confidence(logits, y, classes, temperature=t, positive=positive, settings=settings, source=source,
+                          ids=ids)
     choice = None
     level = logging.WARNING if announce else logging.DEBUG
     g = conf.guarantee

@@ -95,10 +95,26 @@ def train_command(
     ),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    add_classes: Optional[str] = typer.Option(
+        None, "--add-classes", help="Learn new classes from DIR/<class>/*.jpg (a few dozen photos each) on top of "
+        "--from, without retraining the backbone: a new head on cached features, old classes kept; --data: the "
+        "old training folder when its recorded paths moved."),
+    from_checkpoint: Optional[str] = typer.Option(None, "--from", help="With --add-classes: the best.pt to grow."),
+    add_to_existing: bool = typer.Option(
+        False, "--add-to-existing", help="With --add-classes: a folder named like an existing class adds its photos "
+        "to that class (otherwise it is refused)."),
+    holdout: float = typer.Option(
+        0.3, "--holdout", help="With --add-classes: share of each new class's photos held out to calibrate."),
 ) -> None:
     """Fine-tune a torchvision classifier on an image folder; write best.pt/last.pt, metrics, plots, summary."""
     from edgecls.train.trainer import train
 
+    if add_classes is not None or from_checkpoint is not None:
+        from edgecls.train.add_classes import run_cli
+
+        typer.echo(run_cli(add_classes, from_checkpoint, data, out, name, exist_ok, add_to_existing, holdout,
+                           seed).table())
+        return
     if resume is not None:
         given = {"data": data, "arch": arch, "weights": weights, "positive": positive,
                  "target_precision": target_precision, "delta": delta, "coverage": coverage,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class CrossFit:
     folds: int
     n_train: int
     n_val: int
+    ids: Tuple[str, ...] = ()  # the images' real paths (train then val): calibrate counts an image once
 
     @property
     def n(self) -> int:
@@ -60,14 +61,14 @@ class CrossFit:
 
     def to_state(self) -> Dict[str, Any]:
         return {"logits": self.logits.astype(np.float32).tolist(), "y": self.y.tolist(), "folds": self.folds,
-                "n_train": self.n_train, "n_val": self.n_val}
+                "n_train": self.n_train, "n_val": self.n_val, "ids": list(self.ids)}
 
     @classmethod
     def from_state(cls, d: Optional[Dict[str, Any]]) -> Optional[CrossFit]:
         if not d:
             return None
         return cls(np.asarray(d["logits"], dtype=np.float64), np.asarray(d["y"], dtype=np.int64), int(d["folds"]),
-                   int(d["n_train"]), int(d["n_val"]))
+                   int(d["n_train"]), int(d["n_val"]), tuple(d.get("ids") or ()))
 
 
 def out_of_fold_logits(feats: np.ndarray, y: np.ndarray, num_classes: int, l2: float, folds: int, seed: int,

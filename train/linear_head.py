@@ -3,7 +3,9 @@ linear head is fitted on them — full-batch L-BFGS, class-weighted cross-entrop
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -174,6 +176,9 @@ def head_phase(runner: EpochRunner, model, head_info: Dict[str, Any], keep: Opti
         crossfit = D.on_rank0(setup.ctx, crossfit_head, feats_tr, y_tr, feats_va, setup.val_y[idx_va],
                               setup.num_classes, l2, setup.config.seed, r.head_balance, r.head_max_iter)
         if crossfit is not None:
+            crossfit = dataclasses.replace(crossfit, ids=tuple(
+                os.path.realpath(setup.data.train[int(i)][0]) for i in idx_tr) + tuple(
+                os.path.realpath(setup.data.val[int(i)][0]) for i in idx_va))
             head_info["crossfit"] = {"folds": crossfit.folds, "images": crossfit.n,
                                      "seconds": round(time.monotonic() - t_cf, 3)}
             log.info("cross-fitted head: out-of-fold scores of %d labelled images (%d folds) in %.1fs",

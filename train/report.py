@@ -55,7 +55,7 @@ class TrainResult:
         ]
         pr = s.get("promise") or {}
         if pr.get("replaced_epoch") is not None:
-            lines.append(f"deployed   epoch 0 (head phase) instead of epoch {pr['replaced_epoch']}: as good on the "
+            lines.append(f"deployed   epoch 0 (head phase) instead of epoch {pr['replaced_epoch']}: it ties on the "
                          "selection images, and its promise (cross-fitted scores) is stronger")
         lines += [
             f"confidence temperature {cal.temperature:.4f}: ECE {cal.ece_before:.4f} -> {cal.ece_after:.4f}, "
@@ -188,7 +188,7 @@ def plot_run(setup: RunSetup, state: RunState, report: M.ClassificationReport, c
     return files
 
 
-AS_GOOD = 0.01  # the head-phase model is "as good" within this much balanced accuracy (and AP) on the selection images
+TIE = 1e-9  # the head-phase model ties the best epoch when its selection metric is this close (equal counts)
 
 
 def _crossfit_for(setup: RunSetup, state: RunState, epoch: int):
@@ -215,13 +215,21 @@ def _option(cal: Calibration) -> Dict[str, Any]:
             "best_target": getattr(g, "best_target", None), "best_recall": getattr(g, "best_recall", None)}
 
 
+def head_replaces(head_metric: float, best_metric: float, head_strength: Tuple[float, float],
+                  best_strength: Tuple[float, float]) -> Tuple[bool, bool]:
+    """``(ties, stronger)``: the head-phase model is deployed instead of the best epoch only when both hold —
+    its selection metric equals the best epoch's (:data:`TIE`) and its promise is stronger (:func:`_strength`)."""
+    return head_metric >= best_metric - TIE, head_strength > best_strength
+
+
 def choose_deployed(setup: RunSetup, state: RunState, bad: BadImages) -> Dict[str, Any]:
     """The honest promise options of the run, measured, and the model deployed as ``best.pt``.
 
     When the best epoch is a fine-tuned one, its promise can only come from the held-out calibration split; the
-    head-phase model (frozen backbone) can use the cross-fitted scores of every labelled image. The head-phase model
-    replaces ``best.pt`` when it is as good on the selection images (balanced accuracy and the positive class's AP
-    within :data:`AS_GOOD`) and its promise is stronger. Returns what was compared, for ``summary.json``."""
+    head-phase model (frozen backbone) can use the cross-fitted scores of every labelled image. Accuracy comes
+    first: the head-phase model replaces ``best.pt`` only when it *ties* the best epoch on the selection images (the
+    recipe's metric equal, :data:`TIE`) and its promise is stronger — the promise breaks ties, it never buys a
+    less accurate model. Returns what was compared, for ``summary.json``."""
     from edgecls.train.outputs import save_checkpoint
 
     head = state.head_model
@@ -235,20 +243,23 @@ def choose_deployed(setup: RunSetup, state: RunState, bad: BadImages) -> Dict[st
     jb, jh = judge(setup, state.best_logits, state.best_index), judge(setup, head["logits"], head["index"])
     out["options"] = {f"epoch {state.best_epoch} (fine-tuned), held-out calibration split": _option(best_cal),
                       "epoch 0 (head phase), cross-fitted scores": _option(head_cal)}
-    as_good = (jh.report.balanced_accuracy >= jb.report.balanced_accuracy - AS_GOOD
-               and (jh.pos_ap or 0.0) >= (jb.pos_ap or 0.0) - AS_GOOD)
-    stronger = _strength(head_cal) > _strength(best_cal)
-    out["head_as_good"], out["head_promise_stronger"] = bool(as_good), bool(stronger)
-    if not (as_good and stronger):
-        out["reason"] = ("the fine-tuned epoch: the head-phase model is " +
-                         ("not as good on the selection images" if not as_good else "not a stronger promise"))
+    tie, stronger = head_replaces(jh.score[0], jb.score[0], _strength(head_cal), _strength(best_cal))
+    out["head_ties"], out["head_promise_stronger"] = bool(tie), bool(stronger)
+    out["selection"] = {"metric": setup.recipe.select, "head": jh.score[0], f"epoch {state.best_epoch}": jb.score[0],
+                        "images": len(split_of(setup, head["index"], False))}
+    if not (tie and stronger):
+        out["reason"] = ("the fine-tuned epoch: " + (
+            f"it is more accurate on the selection images ({setup.recipe.select} {jb.score[0]:.4f} vs the head "
+            f"phase's {jh.score[0]:.4f}); the promise only breaks ties" if not tie
+            else "the head-phase model ties it but its promise is not stronger"))
+        log.info("deploying epoch %d: %s", state.best_epoch, out["reason"])
         return out
-    log.info("deploying the head-phase model (epoch 0) instead of epoch %d: as good on the %d selection images "
-             "(balanced accuracy %.4f vs %.4f) and its promise, on cross-fitted scores of every labelled image, is "
-             "stronger than the held-out split's", state.best_epoch, len(split_of(setup, head["index"], False)),
-             jh.report.balanced_accuracy, jb.report.balanced_accuracy)
+    log.info("deploying the head-phase model (epoch 0) instead of epoch %d: it ties on the %d selection images "
+             "(%s %.4f) and its promise, on cross-fitted scores of every labelled image, is stronger than the "
+             "held-out split's", state.best_epoch, len(split_of(setup, head["index"], False)), setup.recipe.select,
+             jh.score[0])
     out.update(deployed_epoch=0, replaced_epoch=state.best_epoch,
-               reason="the head-phase model: as good on the selection images, stronger promise")
+               reason="the head-phase model: ties on the selection images, stronger promise")
     if setup.ctx.is_main:
         report = calibrated_report(setup, head["logits"], head["index"], head_cal)
         save_checkpoint(setup, bad, setup.run_dir / "best.pt", 0, head["weights"], head_cal, report, "head", None)

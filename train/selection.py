@@ -8,6 +8,7 @@ the *selection* images only, and the calibration is fitted on the *calibration* 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -86,13 +87,14 @@ def calibrate_val(setup: RunSetup, logits: np.ndarray, index: np.ndarray, crossf
     if crossfit is not None:
         return calibrate(crossfit.logits, crossfit.y, setup.classes, cfg.positive, cfg.target_precision,
                          settings=settings, source=crossfit.source(cfg.positive, setup.classes), honest=True,
-                         announce=announce)
+                         announce=announce, ids=crossfit.ids or None)
     keep = split_of(setup, index, calibration=True)
     honest = setup.calibrating_apart
     source = (f"calibration split of val ({len(keep)} images, never used to pick the epoch), PyTorch checkpoint"
               if honest else f"val ({len(keep)} images, also used to pick the epoch: not an honest split)")
+    ids = [os.path.realpath(setup.data.val[int(i)][0]) for i in index[keep]]
     return calibrate(logits[keep], setup.val_y[index[keep]], setup.classes, cfg.positive, cfg.target_precision,
-                     settings=settings, source=source, honest=honest, announce=announce)
+                     settings=settings, source=source, honest=honest, announce=announce, ids=ids)
 
 
 def split_summary(setup: RunSetup, index: np.ndarray) -> dict:

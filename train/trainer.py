@@ -109,6 +109,13 @@ class _Phases:
 
         keep: Dict[str, Any] = {}
         row, logits, index, crossfit = head_phase(self.runner, model, self.state.head_info, keep)
+        if self.setup.ctx.is_main:  # for --add-classes on the head-phase model: no second extraction
+            from edgecls.train.feature_cache import store_head_phase
+
+            data = self.setup.data
+            store_head_phase(self.setup.run_dir, model, self.setup.config.arch, list(data.train) + list(data.val),
+                             np.concatenate([keep["feats_tr"], keep["feats_va"]]),
+                             np.concatenate([keep["idx_tr"], keep["idx_va"] + len(data.train)]))
         r = self.setup.recipe
         if r.distill > 0 and r.epochs > 0 and self.setup.config.pretrained:  # its targets serve fine-tuning only
             from edgecls.train.distill import teacher_targets
@@ -234,7 +241,7 @@ def calibrate_on_folder(result: TrainResult, config: TrainConfig) -> TrainResult
                                   delta=config.delta, best=config.best_promise)
     done = {}
     for path in (result.best_path, result.last_path):
-        r = recalibrate_checkpoint(path, config.calib_data, settings)
+        r = recalibrate_checkpoint(path, config.calib_data, settings, combine=False)  # instead of val's
         done[path.name] = {"images": r.images, "positives": r.positives, "temperature": r.spec.temperature,
                            "statement": r.statement}
     log.info("--calib-data %s: best.pt re-fitted on %d labelled images: %s", config.calib_data,

@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 def recalibrate_checkpoint(path: os.PathLike, data: os.PathLike, settings: Optional[ConfidenceSettings] = None,
                            out: Optional[os.PathLike] = None, device: str = "cpu",
-                           threads: Optional[int] = None) -> Recalibration:
-    """``path`` (a ``best.pt``/``last.pt``) with its confidence re-fitted on the labelled folder ``data``, saved to
-    ``out`` (default: in place). The state dict is written back as it was read."""
+                           threads: Optional[int] = None, combine: bool = True) -> Recalibration:
+    """``path`` (a ``best.pt``/``last.pt``) with its confidence re-fitted on the labelled folder ``data`` (with
+    ``combine``: together with the labelled scores it was certified on), saved to ``out`` (default: in place).
+    The state dict is written back as it was read."""
     from edgecls.reference.checkpoint import load_checkpoint, save_checkpoint
     from edgecls.reference.torch_backend import TorchBackend
 
@@ -34,7 +35,8 @@ def recalibrate_checkpoint(path: os.PathLike, data: os.PathLike, settings: Optio
     with TorchBackend(ckpt, device=device, threads=threads) as be:
         z = folder_outputs(be, items, ckpt.spec)
     source = f"labelled folder {os.fspath(data)} ({len(items)} images); outputs of {Path(path).name} (PyTorch)"
-    r = recalibrate_spec(ckpt.spec, z, [y for _, y in items], source, settings)
+    r = recalibrate_spec(ckpt.spec, z, [y for _, y in items], source, settings,
+                         ids=[os.path.realpath(p) for p, _ in items], combine=combine)
     metrics = dict(ckpt.metrics)
     metrics["recalibrated"] = {"data": os.fspath(data), "images": len(items), "statement": r.statement,
                                "temperature": r.spec.temperature, "before": r.before}

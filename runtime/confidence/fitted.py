@@ -17,6 +17,7 @@ from edgecls.core.errors import InputError
 from edgecls.runtime.confidence.conformal import METHODS, ConformalFit
 from edgecls.runtime.confidence.guarantee import PrecisionGuarantee
 from edgecls.runtime.confidence.ood import KINDS, OODFit
+from edgecls.runtime.confidence.scores import CalibrationScores
 
 
 def _unit(name: str, v: float, hint: str) -> float:
@@ -62,6 +63,7 @@ class ConfidenceSpec:
     conformal: Optional[ConformalFit] = None
     ood: Optional[OODFit] = None
     guarantee: Optional[PrecisionGuarantee] = None
+    scores: Optional[CalibrationScores] = None  # the labelled outputs it was fitted on (export, calibrate re-use them)
 
     def __post_init__(self) -> None:
         t = float(self.temperature)
@@ -86,6 +88,7 @@ class ConfidenceSpec:
             "conformal": self.conformal.to_dict() if self.conformal else None,
             "ood": self.ood.to_dict() if self.ood else None,
             "guarantee": self.guarantee.to_dict() if self.guarantee else None,
+            **({"scores": self.scores.to_dict()} if self.scores is not None else {}),
         }
 
     @classmethod
@@ -98,6 +101,7 @@ class ConfidenceSpec:
                 conformal=ConformalFit.from_dict(d["conformal"]) if d.get("conformal") else None,
                 ood=OODFit.from_dict(d["ood"]) if d.get("ood") else None,
                 guarantee=PrecisionGuarantee.from_dict(d["guarantee"]) if d.get("guarantee") else None,
+                scores=CalibrationScores.from_dict(d["scores"]) if d.get("scores") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"spec.confidence is invalid ({type(e).__name__}: {e})") from e

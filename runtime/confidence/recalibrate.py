@@ -18,7 +18,6 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.core.errors import InputError
-from edgecls.runtime.confidence.fit import refit_spec
 from edgecls.runtime.confidence.fitted import ConfidenceSettings
 from edgecls.runtime.spec import ModelSpec
 
@@ -76,8 +75,9 @@ class Recalibration:
     spec: ModelSpec  # the artifact's spec with its new confidence (and temperature, threshold)
     before: Optional[str]  # the promise it carried
     temperature_before: float
-    images: int
+    images: int  # all the labelled rows it was fitted on
     positives: int
+    kept: int = 0  # of which the labelled scores the artifact was certified on before
 
     @property
     def statement(self) -> Optional[str]:
@@ -86,9 +86,17 @@ class Recalibration:
 
 
 def recalibrate_spec(spec: ModelSpec, outputs: Any, y: Any, source: str,
-                     settings: Optional[ConfidenceSettings] = None, temperature: bool = True) -> Recalibration:
-    """``spec`` re-fitted on ``outputs`` of labelled images ``y``: the temperature (for a logit model, unless
-    ``temperature`` is False; a ``probs`` model has it in its graph), then :func:`refit_spec`."""
+                     settings: Optional[ConfidenceSettings] = None, temperature: bool = True,
+                     ids: Optional[Sequence[str]] = None, combine: bool = True) -> Recalibration:
+    """``spec`` re-fitted on ``outputs`` of labelled images ``y`` — together with the labelled scores its
+    confidence was fitted on (``combine``, when it keeps them: the promise is re-stated with all of them; a stored
+    row whose id is among ``ids`` is replaced by its new output). The temperature is re-fitted (a logit model,
+    unless ``temperature`` is False; a ``probs`` model has it in its graph) on all the rows — except when the stored
+    rows carry margins (an exported artifact certified on its checkpoint's scores): those margins hold at the
+    temperature they were measured at, which is then kept. Then :func:`fit_on_scores`."""
+    from edgecls.runtime.confidence.fit import fit_on_scores
+    from edgecls.runtime.confidence.scores import CalibrationScores
+
     z = np.asarray(outputs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64).ravel()
     if z.shape != (y.size, spec.num_classes) or not y.size:
@@ -96,24 +104,36 @@ def recalibrate_spec(spec: ModelSpec, outputs: Any, y: Any, source: str,
     before = spec.confidence.guarantee.statement() if spec.confidence and spec.confidence.guarantee else None
     if settings is None:  # keep what the artifact was fitted with (coverage, target, δ, ...)
         settings = spec.confidence.settings() if spec.confidence is not None else ConfidenceSettings()
+    rows = CalibrationScores(z, y, 0.0, 0.0, tuple(ids or ()))
+    stored = spec.confidence.scores if combine and spec.confidence is not None else None
+    kept = 0
+    if stored is not None:
+        stored = stored.without(rows.ids) if rows.ids else stored
+        kept = stored.n
+        rows = stored.plus(rows)
+        source = f"{kept} labelled scores it was certified on ({spec.confidence.source}) + {y.size} from {source}"
     t0 = spec.temperature
     new = spec
-    if temperature and spec.output == "logits":
-        t, ok = fit_temperature(z, y)
+    if temperature and spec.output == "logits" and not (stored is not None and stored.has_margin):
+        t, ok = fit_temperature(rows.outputs, rows.labels)
         if not ok:
             log.warning("the calibration images are perfectly separated: the temperature is not identifiable; "
                         "keeping T = %.4g", t0)
             t = t0
         new = spec.replace(temperature=t, confidence=None)
-    new = refit_spec(new, z, y, source, settings)
-    pos = int(np.sum(y == spec.positive_index)) if spec.positive is not None else 0
-    return Recalibration(new, before, t0, int(y.size), pos)
+    conf = fit_on_scores(rows, new.classes, temperature=new.temperature, output=new.output, positive=new.positive,
+                         settings=settings, source=source)
+    threshold = conf.guarantee.threshold if conf.guarantee is not None else new.threshold
+    new = new.replace(confidence=conf, threshold=float(threshold))
+    pos = int(np.sum(rows.labels == spec.positive_index)) if spec.positive is not None else 0
+    return Recalibration(new, before, t0, int(rows.n), pos, kept)
 
 
 def describe(r: Recalibration, name: str) -> List[str]:
     """Lines for the terminal: what changed and what the artifact can now state."""
     s = r.spec
-    lines = [f"{name}: {r.images} labelled images" + (f" ({r.positives} {s.positive!r})" if s.positive else ""),
+    lines = [f"{name}: {r.images} labelled images" + (f" ({r.positives} {s.positive!r})" if s.positive else "")
+             + (f": the {r.kept} it was certified on + {r.images - r.kept} new" if r.kept else ""),
              f"  temperature {r.temperature_before:.4g} -> {s.temperature:.4g}"]
     c = s.confidence
     if c is not None and c.conformal is not None:
