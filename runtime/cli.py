@@ -91,6 +91,8 @@ def run_command(
                                          "collection stops there, the run goes on."),
     collect_rate: int = typer.Option(20, "--collect-rate", help="Live sources: at most N kept frames a minute per "
                                      "source and rule (0: no cap)."),
+    on_drift: Optional[str] = typer.Option(None, "--on-drift", help="collect: while a source's drift alarm lasts, "
+                                           "keep its frames in the --collect folder (caps and duplicates still apply)."),
 ) -> None:
     """Classify images, videos, cameras and streams with an exported model (no torch needed).
 
@@ -152,6 +154,7 @@ def run_command(
         fps_cap=fps_cap,
         sources_file=sources_file,
         collect=collecting,
+        on_drift=on_drift,
     )
     with sigterm_as_interrupt():
         stats = run(cfg)

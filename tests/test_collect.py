@@ -329,7 +329,8 @@ def test_run_collect_over_a_folder_keeps_each_photo_once(tiny_model, tmp_path, c
     assert len(kept) == 13 and len({d["path"] for d in kept}) == 13
     from edgecls.core.fileio import file_sha256
 
-    assert kept[0]["model"]["sha256"] == file_sha256(tiny_model) and kept[0]["model"]["name"] == "tiny.onnx"
+    assert kept[0]["model"]["sha256"] == file_sha256(tiny_model) and kept[0]["model"]["file"] == "tiny.onnx"
+    assert kept[0]["model"]["version"] and kept[0]["model"]["name"] == json.loads(out.splitlines()[0])["model"]["name"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["collect"]["kept"] == 13 and summary["collect"]["duplicate"] == 99
 

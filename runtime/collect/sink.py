@@ -104,17 +104,22 @@ def encode_jpeg(image: Any, bgr: bool, max_side: int = MAX_SIDE, quality: int = 
     return buf.getvalue(), im.width, im.height
 
 
-def model_identity(model_path: str, spec: Any) -> Dict[str, Any]:
-    """What each kept frame says about the model: file name, sha256 of the file, classes, precision, arch, and
-    the checkpoint it was exported from."""
-    from edgecls.core.fileio import file_sha256
-
+def model_identity(model_path: str, spec: Any, identity: Any = None) -> Dict[str, Any]:
+    """What each kept frame says about the model: name, version, sha256 of the file (full), file name, classes,
+    precision, arch, and the checkpoint it was exported from. ``identity``: the model slot's
+    :class:`~edgecls.runtime.slot.identity.ModelIdentity` (its sha256 already computed), else the file is hashed."""
     path = Path(model_path)
-    try:
-        digest: Optional[str] = file_sha256(path)
-    except OSError:  # e.g. a remote model named by URL
-        digest = None
-    return {"name": path.name, "sha256": digest, "classes": list(spec.classes), "arch": spec.arch,
+    if identity is not None:
+        head: Dict[str, Any] = {"name": identity.name, "version": identity.version, "sha256": identity.sha256 or None}
+    else:
+        from edgecls.core.fileio import file_sha256
+
+        try:
+            digest: Optional[str] = file_sha256(path)
+        except OSError:  # e.g. a remote model named by URL
+            digest = None
+        head = {"name": path.name, "sha256": digest}
+    return {**head, "file": path.name, "classes": list(spec.classes), "arch": spec.arch,
             "precision": spec.precision, "source_sha256": spec.source_sha256}
 
 
@@ -137,6 +142,8 @@ class Collector:
         remove_orphan_temps(self.root)
         remove_orphan_temps(self.root / IMAGES)
         self.model = dict(model)
+        self.known: Dict[str, Dict[str, Any]] = {}  # sha256 prefix -> the full identity of a model that answered
+        self.add_model(model)
         self.counts: Counter = Counter()  # the writer's outcomes
         self.early: Counter = Counter()  # the loop's (rate-capped before queueing, queue full, after a stop)
         self.kept_by_rule: Counter = Counter()
@@ -165,6 +172,12 @@ class Collector:
         self._thread.start()
         log.info("collecting %s into %s (at most %g MB, %s)", ",".join(cfg.rules), self.root, cfg.max_mb,
                  f"{cfg.rate_per_min}/min per live source and rule" if cfg.rate_per_min else "no rate cap")
+
+    def add_model(self, identity: Dict[str, Any]) -> None:
+        """A model that answers from now on (the first, or one swapped in): kept frames name it in full."""
+        self.model = dict(identity)
+        if identity.get("sha256"):
+            self.known[str(identity["sha256"])[:12]] = dict(identity)
 
     # -- the run loop's side: cheap, never waits ----------------------------------------------------------------
     def check_model(self, decider: Any) -> List[str]:
@@ -259,7 +272,12 @@ class Collector:
         line.update({"event": "kept", "id": stem, "image": rel, "time": round(t, 3), "time_utc": _utc(t),
                      "reasons": why, "margin": None if margin_of(pred) is None else round(margin_of(pred), 6),
                      "dhash": f"{h:016x}", "width": w, "height": hgt, "bytes": len(jpeg)})
-        line.setdefault("model", self.model)
+        answered = record.get("model")  # the model that answered this frame (records name it: the model slot)
+        if isinstance(answered, dict) and answered.get("sha256"):
+            full = self.known.get(str(answered["sha256"])[:12], {})
+            line["model"] = {**full, **answered, **({"sha256": full["sha256"]} if full.get("sha256") else {})}
+        else:
+            line["model"] = self.model
         size = len(jpeg) + _line_bytes(line)
         if self.used + size > self.cfg.max_bytes:
             self.counts["stopped"] += 1

@@ -55,6 +55,7 @@ class RunConfig:
     fps_cap: Optional[float] = None  # classify at most this many frames/s of each live source
     sources_file: Optional[str] = None  # live sources, one a line, re-read when it changes (sources_control.py)
     collect: Optional[Any] = None  # --collect DIR: a runtime.collect.config.CollectConfig
+    on_drift: Optional[str] = None  # --on-drift collect: keep every frame of a source while its drift alarm lasts
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in (self.sources or ())))
@@ -77,6 +78,11 @@ class RunConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"--retries must be an integer >= 0, got {self.retries!r}")
+        if self.on_drift not in (None, "collect"):
+            raise InputError(f"--on-drift {self.on_drift!r} is not valid: the one action is 'collect'")
+        if self.on_drift == "collect" and (self.collect is None or not self.drift):
+            raise InputError("--on-drift collect needs --collect DIR (where the frames go) and the drift watch "
+                             "(not --no-drift)")
         if not isinstance(self.max_pixels, int) or self.max_pixels < 0:
             raise InputError(f"--max-pixels must be an integer >= 0 (0: no bound), got {self.max_pixels!r}")
         if self.metrics_port is not None and not (isinstance(self.metrics_port, int) and 0 <= self.metrics_port <= 65535):

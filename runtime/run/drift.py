@@ -4,6 +4,7 @@
 source change: the hook for acting while a source drifts, e.g. switching frame collection on for it."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Callable, Optional, TextIO
@@ -34,3 +35,18 @@ def open_drift(config: Any, clf: Any, err: TextIO, on_alarm: Optional[Callable[[
     watch = DriftWatch(ref, pspec.mean, pspec.std, on_alarm=on_alarm)
     log.info("drift watched against %d calibration images (%s)", ref.n, ref.source)
     return watch
+
+
+def drift_after_swap(config: Any, model_path: str, clf: Any, err: TextIO,
+                     on_alarm: Optional[Callable[[str, tuple, bool], None]] = None) -> Optional[Any]:
+    """A model swapped in (or rolled back to) is watched against its own reference, the ``.drift.json`` beside its
+    file: a reference states what one model was calibrated on. Without one, or with one made for another model,
+    drift signals stop, said in one line (the run goes on)."""
+    from edgecls.runtime.drift.reference import DriftReferenceError
+
+    try:
+        return open_drift(dataclasses.replace(config, model=str(model_path), drift_reference=None), clf, err, on_alarm)
+    except DriftReferenceError as e:
+        err.write(f"edgecls run: no drift signals for the model swapped in: {e}\n")
+        err.flush()
+        return None

@@ -27,7 +27,7 @@ import numpy as np
 from edgecls.core.errors import EXIT_TERMINATED
 from edgecls.runtime.decision import Prediction, Smoother
 from edgecls.runtime.run.config import RunConfig
-from edgecls.runtime.run.drift import open_drift
+from edgecls.runtime.run.drift import drift_after_swap, open_drift
 from edgecls.runtime.run.opened import Opened as _Open
 from edgecls.runtime.run.output import AnnotatedOutput
 from edgecls.runtime.run.plan import auto_batch, plan_inference
@@ -363,6 +363,10 @@ def run(
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
+        if on_drift_alarm is None and config.on_drift == "collect":  # --on-drift collect (needs --collect)
+            def on_drift_alarm(source: str, kinds: Tuple[str, ...], active: bool) -> None:
+                if opened.collector is not None:
+                    opened.collector.force(source, active, reason="drift:" + ",".join(kinds))
         stats.drift = open_drift(config, clf, err, on_drift_alarm)
         stats.model = slot.identity.to_dict()  # the views show the model answering now
         slot.on_change.append(lambda ident: setattr(stats, "model", ident.to_dict()))
@@ -383,10 +387,20 @@ def run(
         if config.collect is not None:
             from edgecls.runtime.collect.sink import Collector, model_identity
 
-            opened.collector = stats.collect = Collector(config.collect, model_identity(config.model, clf.spec))
-            stats.notes.extend(opened.collector.check_model(clf.decider))
+            collector = opened.collector = stats.collect = Collector(
+                config.collect, model_identity(config.model, clf.spec, slot.identity))
+            stats.notes.extend(collector.check_model(clf.decider))
+            slot.on_change.append(lambda ident: collector.add_model(
+                model_identity(ident.path, slot.clf.spec, ident)))
         opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams, drift=stats.drift,
                             collector=opened.collector)
+        loop = opened.loop
+
+        def drift_follows(ident: Any) -> None:  # a swapped-in model is watched against its own reference
+            stats.drift = loop.drift = drift_after_swap(config, ident.path, slot.clf, err, on_drift_alarm)
+
+        if config.drift:
+            slot.on_change.append(drift_follows)
         if control is not None:
             control.start(opened.loop)
         try:
