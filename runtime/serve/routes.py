@@ -25,7 +25,7 @@ import numpy as np
 from edgecls.runtime.serve import kserve
 from edgecls.runtime.serve.batching import BatcherClosed
 from edgecls.runtime.serve.uploads import Lease, UploadError, read_body
-from edgecls.runtime.slot.slot import SlotEmpty
+from edgecls.runtime.slot.loaded import SlotEmpty
 
 log = logging.getLogger(__name__)
 

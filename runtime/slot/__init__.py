@@ -7,6 +7,7 @@ closed once its calls in flight are done. :mod:`.watch` turns SIGHUP and a repla
 :mod:`.metrics` exposes the slot to Prometheus.
 """
 from edgecls.runtime.slot.identity import ModelIdentity, identify, resolve_model
-from edgecls.runtime.slot.slot import Loaded, ModelSlot, SwapRefused
+from edgecls.runtime.slot.loaded import Loaded, SwapRefused
+from edgecls.runtime.slot.slot import ModelSlot
 
 __all__ = ["Loaded", "ModelIdentity", "ModelSlot", "SwapRefused", "identify", "resolve_model"]

@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -25,54 +24,12 @@ from edgecls.core.errors import InputError
 from edgecls.runtime.model_io import check_model_file
 from edgecls.runtime.slot.checks import GoldenSet, Refusal, bad_output, check_compatible, warm_up
 from edgecls.runtime.slot.identity import ModelIdentity, identify, resolve_model
+from edgecls.runtime.slot.loaded import Event, Loaded, ReloadResult, SlotEmpty, close_model
 
 log = logging.getLogger(__name__)
 
 PROBATION_CALLS = 8  # a new model's first calls are checked (finite, right shape); a failure rolls back
 HISTORY = 50  # swaps, refusals and rollbacks kept for the summary and the views
-
-
-class SwapRefused(Exception):
-    """A new model was not swapped in (the current one goes on); ``refusal.reason`` says which check failed."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(str(refusal))
-        self.refusal = refusal
-
-
-class SlotEmpty(RuntimeError):
-    """No model is loaded (serve: unloaded through the repository API)."""
-
-
-class Loaded:
-    """One loaded model: its classifier, its identity, and its calls in flight (closed when retired and idle)."""
-
-    def __init__(self, clf: Any, identity: ModelIdentity, owned: bool = True) -> None:
-        self.clf = clf
-        self.identity = identity
-        self.owned = owned  # False: a classifier handed in (tests, the API) is closed by whoever made it
-        self.inflight = 0
-        self.probation = 0  # calls still watched after the swap
-        self.retired = False
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"Loaded({self.identity})"
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    status: str  # swapped | unchanged | refused
-    identity: Optional[ModelIdentity]
-    refusal: Optional[Refusal] = None
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Event:
-    t: float  # Unix time
-    kind: str  # swap | refusal | rollback | unload
-    text: str
 
 
 class ModelSlot:
@@ -198,7 +155,7 @@ class ModelSlot:
             if close:
                 m.closed = True
         if close:
-            _close(m)
+            close_model(m)
 
     def infer(self, batch: np.ndarray) -> Tuple[np.ndarray, Loaded]:
         """The output for ``batch`` and the model that produced it (see the module docstring for probation)."""
@@ -256,7 +213,7 @@ class ModelSlot:
         m.retired = True
         if m.inflight == 0 and not m.closed:
             m.closed = True
-            threading.Thread(target=_close, args=(m,), daemon=True, name="edgecls-slot-close").start()
+            threading.Thread(target=close_model, args=(m,), daemon=True, name="edgecls-slot-close").start()
 
     # -- replacing it ----------------------------------------------------------------------------------------------
     def reload(self, trigger: str, version: Optional[str] = None) -> ReloadResult:
@@ -285,7 +242,7 @@ class ModelSlot:
                 return self._refuse(Refusal("load", f"{type(e).__name__}: {e}"), trigger, sha, t0)
             refusal = self._check(new)
             if refusal is not None:
-                _close(new)
+                close_model(new)
                 return self._refuse(refusal, trigger, new.identity.sha256, t0)
             self._swap(new, trigger)
             return ReloadResult("swapped", new.identity, None, time.perf_counter() - t0)
@@ -382,37 +339,9 @@ class ModelSlot:
                     m.closed = True
                     idle.append(m)
         for m in idle:
-            _close(m)
+            close_model(m)
 
 
 def _stat(path: Path) -> Tuple[int, int, int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _close(m: Loaded) -> None:
-    """Close a retired model and give its memory back to the system (glibc keeps freed pages until trimmed: without
-    it every swap would leave the old session's heap in the process)."""
-    if not m.owned:
-        return
-    try:
-        m.clf.close()
-    except Exception:
-        log.exception("closing model %s failed", m.identity)
-    m.clf = _Closed(m.clf)
-    import gc
-
-    from edgecls.runtime.serve.uploads import malloc_trim
-
-    gc.collect()
-    malloc_trim()
-
-
-class _Closed:
-    """What a closed model keeps: its spec and decision rule (records decided after the swap still need them)."""
-
-    def __init__(self, clf: Any) -> None:
-        self.spec, self.decider, self.max_pixels = clf.spec, clf.decider, getattr(clf, "max_pixels", None)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        raise SlotEmpty("this model was closed after a swap")
