@@ -173,7 +173,7 @@ def main() -> None:
     summary = json.loads((added / "summary.json").read_text())
     print(f"learn      {secs:.1f}s wall for the command (in-process {summary['seconds']['total']:.1f}s: features "
           f"{summary['seconds']['features']:.1f}s, head {summary['seconds']['head']:.1f}s), "
-          f"{sum(len(v) for v in data.field.values())} labelled photos; load {load()}")
+          f"{sum(1 for _ in labelled.glob('*/*'))} labelled photos; load {load()}")
 
     from edgecls.reference.checkpoint import load_checkpoint
 
