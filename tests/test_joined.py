@@ -161,7 +161,6 @@ def test_real_weights_joined_input_matches_each_backbones_own_preprocessing():
     with torch.no_grad():
         joined = m.branches[1](torch.from_numpy(preprocess(imgs, preprocess_for(arch))))
         feats = []
-        alone.register_forward_hook(lambda mod, inp, out: None)
         h = head_of(alone, "timm:tf_efficientnet_lite0").register_forward_hook(
             lambda mod, inp, out: feats.append(inp[0]))
         alone(torch.from_numpy(preprocess(imgs, preprocess_for("timm:tf_efficientnet_lite0"))))
