@@ -161,10 +161,33 @@ def test_real_weights_joined_input_matches_each_backbones_own_preprocessing():
     with torch.no_grad():
         joined = m.branches[1](torch.from_numpy(preprocess(imgs, preprocess_for(arch))))
         feats = []
-        alone.register_forward_hook(lambda mod, inp, out: None)
         h = head_of(alone, "timm:tf_efficientnet_lite0").register_forward_hook(
             lambda mod, inp, out: feats.append(inp[0]))
         alone(torch.from_numpy(preprocess(imgs, preprocess_for("timm:tf_efficientnet_lite0"))))
         h.remove()
     cos = torch.nn.functional.cosine_similarity(joined, feats[0], dim=1)
     assert float(cos.min()) > 0.9, cos
+
+
+def test_fp16_of_a_joined_graph_with_tf_same_padding():
+    """timm's tf_ models compute their "same" padding from the input shape through Cast nodes: the FP16 form must
+    still load in onnxruntime and agree with PyTorch (it did not, alone or joined, before export/fp16.py retargeted
+    those Casts)."""
+    import onnxruntime as ort
+
+    from edgecls.export.fp16 import to_fp16
+    from edgecls.export.onnx_export import export_onnx
+    from edgecls.runtime.spec import ModelSpec
+
+    arch = "mobilenet_v3_small+timm:tf_efficientnet_lite0"
+    torch.manual_seed(0)
+    m = build_model(arch, 3, weights="none").eval()
+    spec = ModelSpec(arch=arch, classes=("a", "b", "c"), preprocess=preprocess_for(arch, 32))
+    proto, _ = export_onnx(m, spec)
+    fp16 = to_fp16(proto)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(fp16.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    got = sess.run(None, {"input": x})[0]
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.02 * max(1.0, np.abs(ref).max())
