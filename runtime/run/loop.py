@@ -20,19 +20,20 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
 from edgecls.core.errors import EXIT_TERMINATED
 from edgecls.runtime.decision import Prediction, Smoother
 from edgecls.runtime.run.config import RunConfig
-from edgecls.runtime.run.drift import drift_after_swap, open_drift
 from edgecls.runtime.run.opened import Opened as _Open
 from edgecls.runtime.run.output import AnnotatedOutput
 from edgecls.runtime.run.plan import auto_batch, plan_inference
+from edgecls.runtime.run.prefetch import ordered_prefetch
 from edgecls.runtime.run.records import error_record, prediction_record
 from edgecls.runtime.run.saver import Saver
+from edgecls.runtime.run.sinks import check_sinks, open_sinks
 from edgecls.runtime.run.sources_control import SourceControl
 from edgecls.runtime.run.stats import RunStats
 from edgecls.runtime.run.viewer import Viewer
@@ -58,19 +59,6 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def ordered_prefetch(
-    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], lookahead: int
-) -> Iterator[Any]:
-    """``map(fn, items)`` on ``pool``, in order, with at most ``lookahead`` items in flight."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= lookahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 class _Loop:
@@ -329,10 +317,7 @@ def run(
         given = config.sources or config.cameras or not config.sources_file
         sources = parse_sources(config.sources, config.cameras, config.source_options()) if given else []
     control = SourceControl(config, stats=None) if config.sources_file or config.view else None
-    if config.collect is not None:  # so does a collection folder that cannot be written (exit 2)
-        from edgecls.runtime.collect.sink import check_folder
-
-        check_folder(config.collect.folder)
+    check_sinks(config)  # so does a collection folder that cannot be written (exit 2)
     plan = plan_inference(config, sources, usable_cpus())
     t0 = time.perf_counter()
     owns = classifier is None
@@ -363,13 +348,7 @@ def run(
         if getattr(clf.backend, "fallback", None):
             stats.notes.append(f"FALLBACK: {clf.backend.fallback}")
         stats.sources = len(sources)
-        if on_drift_alarm is None and config.on_drift == "collect":  # --on-drift collect (needs --collect)
-            def on_drift_alarm(source: str, kinds: Tuple[str, ...], active: bool) -> None:
-                if opened.collector is not None:
-                    opened.collector.force(source, active, reason="drift:" + ",".join(kinds))
-        stats.drift = open_drift(config, clf, err, on_drift_alarm)
-        stats.model = slot.identity.to_dict()  # the views show the model answering now
-        slot.on_change.append(lambda ident: setattr(stats, "model", ident.to_dict()))
+        open_sinks(config, slot, stats, opened, err, on_drift_alarm)  # drift watch, --collect: follow swaps
         if config.metrics_port is not None:
             from edgecls.runtime.run.prometheus import MetricsServer
 
@@ -384,23 +363,8 @@ def run(
                 opened.web.control = control
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
-        if config.collect is not None:
-            from edgecls.runtime.collect.sink import Collector, model_identity
-
-            collector = opened.collector = stats.collect = Collector(
-                config.collect, model_identity(config.model, clf.spec, slot.identity))
-            stats.notes.extend(collector.check_model(clf.decider))
-            slot.on_change.append(lambda ident: collector.add_model(
-                model_identity(ident.path, slot.clf.spec, ident)))
         opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams, drift=stats.drift,
                             collector=opened.collector)
-        loop = opened.loop
-
-        def drift_follows(ident: Any) -> None:  # a swapped-in model is watched against its own reference
-            stats.drift = loop.drift = drift_after_swap(config, ident.path, slot.clf, err, on_drift_alarm)
-
-        if config.drift:
-            slot.on_change.append(drift_follows)
         if control is not None:
             control.start(opened.loop)
         try:
