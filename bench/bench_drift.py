@@ -46,7 +46,9 @@ def frame_of(photo: np.ndarray) -> np.ndarray:
 
     h, w = photo.shape[:2]
     s = H / min(h, w)
-    return cv2.resize(photo, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    f = cv2.resize(photo, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    y0, x0 = max(0, (f.shape[0] - 3 * H) // 2), max(0, (f.shape[1] - 3 * H) // 2)  # at most 3:1 (a panorama)
+    return np.ascontiguousarray(f[y0:y0 + 3 * H, x0:x0 + 3 * H])
 
 
 def shifted(kind: Optional[str], photo: np.ndarray) -> np.ndarray:
