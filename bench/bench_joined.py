@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from joined_features import BACKBONES, VIEWS, joined_arch, joined_weights  # noqa: E402
+from joined_features import BACKBONES, joined_arch, joined_weights  # noqa: E402
 
 OWN = {"mnv2": "pair224", "lite0": "lite0lead", "lite2": "triple260"}  # the view where it gets its own input
 NAMES = {"mnv2": "MobileNetV2", "lite0": "Lite0", "lite2": "Lite2"}

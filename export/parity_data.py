@@ -82,3 +82,19 @@ def parity_data_from_folder(folder: PathLike, spec: ModelSpec, limit: Optional[i
     y = np.asarray([lab for _, lab in items], dtype=np.int64) if labelled else None
     kind = "labelled" if labelled else "unlabelled"
     return ParityData(x, y, tuple(os.fspath(p) for p, _ in items), f"{os.fspath(folder)} ({len(items)} {kind} images)")
+
+
+def gate_data(folder: Optional[Path], spec: ModelSpec, parity: ParityData) -> Optional[ParityData]:
+    """``--gate-data``: labelled images (class subfolders) for the gates, none of them a parity image."""
+    if folder is None:
+        return None
+    extra = parity_data_from_folder(folder, spec)
+    if extra.y is None:
+        raise InputError(f"--gate-data {os.fspath(folder)!r} must be labelled: images in subfolders named after "
+                         f"the classes ({', '.join(spec.classes[:6])}{', ...' if len(spec.classes) > 6 else ''})")
+    seen = {os.path.realpath(p) for p in parity.paths}
+    both = [p for p in extra.paths if os.path.realpath(p) in seen]
+    if both:
+        raise InputError(f"--gate-data holds {len(both)} of the parity images (e.g. {both[0]}): give images the "
+                         "export does not already use")
+    return extra

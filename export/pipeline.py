@@ -180,9 +180,10 @@ class _Exporter:
                 return report
             if report:
                 from edgecls.export.confidence import refit_artifact
+                from edgecls.export.promise import with_promise
 
                 spec = refit_artifact(self, tmp, spec, name, report=report)  # the checkpoint's promise, carried
-                report = _with_promise(report, spec, self.extra.get(name, {}).get("promise"))
+                report = with_promise(report, spec, self.extra.get(name, {}).get("promise"))
                 embed_spec(proto, spec)
                 tmp.write_bytes(proto.SerializeToString())
                 atomic.publish(tmp, final)
@@ -272,7 +273,7 @@ class _Exporter:
         that choose the INT8 recipe are not the ones reported: :mod:`edgecls.export.select_split`); ``--gate-data``
         joins the reported images."""
         from edgecls.export.parity import reference_from
-        from edgecls.export.parity_data import parity_data_from_checkpoint, parity_data_from_folder
+        from edgecls.export.parity_data import gate_data, parity_data_from_checkpoint, parity_data_from_folder
         from edgecls.reference.torch_backend import TorchBackend
 
         cfg, ckpt = self.cfg, self.ckpt
@@ -360,34 +361,6 @@ class _Exporter:
                                                        report=report))
             self.reports.append(report)
         return results, ("\n".join(errors) if errors else None)
-
-
-def _with_promise(report: ParityReport, spec: ModelSpec, promise: Optional[Dict[str, Any]]) -> ParityReport:
-    """The report's note on the promise the artifact states, and its final threshold (the carried one)."""
-    if not promise:
-        return report
-    note = ("promise: the checkpoint's, word for word" if promise["kept"] else "promise: re-certified") + \
-        f" ({promise['why']})" + (f"; threshold {spec.threshold:.4g}" if spec.positive is not None else "")
-    return dataclasses.replace(report, notes=tuple(report.notes) + (note,),
-                               threshold=spec.threshold if spec.positive is not None else report.threshold)
-
-
-def gate_data(folder: Optional[Path], spec: ModelSpec, parity: ParityData) -> Optional[ParityData]:
-    """``--gate-data``: labelled images (class subfolders) for the gates, none of them a parity image."""
-    if folder is None:
-        return None
-    from edgecls.export.parity_data import parity_data_from_folder
-
-    extra = parity_data_from_folder(folder, spec)
-    if extra.y is None:
-        raise InputError(f"--gate-data {os.fspath(folder)!r} must be labelled: images in subfolders named after "
-                         f"the classes ({', '.join(spec.classes[:6])}{', ...' if len(spec.classes) > 6 else ''})")
-    seen = {os.path.realpath(p) for p in parity.paths}
-    both = [p for p in extra.paths if os.path.realpath(p) in seen]
-    if both:
-        raise InputError(f"--gate-data holds {len(both)} of the parity images (e.g. {both[0]}): give images the "
-                         "export does not already use")
-    return extra
 
 
 def require_export_dependencies() -> None:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional
 
+from edgecls.export.parity import ParityReport
 from edgecls.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -101,3 +102,13 @@ def carry_promise(spec: ModelSpec, checkpoint: ModelSpec, report, name: str) -> 
                 g1.statement() if g1 is not None else "no precision promise",
                 g0.statement() if g0 is not None else "none")
     return Carried(out, False, prob, ood, n, why)
+
+
+def with_promise(report: ParityReport, spec: ModelSpec, promise: Optional[Dict[str, Any]]) -> ParityReport:
+    """The report's note on the promise the artifact states, and its final threshold (the carried one)."""
+    if not promise:
+        return report
+    note = ("promise: the checkpoint's, word for word" if promise["kept"] else "promise: re-certified") + \
+        f" ({promise['why']})" + (f"; threshold {spec.threshold:.4g}" if spec.positive is not None else "")
+    return replace(report, notes=tuple(report.notes) + (note,),
+                               threshold=spec.threshold if spec.positive is not None else report.threshold)

@@ -61,10 +61,8 @@ _PYTHON_CODECS = {"bmp_rle": "RLE-compressed BMP", "ppm": "16-bit PPM/PGM", "ppm
 
 
 def _name(path: Union[str, os.PathLike, None]) -> str:
-    if isinstance(path, (str, os.PathLike)):
-        return repr(os.fspath(path))
-    name = getattr(path, "name", None)  # a file object that says where its bytes came from (a URI read into memory)
-    return repr(name) if isinstance(name, str) else "(in-memory image)"
+    name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", None)  # a file object: its URI
+    return repr(os.fspath(name)) if isinstance(name, (str, os.PathLike)) else "(in-memory image)"
 
 
 def _check_size(im: Image.Image, max_pixels: Optional[int], where: str) -> None:

@@ -16,6 +16,7 @@ about a minute on a CPU, without retraining the backbone.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,10 @@ class AddClassesConfig:
     holdout: float = 0.3  # share of each new class's photos held out for calibration
     seed: int = 0
     exist_ok: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout < 1.0:
+            raise InputError(f"--holdout must be in (0, 1), e.g. 0.3, got {self.holdout!r}")
 
 
 @dataclass(frozen=True)
@@ -177,22 +182,60 @@ def _recorded_l2(ckpt, path: Path) -> Optional[float]:
     return float(head["l2"]) if head.get("l2") is not None else None
 
 
+def _pairs(items: Sequence[Tuple[str, int]]) -> List[List[Any]]:
+    return [[p, int(y)] for p, y in items]
+
+
+def _fit_head(ckpt: Any, cfg: AddClassesConfig, x: np.ndarray, y: np.ndarray, counts: np.ndarray
+              ) -> Tuple[np.ndarray, np.ndarray, float, List[Any]]:
+    """The grown head over old + new classes, class-balanced, at the L2 the deployed head was fitted with (chosen
+    by cross-validation again only where the checkpoint does not record it)."""
+    from edgecls.train.config import RECIPES
+    from edgecls.train.data import class_weights
+    from edgecls.train.linear_head import fit_linear_head, select_head_l2
+
+    recipe, n = RECIPES["fast"], len(counts)
+    l2, cv = _recorded_l2(ckpt, Path(cfg.checkpoint)), []
+    if l2 is None:  # 20 extra head fits: ~50 s for 28 classes on 2 loaded cores
+        l2, cv = select_head_l2(x, y, n, recipe.head_l2_grid, recipe.head_cv_folds, cfg.seed, True,
+                                recipe.head_max_iter)
+    else:
+        log.info("head L2 %g: the one the deployed head was fitted with (chosen by cross-validation then)", l2)
+    weight, bias = fit_linear_head(x, y, n, class_weights(counts), l2, recipe.head_max_iter)
+    return weight, bias, l2, cv
+
+
+def _heldout_figures(ckpt: Any, head_keys: Sequence[str], f_va: np.ndarray, y_old: np.ndarray, logits: np.ndarray,
+                     yh: np.ndarray, added: Sequence[str], index: Dict[str, int]) -> Tuple[float, float, Dict]:
+    """The old classes' accuracy on the old val images before and after (the deployed head, the grown one), and
+    each new class's recall on its held-out photos with n and a 95 % Clopper-Pearson interval."""
+    from edgecls.runtime.confidence.bounds import cp_lower, cp_upper
+
+    w0 = ckpt.state_dict[next(k for k in head_keys if k.endswith("weight"))].numpy().astype(np.float64)
+    b0 = ckpt.state_dict[next(k for k in head_keys if k.endswith("bias"))].numpy().astype(np.float64)
+    before = float(np.mean((f_va @ w0.T + b0).argmax(1) == y_old)) if len(y_old) else float("nan")
+    after = float(np.mean(logits[: len(y_old)].argmax(1) == y_old)) if len(y_old) else float("nan")
+    pred = logits.argmax(1)
+    recall = {}
+    for c in added:
+        k = index[c]
+        m = yh == k
+        hits, n = int(np.sum(pred[m] == k)), int(m.sum())
+        recall[c] = {"recall": hits / max(n, 1), "hits": hits, "n": n,
+                     "interval": [cp_lower(hits, n, 0.025), cp_upper(hits, n, 0.025)] if n else [0.0, 1.0]}
+    return before, after, recall
+
+
 def add_classes(cfg: AddClassesConfig) -> AddClassesResult:
     """Run the whole flow (see the module) and write ``cfg.out/best.pt`` and ``summary.json``."""
     from edgecls.core.fileio import write_text
     from edgecls.reference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from edgecls.runtime import metrics as M
     from edgecls.runtime.confidence import ConfidenceSettings
-    from edgecls.runtime.confidence.bounds import cp_lower, cp_upper
     from edgecls.train.calibrate import calibrate
-    from edgecls.train.config import RECIPES
-    from edgecls.train.data import class_weights
     from edgecls.train.feature_cache import FeatureCache, backbone_key, head_names
-    from edgecls.train.linear_head import fit_linear_head, select_head_l2
 
     t0 = time.monotonic()
-    if not 0.0 < cfg.holdout < 1.0:
-        raise InputError(f"--holdout must be in (0, 1), e.g. 0.3, got {cfg.holdout!r}")
     out = Path(cfg.out)
     if (out / "best.pt").exists() and not cfg.exist_ok:
         raise InputError(f"--out {os.fspath(out)!r} already holds a best.pt; pass --exist-ok or choose another --out")
@@ -209,26 +252,17 @@ def add_classes(cfg: AddClassesConfig) -> AddClassesResult:
 
     t = time.monotonic()
     cache = FeatureCache(Path(cfg.checkpoint).resolve().parent / "features", backbone_key(ckpt.state_dict, head_keys))
-    pspec = ckpt.spec.preprocess
-    f_tr, p_tr = cache.features(model, ckpt.spec.arch, pspec, train_old, "old training")
-    f_va, p_va = cache.features(model, ckpt.spec.arch, pspec, val_old, "old val")
-    cache.save()
-    f_fn, p_fn = cache.features(model, ckpt.spec.arch, pspec, fit_new, "new (fit)")
-    f_hn, p_hn = cache.features(model, ckpt.spec.arch, pspec, held_new, "new (held out)")
+    feats = functools.partial(cache.features, model, ckpt.spec.arch, ckpt.spec.preprocess)
+    (f_tr, p_tr), (f_va, p_va) = feats(train_old, "old training"), feats(val_old, "old val")
+    cache.save()  # the old images' features: kept for the next time
+    (f_fn, p_fn), (f_hn, p_hn) = feats(fit_new, "new (fit)"), feats(held_new, "new (held out)")
     feat_s = time.monotonic() - t
 
     t = time.monotonic()
     x = np.concatenate([f_tr, f_fn])
     y = np.array([train_old[i][1] for i in p_tr] + [fit_new[i][1] for i in p_fn], dtype=np.int64)
-    recipe = RECIPES["fast"]
     counts = np.bincount(y, minlength=len(classes))
-    l2, cv = _recorded_l2(ckpt, Path(cfg.checkpoint)), []
-    if l2 is None:  # 20 extra head fits: ~50 s for 28 classes on 2 loaded cores
-        l2, cv = select_head_l2(x, y, len(classes), recipe.head_l2_grid, recipe.head_cv_folds, cfg.seed, True,
-                                recipe.head_max_iter)
-    else:
-        log.info("head L2 %g: the one the deployed head was fitted with (chosen by cross-validation then)", l2)
-    weight, bias = fit_linear_head(x, y, len(classes), class_weights(counts), l2, recipe.head_max_iter)
+    weight, bias, l2, cv = _fit_head(ckpt, cfg, x, y, counts)
     head_s = time.monotonic() - t
 
     xh = np.concatenate([f_va, f_hn])
@@ -243,23 +277,10 @@ def add_classes(cfg: AddClassesConfig) -> AddClassesResult:
                              confidence=cal.confidence)
     state = _grown(ckpt, classes, weight, bias, head_keys)
 
-    w0 = ckpt.state_dict[next(k for k in head_keys if k.endswith("weight"))].numpy().astype(np.float64)
-    b0 = ckpt.state_dict[next(k for k in head_keys if k.endswith("bias"))].numpy().astype(np.float64)
     y_old = np.array([val_old[i][1] for i in p_va], dtype=np.int64)
-    before = float(np.mean((f_va @ w0.T + b0).argmax(1) == y_old)) if len(y_old) else float("nan")
-    after = float(np.mean(logits[: len(p_va)].argmax(1) == y_old)) if len(y_old) else float("nan")
-    pred = logits.argmax(1)
-    recall = {}
-    for c in added:
-        k = index[c]
-        m = yh == k
-        hits, n = int(np.sum(pred[m] == k)), int(m.sum())
-        recall[c] = {"recall": hits / max(n, 1), "hits": hits, "n": n,
-                     "interval": [cp_lower(hits, n, 0.025), cp_upper(hits, n, 0.025)] if n else [0.0, 1.0]}
-
+    before, after, recall = _heldout_figures(ckpt, head_keys, f_va, y_old, logits, yh, added, index)
     data = {"root": root, "layout": ckpt.data.get("layout", "train/val"), "classes": list(classes),
-            "train": [[p, int(yy)] for p, yy in train_old] + [[p, int(yy)] for p, yy in fit_new],
-            "val": [[p, int(yy)] for p, yy in val_old] + [[p, int(yy)] for p, yy in held_new],
+            "train": _pairs(train_old) + _pairs(fit_new), "val": _pairs(val_old) + _pairs(held_new),
             "calib": [val_old[i][0] for i in p_va] + [held_new[i][0] for i in p_hn],
             "skipped": [], "val_fraction": ckpt.data.get("val_fraction", 0.2), "seed": ckpt.data.get("seed", 0),
             "added": {"classes": list(added), "from": os.fspath(cfg.checkpoint), "folder": os.fspath(cfg.new)}}

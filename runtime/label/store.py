@@ -185,26 +185,25 @@ class LabelStore:
             return {"assigned": len(ids), "class": cls, "new_class": new}
 
     def discard(self, ids: Sequence[Any]) -> Dict[str, Any]:
-        with self.lock:
-            ids = self._check_ids(ids)
-            for i in ids:
-                old = self.labels.pop(i, None)
-                if old is not None:
-                    self._unlink(i, old)
-                self.discarded.add(i)
-            self._save()
-            return {"discarded": len(ids)}
+        return {"discarded": self._unlabel(ids, discard=True)}
 
     def reset(self, ids: Sequence[Any]) -> Dict[str, Any]:
+        return {"reset": self._unlabel(ids, discard=False)}
+
+    def _unlabel(self, ids: Sequence[Any], discard: bool) -> int:
+        """Take the images' labels (and their links) away; mark them discarded or back to unlabelled."""
         with self.lock:
             ids = self._check_ids(ids)
             for i in ids:
                 old = self.labels.pop(i, None)
                 if old is not None:
                     self._unlink(i, old)
-                self.discarded.discard(i)
+                if discard:
+                    self.discarded.add(i)
+                else:
+                    self.discarded.discard(i)
             self._save()
-            return {"reset": len(ids)}
+            return len(ids)
 
     # -- the folder ------------------------------------------------------------------------------------------------
     def _dest(self, item_id: str, cls: str) -> Path:

@@ -299,6 +299,22 @@ def _run_groups(loop: _Loop, sources: Sequence[Any], notify: threading.Event, st
             break
 
 
+def _loader(config: RunConfig, plan: Any) -> Callable[[Any], Any]:
+    """How the model slot loads a model file (the first and every swapped-in one): the run's device, threads and
+    confidence options."""
+    from edgecls.runtime.classifier import Classifier
+
+    def load(path: Any) -> Any:
+        return Classifier.load(
+            path, device=config.device, threads=plan.threads, allow_fallback=config.allow_fallback,
+            threshold=config.threshold, topk=config.topk, max_pixels=config.max_pixels, coverage=config.coverage,
+            **({"remote": config.backend} if config.backend else {}),
+            **({"session_config": plan.session_config} if plan.session_config else {}),
+        )
+
+    return load
+
+
 def run(
     config: RunConfig,
     out: Optional[TextIO] = None,
@@ -309,8 +325,6 @@ def run(
 ) -> RunStats:
     """Run the loop; return its :class:`RunStats`. ``classifier``/``sources`` may be given (tests, the API);
     ``on_drift_alarm(source, kinds, active)`` is called when the drift kinds firing on a source change."""
-    from edgecls.runtime.classifier import Classifier
-
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     if sources is None:  # before the (slow) model load: a bad source fails at once
@@ -321,16 +335,7 @@ def run(
     plan = plan_inference(config, sources, usable_cpus())
     t0 = time.perf_counter()
     owns = classifier is None
-
-    def load(path) -> Any:
-        return Classifier.load(
-            path, device=config.device, threads=plan.threads, allow_fallback=config.allow_fallback,
-            threshold=config.threshold, topk=config.topk, max_pixels=config.max_pixels, coverage=config.coverage,
-            **({"remote": config.backend} if config.backend else {}),
-            **({"session_config": plan.session_config} if plan.session_config else {}),
-        )
-
-    slot, watcher = model_slot(config, classifier, load)  # the model that answers, swapped between two batches
+    slot, watcher = model_slot(config, classifier, _loader(config, plan))  # the model that answers, swapped between two batches
     clf = slot.clf
     load_s = time.perf_counter() - t0
     streams = plan.streams_on(clf.backend)
