@@ -157,8 +157,9 @@ def print_accuracy(rows) -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         j, o, p = r["joined"], r.get("own_preprocessing"), r.get("prob_average")
-        cell = (lambda d, k="val": rate(d[f"{k}_correct"], d["n" if k == "val" else "cv_n"])
-                if d and f"{k}_correct" in d else "-")
+
+        def cell(d, k="val"):
+            return rate(d[f"{k}_correct"], d["n" if k == "val" else "cv_n"]) if d and f"{k}_correct" in d else "-"
         name = " + ".join(NAMES[n] for n in r["backbones"].split("+"))
         print(f"| {name} ({r['input_view']}) | {cell(j)} | {cell(j, 'cv')} | {cell(o)} | {cell(o, 'cv')} "
               f"| {cell(p)} | {cell(p, 'cv')} |")

@@ -18,8 +18,8 @@ from edgecls.export.cli import build_engine_command, calib_sample_command, expor
 from edgecls.export.drift_cli import drift_reference_cli
 from edgecls.runtime.cli import run_command
 from edgecls.runtime.doctor.cli import doctor_command
-from edgecls.runtime.scale.cli import ray_command
 from edgecls.runtime.label.cli import label_command
+from edgecls.runtime.scale.cli import ray_command
 from edgecls.runtime.serve.cli import serve_command
 from edgecls.train.cli import train_command
 

@@ -64,6 +64,8 @@ class ClassifyActor:
         from edgecls.runtime.run.output import AnnotatedOutput
         from edgecls.runtime.run.plan import plan_inference
         from edgecls.runtime.run.stats import RunStats
+        from edgecls.runtime.slot.identity import identify, resolve_model
+        from edgecls.runtime.slot.slot import ModelSlot
         from edgecls.runtime.sources.files import ImageSource
 
         cpus = max(1, int(cpus))
@@ -83,7 +85,10 @@ class ClassifyActor:
         self.backend = f"{self.clf.backend.describe()}, batch {batch} x {streams} stream(s)"
         self.writer = _Collect()
         stats = RunStats(self.clf.decider, self.clf.backend.describe(), batch, self.load_s, streams)
-        self.loop = _Loop(self.clf, cfg, self.writer, AnnotatedOutput(None, None, stats), stats, batch=batch,
+        # records name their model as `edgecls run`'s do (name, version, sha256 prefix): the slot run would open
+        file, name, version = resolve_model(cfg.model)
+        slot = ModelSlot.around(self.clf, identify(file, name, version or "1"))
+        self.loop = _Loop(slot, cfg, self.writer, AnnotatedOutput(None, None, stats), stats, batch=batch,
                           streams=streams)
         self.cfg = cfg
         self.source = config.input
