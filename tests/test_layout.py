@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 ROOMS = ("edgecls", "train", "export", "runtime")
 MAX_FILE_LINES = 400
@@ -47,18 +45,3 @@ def test_every_package_folder_is_installed():
     }
     missing = sorted(found - set(setup["packages"]))
     assert not missing, f"package folders missing from [tool.setuptools] packages: {missing}"
-
-
-def test_every_package_folder_is_installed():
-    """Each folder with an ``__init__.py`` is in pyproject's packages: an editable install finds a forgotten one
-    anyway, a wheel (the runtime-only install on a Jetson) would ship without it."""
-    tomllib = pytest.importorskip("tomllib")
-    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(setup["packages"])
-    dirs = {v: k for k, v in setup["package-dir"].items()}
-    found = set()
-    for room in ROOMS:
-        for init in (REPO / room).rglob("__init__.py"):
-            rel = init.parent.relative_to(REPO).parts
-            found.add(".".join([dirs[rel[0]], *rel[1:]]))
-    assert found - listed == set(), f"package folders missing from pyproject.toml's packages: {found - listed}"
