@@ -73,7 +73,9 @@ def test_keyboard_select_new_class_existing_class_discard(page):
     chosen = [e.get_attribute("data-id") for e in items[2:5]]
     keys(d, "x")
     wait_for(lambda: sorted(labels(col).get("discarded", [])) == sorted(chosen), what="3 discarded")
-    assert "5 to label · 4 labelled · 3 discarded" in d.find_element("id", "counts").text
+    # the file is written before the answer reaches the page, which then redraws its counts
+    wait_for(lambda: "5 to label · 4 labelled · 3 discarded" in d.find_element("id", "counts").text,
+             what="the page's counts after the discard")
 
 
 def test_a_refused_class_name_is_shown_and_nothing_is_written(page):
