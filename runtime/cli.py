@@ -5,6 +5,8 @@ from typing import List, Optional
 
 import typer
 
+from edgecls.runtime.slot.options import ALLOW_NEW_CLASSES, GOLDEN, GOLDEN_TOLERANCE
+
 MAX_PIXELS = 50_000_000  # = edgecls.runtime.preprocess.DEFAULT_MAX_PIXELS (not imported here: fast --help)
 
 
@@ -64,12 +66,9 @@ def run_command(
                                        "stream, a grid of cameras, decisions, frames/s, latency, /metrics; POST/DELETE "
                                        "/sources add and remove cameras); 127.0.0.1 unless HOST is given, which then "
                                        "needs an access token in $EDGECLS_TOKEN."),
-    allow_new_classes: bool = typer.Option(False, "--allow-new-classes", help="Accept a new model whose classes "
-                                           "differ from the current one's (it learned new products)."),
-    golden: Optional[str] = typer.Option(None, "--golden", help="Labelled folder (DIR/<class>/<image>): a new model "
-                                         "must classify it at least as well as the current one, else it is refused."),
-    golden_tolerance: float = typer.Option(2.0, "--golden-tolerance", help="Accuracy points a new model may lose on "
-                                           "--golden."),
+    allow_new_classes: bool = ALLOW_NEW_CLASSES,
+    golden: Optional[str] = GOLDEN,
+    golden_tolerance: float = GOLDEN_TOLERANCE,
     watch: bool = typer.Option(True, "--watch/--no-watch", help="Swap in a new model when the model file is "
                                "replaced (SIGHUP reloads it either way)."),
     drift: bool = typer.Option(True, "--drift/--no-drift", help="Watch each source for drift against the images the "

@@ -65,7 +65,7 @@ class _Loop:
     """One run's work: the prefetching pool, the inference threads, decisions, records and annotated output."""
 
     def __init__(self, clf, cfg: RunConfig, writer, output: AnnotatedOutput, stats: RunStats, batch: int = 1,
-                 streams: int = 1, drift: Any = None, collector: Any = None):
+                 streams: int = 1, collector: Any = None):
         self.clf = clf
         self.cfg = cfg
         self.batch = batch
@@ -80,7 +80,6 @@ class _Loop:
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edgecls-prep")
         self.infer_exec = ThreadPoolExecutor(streams, thread_name_prefix="edgecls-infer")
         self.stopped = False
-        self.drift = drift  # runtime.drift.watch.DriftWatch, or None
 
     # -- per-frame work done on the pool ---------------------------------------------------------------------
     def _prepare(self, frame: Frame) -> Item:
@@ -114,8 +113,9 @@ class _Loop:
         self.stats.decode.append(frame.decode_ms)
         self.stats.preprocess.append(pre_ms)
         record = prediction_record(frame, pred, pre_ms, infer_ms, n, self.cfg.probs, latency, model)
-        if self.drift is not None and chw is not None:
-            record["drift"] = self.drift.observe(frame.source, chw, pred,
+        drift = self.stats.drift  # the watch of the model answering now (sinks.py re-points it on a swap), or None
+        if drift is not None and chw is not None:
+            record["drift"] = drift.observe(frame.source, chw, pred,
                                                  frame.frame if frame.frame is not None else frame.index)
         if self.collector is not None:  # takes a reference to the image, queues it or drops it: never waits
             self.collector.offer(frame, pred, record, live)
@@ -368,7 +368,7 @@ def run(
                 opened.web.control = control
         output = AnnotatedOutput(opened.saver, opened.viewer, stats, opened.web)
         output.sources = {s.name: s for s in sources}
-        opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams, drift=stats.drift,
+        opened.loop = _Loop(slot, config, writer, output, stats, batch=batch, streams=streams,
                             collector=opened.collector)
         if control is not None:
             control.start(opened.loop)

@@ -38,21 +38,15 @@ def open_sinks(config: Any, slot: Any, stats: Any, opened: Any, err: TextIO,
         stats.model = ident.to_dict()
         if config.drift:
             stats.drift = drift_after_swap(config, ident.path, slot.clf, err, on_drift_alarm)
-            if opened.loop is not None:
-                opened.loop.drift = stats.drift
         if opened.collector is not None:
+            from edgecls.runtime.collect.sink import model_identity
+
             opened.collector.add_model(model_identity(ident.path, slot.clf.spec, ident))
 
     slot.on_change.append(model_changed)
     if config.collect is not None:
-        from edgecls.runtime.collect.sink import Collector
+        from edgecls.runtime.collect.sink import Collector, model_identity
 
         opened.collector = stats.collect = Collector(config.collect,
                                                      model_identity(config.model, clf.spec, slot.identity))
         stats.notes.extend(opened.collector.check_model(clf.decider))
-
-
-def model_identity(path: str, spec: Any, identity: Any) -> Any:
-    from edgecls.runtime.collect.sink import model_identity as identify
-
-    return identify(path, spec, identity)

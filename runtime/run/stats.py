@@ -20,7 +20,23 @@ MAX_NOTES = 50  # a run that lasts weeks keeps the first notes and counts the re
 SOURCE_ROWS = 32  # the summary's per-source table shows this many rows (busiest first), then one line for the rest
 
 
-class SourceStats:
+class _Rate:
+    """Frames per second over the time from ``t0`` to ``t1`` (now, while running)."""
+
+    frames: int
+    t0: float
+    t1: Optional[float]
+
+    @property
+    def elapsed(self) -> float:
+        return (self.t1 or time.perf_counter()) - self.t0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class SourceStats(_Rate):
     """One source's numbers: frames classified, errors, decisions, capture→decision latency, the time it ran (from
     when it was added to when it ended or was removed), and its live source (drops, reconnects) when it has one."""
 
@@ -34,14 +50,6 @@ class SourceStats:
         self.t0 = time.perf_counter()
         self.t1: Optional[float] = None
         self.removed = False
-
-    @property
-    def elapsed(self) -> float:
-        return (self.t1 or time.perf_counter()) - self.t0
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def dropped(self) -> int:
@@ -82,7 +90,7 @@ class BoundedNotes(list):
             self.more += 1
 
 
-class RunStats:
+class RunStats(_Rate):
     """Counts and latencies of one run; ``format()`` is the summary printed to stderr, ``to_dict()`` its JSON."""
 
     def __init__(self, decider, backend_desc: str, batch: int, load_s: float, streams: int = 1) -> None:
@@ -120,14 +128,6 @@ class RunStats:
         self.per_source: Dict[str, SourceStats] = {}  # by source name, in the order first seen
         self.scores = ScoreHistograms()  # confidence and OOD score per frame (/metrics)
         self.drift: Any = None  # runtime.drift.watch.DriftWatch when the model has a drift reference
-
-    @property
-    def elapsed(self) -> float:
-        return (self.t1 or time.perf_counter()) - self.t0
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
     def source(self, name: str, source: Any = None) -> SourceStats:
         """The numbers of source ``name`` (made on first use; ``source``: its object, for drops and reconnects)."""

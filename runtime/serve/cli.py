@@ -15,6 +15,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from edgecls.runtime.slot.options import ALLOW_NEW_CLASSES, GOLDEN, GOLDEN_TOLERANCE
+
 log = logging.getLogger(__name__)
 
 def run_server(cfg: Any, announce: Optional[Callable[[str], None]] = None, access_log: bool = False) -> int:
@@ -106,12 +108,9 @@ def serve_command(
                                                      "(default: 8 x --max-bytes)."),
     shutdown_timeout: float = typer.Option(3.0, "--shutdown-timeout", help="SIGTERM: seconds in-flight requests "
                                            "get before the rest are answered 503 and closed."),
-    allow_new_classes: bool = typer.Option(False, "--allow-new-classes", help="Accept a new model whose classes "
-                                           "differ from the current one's (it learned new products)."),
-    golden: Optional[str] = typer.Option(None, "--golden", help="Labelled folder (DIR/<class>/<image>): a new model "
-                                         "must classify it at least as well as the current one, else it is refused."),
-    golden_tolerance: float = typer.Option(2.0, "--golden-tolerance", help="Accuracy points a new model may lose on "
-                                           "--golden."),
+    allow_new_classes: bool = ALLOW_NEW_CLASSES,
+    golden: Optional[str] = GOLDEN,
+    golden_tolerance: float = GOLDEN_TOLERANCE,
     watch: bool = typer.Option(True, "--watch/--no-watch", help="Swap in a new model when the model file (or a "
                                "newer version folder) appears (SIGHUP and the repository API reload either way)."),
 ) -> None:
